@@ -1,0 +1,423 @@
+//! OTLP log records to [`AuditEvent`]s.
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    common::v1::{any_value::Value, InstrumentationScope, KeyValue},
+    logs::v1::LogRecord,
+    resource::v1::Resource,
+};
+
+use crate::anyvalue::{any_value_to_json, key_values_to_json};
+use crate::event::{AuditEvent, Outcome};
+use crate::id::{check_record_uid, ContentIds, RECORD_UID_ATTRIBUTE};
+
+/// What the receiver knows about a request that the record does not say.
+#[derive(Debug, Clone)]
+pub struct ReceiveContext {
+    /// The tenant the request's credentials belong to.
+    pub tenant: String,
+    /// The receiver's clock when the request arrived.
+    pub received_time_unix_nano: u64,
+}
+
+/// Why one record was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejected {
+    /// A short, stable label for metrics (`rejected_events_total{reason}`).
+    pub reason: &'static str,
+    /// What was wrong, for the sender.
+    pub message: String,
+}
+
+impl Rejected {
+    fn new(reason: &'static str, message: impl Into<String>) -> Rejected {
+        Rejected {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A rejected record and where it stood in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecord {
+    pub resource_index: usize,
+    pub scope_index: usize,
+    pub record_index: usize,
+    pub rejected: Rejected,
+}
+
+impl RejectedRecord {
+    /// "resource_logs[0].scope_logs[1].log_records[2]: reason", for responses.
+    pub fn describe(&self) -> String {
+        format!(
+            "resource_logs[{}].scope_logs[{}].log_records[{}]: {}",
+            self.resource_index, self.scope_index, self.record_index, self.rejected.message
+        )
+    }
+}
+
+/// The outcome of mapping one export request.
+#[derive(Debug, Default)]
+pub struct MappedRequest {
+    pub events: Vec<AuditEvent>,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// Maps every record of a request; a bad record never spoils the others.
+pub fn map_request(request: &ExportLogsServiceRequest, ctx: &ReceiveContext) -> MappedRequest {
+    let mut mapped = MappedRequest::default();
+    for (resource_index, resource_logs) in request.resource_logs.iter().enumerate() {
+        let resource = ResourceView::new(resource_logs.resource.as_ref());
+        for (scope_index, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
+            let scope = ScopeView::new(&resource, scope_logs.scope.as_ref());
+            for (record_index, record) in scope_logs.log_records.iter().enumerate() {
+                match map_record(&resource, &scope, record, ctx) {
+                    Ok(event) => mapped.events.push(event),
+                    Err(rejected) => mapped.rejected.push(RejectedRecord {
+                        resource_index,
+                        scope_index,
+                        record_index,
+                        rejected,
+                    }),
+                }
+            }
+        }
+    }
+    mapped
+}
+
+impl AuditEvent {
+    /// Maps a single record. [`map_request`] does the same for a whole request
+    /// while preparing each resource and scope only once.
+    pub fn from_otlp(
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        record: &LogRecord,
+        ctx: &ReceiveContext,
+    ) -> Result<AuditEvent, Rejected> {
+        let resource_view = ResourceView::new(resource);
+        let scope_view = ScopeView::new(&resource_view, scope);
+        map_record(&resource_view, &scope_view, record, ctx)
+    }
+}
+
+struct ResourceView<'a> {
+    resource: Option<&'a Resource>,
+    attributes: String,
+    service_name: String,
+}
+
+impl<'a> ResourceView<'a> {
+    fn new(resource: Option<&'a Resource>) -> Self {
+        let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        ResourceView {
+            resource,
+            attributes: key_values_to_json(attrs),
+            service_name: attribute_text(attrs, "service.name").unwrap_or_default(),
+        }
+    }
+}
+
+struct ScopeView {
+    name: String,
+    ids: ContentIds,
+}
+
+impl ScopeView {
+    fn new(resource: &ResourceView<'_>, scope: Option<&InstrumentationScope>) -> Self {
+        ScopeView {
+            name: scope.map(|s| s.name.clone()).unwrap_or_default(),
+            ids: ContentIds::new(resource.resource, scope),
+        }
+    }
+}
+
+fn map_record(
+    resource: &ResourceView<'_>,
+    scope: &ScopeView,
+    record: &LogRecord,
+    ctx: &ReceiveContext,
+) -> Result<AuditEvent, Rejected> {
+    let attrs = record.attributes.as_slice();
+    let trace_id = id_hex(&record.trace_id, 16, "trace_id", "invalid_trace_id")?;
+    let span_id = id_hex(&record.span_id, 8, "span_id", "invalid_span_id")?;
+    let event_id = match attribute_text(attrs, RECORD_UID_ATTRIBUTE) {
+        Some(uid) => {
+            check_record_uid(&uid).map_err(|m| Rejected::new("invalid_record_uid", m))?;
+            uid
+        }
+        None => scope.ids.record_id(record),
+    };
+    let outcome = match attribute_text(attrs, "audit.outcome") {
+        None => Outcome::Unknown,
+        Some(text) => Outcome::parse(&text).ok_or_else(|| {
+            Rejected::new(
+                "invalid_outcome",
+                format!("audit.outcome must be success, failure or unknown, got {text:?}"),
+            )
+        })?,
+    };
+    let time_unix_nano = [record.time_unix_nano, record.observed_time_unix_nano]
+        .into_iter()
+        .find(|&t| t != 0)
+        .unwrap_or(ctx.received_time_unix_nano);
+    let event_name = if record.event_name.is_empty() {
+        attribute_text(attrs, "event.name").unwrap_or_default()
+    } else {
+        record.event_name.clone()
+    };
+    let body = match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        None => String::new(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(_) => any_value_to_json(record.body.as_ref().expect("checked above")),
+    };
+    Ok(AuditEvent {
+        node: String::new(),
+        seq: 0,
+        event_id,
+        time_unix_nano,
+        observed_time_unix_nano: record.observed_time_unix_nano,
+        received_time_unix_nano: ctx.received_time_unix_nano,
+        tenant: ctx.tenant.clone(),
+        service_name: resource.service_name.clone(),
+        event_name,
+        severity_number: record.severity_number,
+        severity_text: record.severity_text.clone(),
+        actor_id: first_attribute(attrs, &["user.id", "enduser.id"]),
+        actor_name: attribute_text(attrs, "user.name").unwrap_or_default(),
+        client_address: first_attribute(attrs, &["client.address", "source.address"]),
+        outcome,
+        target: attribute_text(attrs, "audit.target").unwrap_or_default(),
+        trace_id,
+        span_id,
+        trace_flags: record.flags & 0xff,
+        body,
+        attributes: key_values_to_json(attrs),
+        resource_attributes: resource.attributes.clone(),
+        scope_name: scope.name.clone(),
+        prev_hash: [0; 32],
+        hash: [0; 32],
+    })
+}
+
+/// An id as lower-case hex. Absent and all-zero ids mean "no trace" in OTLP;
+/// any other length is an error the sender should hear about.
+fn id_hex(
+    bytes: &[u8],
+    len: usize,
+    field: &str,
+    reason: &'static str,
+) -> Result<String, Rejected> {
+    if bytes.is_empty() || (bytes.len() == len && bytes.iter().all(|&b| b == 0)) {
+        return Ok(String::new());
+    }
+    if bytes.len() != len {
+        return Err(Rejected::new(
+            reason,
+            format!("{field} must be {len} bytes, got {}", bytes.len()),
+        ));
+    }
+    Ok(hex::encode(bytes))
+}
+
+fn first_attribute(attrs: &[KeyValue], keys: &[&str]) -> String {
+    keys.iter()
+        .find_map(|key| attribute_text(attrs, key))
+        .unwrap_or_default()
+}
+
+/// An attribute as text: strings as they are, other values as canonical JSON.
+/// Of duplicate keys the last wins, as in the attributes JSON.
+fn attribute_text(attrs: &[KeyValue], key: &str) -> Option<String> {
+    let value = attrs.iter().rev().find(|kv| kv.key == key)?.value.as_ref()?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        _ => Some(any_value_to_json(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        common::v1::AnyValue,
+        logs::v1::{ResourceLogs, ScopeLogs},
+    };
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            key_strindex: 0,
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+        }
+    }
+
+    fn ctx() -> ReceiveContext {
+        ReceiveContext {
+            tenant: "default".into(),
+            received_time_unix_nano: 999,
+        }
+    }
+
+    fn request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "imagegen"), kv("host.name", "h1")],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: "audit".into(),
+                        ..Default::default()
+                    }),
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn maps_canonical_fields() {
+        let record = LogRecord {
+            time_unix_nano: 0,
+            observed_time_unix_nano: 42,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            event_name: String::new(),
+            body: Some(AnyValue {
+                value: Some(Value::StringValue("generated a city at night".into())),
+            }),
+            attributes: vec![
+                kv("event.name", "image.generate"),
+                kv("enduser.id", "alice"),
+                kv("user.name", "Alice A."),
+                kv("source.address", "10.1.2.3"),
+                kv("audit.outcome", "success"),
+                kv("audit.target", "model/sdxl"),
+            ],
+            trace_id: vec![0xab; 16],
+            span_id: vec![0xcd; 8],
+            flags: 0x101,
+            ..Default::default()
+        };
+        let mapped = map_request(&request(vec![record]), &ctx());
+        assert!(mapped.rejected.is_empty());
+        let e = &mapped.events[0];
+        assert_eq!(e.time_unix_nano, 42);
+        assert_eq!(e.received_time_unix_nano, 999);
+        assert_eq!(e.service_name, "imagegen");
+        assert_eq!(e.event_name, "image.generate");
+        assert_eq!(e.actor_id, "alice");
+        assert_eq!(e.actor_name, "Alice A.");
+        assert_eq!(e.client_address, "10.1.2.3");
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.target, "model/sdxl");
+        assert_eq!(e.trace_id, "ab".repeat(16));
+        assert_eq!(e.span_id, "cd".repeat(8));
+        assert_eq!(e.trace_flags, 1);
+        assert_eq!(e.scope_name, "audit");
+        assert_eq!(e.body, "generated a city at night");
+        assert_eq!(e.tenant, "default");
+        assert_eq!(e.event_id.len(), 32);
+        assert!(e.attributes.contains(r#""enduser.id":"alice""#));
+        assert_eq!(
+            e.resource_attributes,
+            r#"{"host.name":"h1","service.name":"imagegen"}"#
+        );
+    }
+
+    #[test]
+    fn precedence_rules() {
+        let record = LogRecord {
+            time_unix_nano: 7,
+            observed_time_unix_nano: 8,
+            event_name: "user.login".into(),
+            attributes: vec![
+                kv("event.name", "ignored"),
+                kv("user.id", "bob"),
+                kv("enduser.id", "ignored"),
+                kv("client.address", "1.1.1.1"),
+                kv("source.address", "2.2.2.2"),
+            ],
+            ..Default::default()
+        };
+        let e = AuditEvent::from_otlp(None, None, &record, &ctx()).unwrap();
+        assert_eq!(e.time_unix_nano, 7);
+        assert_eq!(e.event_name, "user.login");
+        assert_eq!(e.actor_id, "bob");
+        assert_eq!(e.client_address, "1.1.1.1");
+        assert_eq!(e.outcome, Outcome::Unknown);
+        assert_eq!(e.trace_id, "");
+
+        let no_times = LogRecord::default();
+        let e = AuditEvent::from_otlp(None, None, &no_times, &ctx()).unwrap();
+        assert_eq!(e.time_unix_nano, 999, "falls back to receive time");
+    }
+
+    #[test]
+    fn uid_becomes_event_id_and_retries_keep_their_id() {
+        let with_uid = LogRecord {
+            attributes: vec![kv("log.record.uid", "evt-1")],
+            ..Default::default()
+        };
+        let plain = LogRecord {
+            time_unix_nano: 1,
+            ..Default::default()
+        };
+        let first = map_request(&request(vec![with_uid.clone(), plain.clone()]), &ctx());
+        let retry = map_request(&request(vec![with_uid, plain]), &ctx());
+        assert_eq!(first.events[0].event_id, "evt-1");
+        assert_eq!(first.events[1].event_id, retry.events[1].event_id);
+    }
+
+    #[test]
+    fn bad_records_are_rejected_alone() {
+        let records = vec![
+            LogRecord {
+                trace_id: vec![1; 15],
+                ..Default::default()
+            },
+            LogRecord::default(),
+            LogRecord {
+                span_id: vec![1; 9],
+                ..Default::default()
+            },
+            LogRecord {
+                attributes: vec![kv("audit.outcome", "maybe")],
+                ..Default::default()
+            },
+            LogRecord {
+                attributes: vec![kv("log.record.uid", "")],
+                ..Default::default()
+            },
+            LogRecord {
+                trace_id: vec![0; 16],
+                ..Default::default()
+            },
+        ];
+        let mapped = map_request(&request(records), &ctx());
+        assert_eq!(mapped.events.len(), 2);
+        let reasons: Vec<_> = mapped.rejected.iter().map(|r| r.rejected.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "invalid_trace_id",
+                "invalid_span_id",
+                "invalid_outcome",
+                "invalid_record_uid"
+            ]
+        );
+        assert_eq!(
+            mapped.rejected[0].describe(),
+            "resource_logs[0].scope_logs[0].log_records[0]: trace_id must be 16 bytes, got 15"
+        );
+        assert_eq!(mapped.events[1].trace_id, "", "all-zero id means no trace");
+    }
+}

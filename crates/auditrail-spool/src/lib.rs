@@ -1,0 +1,383 @@
+//! The spool: the only component that touches sled.
+//!
+//! [`Spool::append`] resolves only after the group commit holding its events
+//! has been fsync'd, which is what lets the receiver acknowledge an OTLP
+//! request durably. The spool assigns each node's gap-free `seq`, links the
+//! events into the hash chain, deduplicates by `event_id`, keeps the indexes
+//! that make [`Spool::query`] cheap, enforces the disk quota and removes
+//! events past their retention.
+//!
+//! Layout: tree `batches` maps `seq` (big-endian) of a batch's first event to
+//! one value holding the whole group-committed batch (see `batch.rs`); tree
+//! `idx` holds the secondary indexes (see `index.rs`).
+
+mod batch;
+mod index;
+mod query;
+mod recent;
+mod retention;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
+use tokio::sync::oneshot;
+
+pub use query::Filter;
+pub use retention::GcStats;
+
+use batch::BatchView;
+use recent::RecentIds;
+use writer::AppendJob;
+
+/// How a spool is opened.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// This node's id, written into every event it stores.
+    pub node: String,
+    /// Appends are refused once the spool's files reach this size.
+    pub max_disk_bytes: u64,
+    /// Events received longer ago than this are removed by [`Spool::gc`].
+    pub retention: Duration,
+    /// sled's page cache size.
+    pub cache_bytes: u64,
+}
+
+impl SpoolConfig {
+    pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
+        SpoolConfig {
+            dir: dir.into(),
+            node: node.into(),
+            max_disk_bytes: 20 << 30,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What went wrong in the spool.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool disk quota reached: {used} of {limit} bytes in use")]
+    QuotaExceeded { used: u64, limit: u64 },
+    #[error("spool directory {0} is in use by another process (is `auditrail serve` running? query it with --admin instead)")]
+    Locked(PathBuf),
+    #[error("spool storage error: {0}")]
+    Storage(String),
+    #[error("spool data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("spool is shutting down")]
+    Closed,
+}
+
+impl From<sled::Error> for SpoolError {
+    fn from(e: sled::Error) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+/// The result of one append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Events newly stored.
+    pub stored: usize,
+    /// Events whose `event_id` the spool already held; they are acknowledged
+    /// but not stored again.
+    pub duplicates: usize,
+    /// The seq of each appended event, in order (for duplicates, the seq of
+    /// the copy already stored).
+    pub seqs: Vec<u64>,
+}
+
+/// Counters describing the spool's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub indexed_seq: u64,
+    pub events: u64,
+    pub disk_bytes: u64,
+}
+
+pub(crate) struct Shared {
+    db: sled::Db,
+    pub(crate) batches: sled::Tree,
+    pub(crate) idx: sled::Tree,
+    node: String,
+    max_disk_bytes: u64,
+    retention: Duration,
+    /// Highest seq inserted into `batches` (not necessarily fsync'd yet).
+    pub(crate) last_seq: AtomicU64,
+    /// Lowest seq still retained (`last_seq + 1` when empty).
+    pub(crate) first_seq: AtomicU64,
+    pub(crate) indexed_seq: AtomicU64,
+    pub(crate) recent: Mutex<RecentIds>,
+    disk_bytes: AtomicU64,
+    /// Bytes inserted since `disk_bytes` was measured.
+    pub(crate) unmeasured_bytes: AtomicU64,
+    disk_checked: Mutex<Instant>,
+    initial_last_hash: Hash,
+}
+
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+impl Shared {
+    /// Measured size plus what was written since: a conservative estimate
+    /// that needs no syscall per commit.
+    fn disk_usage(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed) + self.unmeasured_bytes.load(Ordering::Relaxed)
+    }
+
+    fn over_quota(&self) -> bool {
+        self.disk_usage() >= self.max_disk_bytes
+    }
+
+    fn quota_error(&self) -> SpoolError {
+        SpoolError::QuotaExceeded {
+            used: self.disk_usage(),
+            limit: self.max_disk_bytes,
+        }
+    }
+
+    /// Re-reads the spool's size on disk, at most once a second: it walks
+    /// sled's files, which is too slow to do for every commit.
+    fn refresh_disk_usage(&self) {
+        let mut checked = self.disk_checked.lock().expect("disk check lock");
+        if checked.elapsed() < Duration::from_secs(1) && !self.over_quota() {
+            return;
+        }
+        *checked = Instant::now();
+        drop(checked);
+        self.measure_disk_usage();
+    }
+
+    fn measure_disk_usage(&self) {
+        let written_before = self.unmeasured_bytes.swap(0, Ordering::Relaxed);
+        match self.db.size_on_disk() {
+            Ok(bytes) => self.disk_bytes.store(bytes, Ordering::Relaxed),
+            Err(e) => {
+                self.unmeasured_bytes.fetch_add(written_before, Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not measure spool size");
+            }
+        }
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let last_seq = self.last_seq.load(Ordering::Acquire);
+        let first_seq = self.first_seq.load(Ordering::Acquire);
+        SpoolStats {
+            first_seq,
+            last_seq,
+            indexed_seq: self.indexed_seq.load(Ordering::Acquire),
+            events: (last_seq + 1).saturating_sub(first_seq),
+            disk_bytes: self.disk_usage(),
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let stats = self.stats();
+        metrics::gauge!("auditrail_spool_events").set(stats.events as f64);
+        metrics::gauge!("auditrail_spool_bytes").set(stats.disk_bytes as f64);
+        metrics::gauge!("auditrail_spool_last_seq").set(stats.last_seq as f64);
+    }
+}
+
+/// A node's durable spool. Cheap to share behind an `Arc`.
+pub struct Spool {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<mpsc::Sender<AppendJob>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool and recovers its state: the last seq and
+    /// hash, how far it is indexed, and the ids awaiting the indexer.
+    pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        let db = sled::Config::new()
+            .path(&config.dir)
+            .cache_capacity(config.cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    SpoolError::Locked(config.dir.clone())
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    SpoolError::Locked(config.dir.clone())
+                }
+                other => SpoolError::from(other),
+            })?;
+        let batches = db.open_tree("batches")?;
+        let idx = db.open_tree("idx")?;
+
+        let (last_seq, last_hash) = match batches.last()? {
+            Some((_, value)) => {
+                let view = BatchView::parse(&value)?;
+                (view.last_seq(), view.last_hash()?)
+            }
+            None => (0, GENESIS_HASH),
+        };
+        let first_seq = match batches.first()? {
+            Some((key, _)) => writer::seq_from_bytes(&key),
+            None => last_seq + 1,
+        };
+        let indexed = idx
+            .get(index::WATERMARK_KEY)?
+            .map(|v| writer::seq_from_bytes(&v))
+            .unwrap_or(0)
+            .min(last_seq);
+
+        let shared = Arc::new(Shared {
+            db,
+            batches,
+            idx,
+            node: config.node,
+            max_disk_bytes: config.max_disk_bytes,
+            retention: config.retention,
+            last_seq: AtomicU64::new(last_seq),
+            first_seq: AtomicU64::new(first_seq),
+            indexed_seq: AtomicU64::new(indexed),
+            recent: Mutex::new(RecentIds::default()),
+            disk_bytes: AtomicU64::new(0),
+            unmeasured_bytes: AtomicU64::new(0),
+            disk_checked: Mutex::new(Instant::now()),
+            initial_last_hash: last_hash,
+        });
+        shared.measure_disk_usage();
+        recover_recent_ids(&shared)?;
+        shared.publish_gauges();
+
+        let (job_tx, job_rx) = mpsc::channel();
+        let (flush_tx, flush_rx) = mpsc::channel();
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let threads = vec![
+            spawn("spool-writer", {
+                let shared = shared.clone();
+                move || writer::run_writer(shared, job_rx, flush_tx, wake_tx)
+            }),
+            spawn("spool-flusher", {
+                let shared = shared.clone();
+                move || writer::run_flusher(shared, flush_rx)
+            }),
+            spawn("spool-indexer", {
+                let shared = shared.clone();
+                move || index::run_indexer(shared, wake_rx)
+            }),
+        ];
+        Ok(Spool {
+            shared,
+            jobs: Mutex::new(Some(job_tx)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Stores events durably. Resolves once the fsync that covers them has
+    /// completed; an `Err` means none of them may be considered stored.
+    pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, SpoolError> {
+        if events.is_empty() {
+            return Ok(Appended::default());
+        }
+        if self.shared.over_quota() {
+            self.shared.refresh_disk_usage();
+            if self.shared.over_quota() {
+                return Err(self.shared.quota_error());
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            let sender = jobs.as_ref().ok_or(SpoolError::Closed)?;
+            sender
+                .send(AppendJob { events, reply })
+                .map_err(|_| SpoolError::Closed)?;
+        }
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Whether appends are currently refused for lack of disk quota.
+    pub fn over_quota(&self) -> bool {
+        self.shared.over_quota()
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.shared.stats()
+    }
+
+    /// The node id this spool writes into events.
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Finds events; see [`Filter`] for the order and limits.
+    pub fn query(&self, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
+        query::run(&self.shared, filter)
+    }
+
+    /// Removes events past retention. Safe to call while appends run.
+    pub fn gc(&self, now_unix_nano: u64) -> Result<GcStats, SpoolError> {
+        let stats = retention::gc(&self.shared, now_unix_nano)?;
+        self.shared.measure_disk_usage();
+        self.shared.publish_gauges();
+        Ok(stats)
+    }
+
+    /// Stops the writer, flusher and indexer after the work already queued,
+    /// and flushes. Appends after this return [`SpoolError::Closed`].
+    pub fn close(&self) -> Result<(), SpoolError> {
+        self.jobs.lock().expect("jobs lock").take();
+        for handle in self.threads.lock().expect("threads lock").drain(..) {
+            let _ = handle.join();
+        }
+        self.shared.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a spool thread")
+}
+
+/// Puts the ids of events above the index watermark back into the recent-id
+/// set, so that dedup holds across a crash before the indexer caught up.
+fn recover_recent_ids(shared: &Shared) -> Result<(), SpoolError> {
+    let indexed = shared.indexed_seq.load(Ordering::Acquire);
+    let mut recent = shared.recent.lock().expect("recent ids lock");
+    let start = shared
+        .batches
+        .range(..=seq_key(indexed + 1))
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| writer::seq_from_bytes(&k))
+        .unwrap_or(0);
+    for item in shared.batches.range(seq_key(start)..) {
+        let (_, value) = item?;
+        let view = BatchView::parse(&value)?;
+        for i in 0..view.count() {
+            let seq = view.first_seq + i as u64;
+            if seq > indexed {
+                let event = view.event(i)?;
+                recent.insert(auditrail_model::id::dedup_key(&event.event_id), seq);
+            }
+        }
+    }
+    if recent.len() > 0 {
+        tracing::info!(events = recent.len(), "recovered ids awaiting the indexer");
+    }
+    Ok(())
+}

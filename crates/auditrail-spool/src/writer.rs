@@ -1,0 +1,203 @@
+//! Group commit: one writer thread and one flusher thread.
+//!
+//! The writer takes every append that is waiting, assigns seqs, chains and
+//! encodes the events into one batch value, and inserts it. The flusher takes
+//! every batch that is waiting, fsyncs once, and only then answers all of
+//! their appends. While one fsync runs the writer prepares the next batch, so
+//! concurrent requests share fsyncs and the disk is never idle for CPU work.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use auditrail_model::id::dedup_key;
+use auditrail_model::AuditEvent;
+use tokio::sync::oneshot;
+
+use crate::batch::BatchBuilder;
+use crate::index::dedup_index_key;
+use crate::{seq_key, Appended, Shared, SpoolError};
+
+/// Most events one group commit takes, so one huge burst cannot make a
+/// single sled value unreasonably large.
+const MAX_EVENTS_PER_COMMIT: usize = 8192;
+
+pub(crate) struct AppendJob {
+    pub(crate) events: Vec<AuditEvent>,
+    pub(crate) reply: oneshot::Sender<Result<Appended, SpoolError>>,
+}
+
+pub(crate) struct FlushJob {
+    reply: oneshot::Sender<Result<Appended, SpoolError>>,
+    appended: Appended,
+    queued_at: Instant,
+}
+
+pub(crate) fn run_writer(
+    shared: Arc<Shared>,
+    jobs: Receiver<AppendJob>,
+    flushes: Sender<FlushJob>,
+    index_wake: Sender<()>,
+) {
+    let mut last_hash = shared.initial_last_hash;
+    while let Ok(first) = jobs.recv() {
+        let mut taken = vec![first];
+        let mut n = taken[0].events.len();
+        while n < MAX_EVENTS_PER_COMMIT {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    n += job.events.len();
+                    taken.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        if shared.over_quota() {
+            for job in taken {
+                let _ = job.reply.send(Err(shared.quota_error()));
+            }
+            continue;
+        }
+        match write_batch(&shared, &mut last_hash, taken) {
+            Ok(done) => {
+                for job in done {
+                    let _ = flushes.send(job);
+                }
+                let _ = index_wake.send(());
+            }
+            Err((error, taken_back)) => {
+                tracing::error!(%error, "spool write failed");
+                metrics::counter!("auditrail_spool_errors_total", "op" => "write").increment(1);
+                for reply in taken_back {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+        metrics::histogram!("auditrail_spool_write_seconds").record(started.elapsed());
+    }
+}
+
+type Replies = Vec<oneshot::Sender<Result<Appended, SpoolError>>>;
+
+fn write_batch(
+    shared: &Shared,
+    last_hash: &mut auditrail_model::Hash,
+    taken: Vec<AppendJob>,
+) -> Result<Vec<FlushJob>, (SpoolError, Replies)> {
+    let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
+    let mut next_seq = first_seq;
+    let mut prev = *last_hash;
+    let mut builder = BatchBuilder::new(first_seq, prev);
+    let mut done = Vec::with_capacity(taken.len());
+    let mut recent = shared.recent.lock().expect("recent ids lock");
+    let queued_at = Instant::now();
+    let mut replies: Replies = Vec::new();
+    let mut failure = None;
+    for job in taken {
+        let mut appended = Appended::default();
+        if failure.is_none() {
+            for mut event in job.events {
+                let key = dedup_key(&event.event_id);
+                let existing = match recent.get(&key) {
+                    Some(seq) => Some(seq),
+                    None => match shared.idx.get(dedup_index_key(&key)) {
+                        Ok(found) => found.map(|v| seq_from_bytes(&v)),
+                        Err(e) => {
+                            failure = Some(SpoolError::from(e));
+                            break;
+                        }
+                    },
+                };
+                if let Some(seq) = existing {
+                    appended.duplicates += 1;
+                    appended.seqs.push(seq);
+                    continue;
+                }
+                event.node.clone_from(&shared.node);
+                event.seq = next_seq;
+                event.prev_hash = prev;
+                prev = builder.push(&event);
+                recent.insert(key, next_seq);
+                appended.stored += 1;
+                appended.seqs.push(next_seq);
+                next_seq += 1;
+            }
+        }
+        replies.push(job.reply);
+        done.push(appended);
+    }
+    let result = match failure {
+        Some(e) => Err(e),
+        None if builder.len() == 0 => Ok(()),
+        None => {
+            let value = builder.finish();
+            let len = value.len() as u64;
+            shared
+                .batches
+                .insert(seq_key(first_seq), value)
+                .map(|_| {
+                    shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
+                })
+                .map_err(SpoolError::from)
+        }
+    };
+    if let Err(error) = result {
+        recent.forget_after(first_seq - 1);
+        return Err((error, replies));
+    }
+    drop(recent);
+    *last_hash = prev;
+    shared.last_seq.store(next_seq - 1, Ordering::Release);
+    Ok(replies
+        .into_iter()
+        .zip(done)
+        .map(|(reply, appended)| FlushJob {
+            reply,
+            appended,
+            queued_at,
+        })
+        .collect())
+}
+
+pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
+pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<FlushJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut waiting = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            waiting.push(job);
+        }
+        let started = Instant::now();
+        let flushed = shared.db.flush();
+        metrics::histogram!("auditrail_spool_fsync_seconds").record(started.elapsed());
+        shared.refresh_disk_usage();
+        match flushed {
+            Ok(_) => {
+                let mut stored = 0;
+                let mut duplicates = 0;
+                for job in waiting {
+                    stored += job.appended.stored;
+                    duplicates += job.appended.duplicates;
+                    metrics::histogram!("auditrail_spool_commit_wait_seconds")
+                        .record(job.queued_at.elapsed());
+                    let _ = job.reply.send(Ok(job.appended));
+                }
+                metrics::counter!("auditrail_stored_events_total").increment(stored as u64);
+                metrics::counter!("auditrail_duplicate_events_total").increment(duplicates as u64);
+                shared.publish_gauges();
+            }
+            Err(e) => {
+                let error = SpoolError::from(e);
+                tracing::error!(%error, "spool fsync failed; appends answered with an error");
+                metrics::counter!("auditrail_spool_errors_total", "op" => "fsync").increment(1);
+                for job in waiting {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}

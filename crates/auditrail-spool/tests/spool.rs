@@ -1,0 +1,217 @@
+//! The spool's promises, exercised through its public API on a real sled.
+
+use std::time::Duration;
+
+use auditrail_model::{chain_hash, AuditEvent, Outcome, GENESIS_HASH};
+use auditrail_spool::{Filter, Spool, SpoolConfig, SpoolError};
+
+fn event(id: &str, time: u64, actor: &str, name: &str) -> AuditEvent {
+    AuditEvent {
+        event_id: id.into(),
+        time_unix_nano: time,
+        received_time_unix_nano: time,
+        actor_id: actor.into(),
+        event_name: name.into(),
+        service_name: "svc".into(),
+        body: format!("body of {id}"),
+        attributes: r#"{"city":"Paris"}"#.into(),
+        resource_attributes: "{}".into(),
+        ..Default::default()
+    }
+}
+
+fn open(dir: &std::path::Path) -> Spool {
+    Spool::open(SpoolConfig::new(dir, "node-a")).unwrap()
+}
+
+fn all(spool: &Spool) -> Vec<AuditEvent> {
+    spool.query(&Filter::default()).unwrap()
+}
+
+#[tokio::test]
+async fn seqs_are_gap_free_and_chained() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let first = spool
+        .append((0..3).map(|i| event(&format!("e{i}"), 10 + i, "alice", "x")).collect())
+        .await
+        .unwrap();
+    assert_eq!(first.seqs, [1, 2, 3]);
+    let second = spool.append(vec![event("e3", 20, "bob", "y")]).await.unwrap();
+    assert_eq!(second.seqs, [4]);
+
+    let events = all(&spool);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let mut prev = GENESIS_HASH;
+    for e in &events {
+        assert_eq!(e.node, "node-a");
+        assert_eq!(e.prev_hash, prev);
+        assert_eq!(e.hash, chain_hash(&prev, &e.canonical_bytes()));
+        prev = e.hash;
+    }
+}
+
+#[tokio::test]
+async fn resent_ids_are_acknowledged_but_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    // Same id within one request and across requests, before and after the
+    // indexer has caught up.
+    let again = spool
+        .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x"), event("b", 2, "u", "x")])
+        .await
+        .unwrap();
+    assert_eq!((again.stored, again.duplicates), (1, 2));
+    assert_eq!(again.seqs, [1, 2, 2]);
+    wait_indexed(&spool).await;
+    let later = spool.append(vec![event("b", 2, "u", "x")]).await.unwrap();
+    assert_eq!((later.stored, later.duplicates, later.seqs), (0, 1, vec![2]));
+    assert_eq!(all(&spool).len(), 2);
+}
+
+async fn wait_indexed(spool: &Spool) {
+    for _ in 0..200 {
+        let stats = spool.stats();
+        if stats.indexed_seq == stats.last_seq {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("indexer did not catch up: {:?}", spool.stats());
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_hash = {
+        let spool = open(dir.path());
+        spool.append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")]).await.unwrap();
+        let hash = all(&spool).last().unwrap().hash;
+        spool.close().unwrap();
+        hash
+    };
+    let spool = open(dir.path());
+    let appended = spool.append(vec![event("b", 2, "u", "x"), event("c", 3, "u", "x")]).await.unwrap();
+    assert_eq!(appended.seqs, [2, 3], "dedup and seq continue after reopen");
+    let events = all(&spool);
+    assert_eq!(events[2].prev_hash, last_hash, "the chain continues");
+}
+
+#[tokio::test]
+async fn queries_use_every_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut events = Vec::new();
+    for i in 0..50u64 {
+        let actor = if i % 5 == 0 { "alice" } else { "bob" };
+        let name = if i % 2 == 0 { "image.generate" } else { "user.login" };
+        let mut e = event(&format!("e{i}"), 1000 + i, actor, name);
+        if i == 7 {
+            e.trace_id = "ab".repeat(16);
+            e.body = "a city at night".into();
+            e.outcome = Outcome::Failure;
+        }
+        events.push(e);
+    }
+    spool.append(events).await.unwrap();
+
+    // Both before and after indexing, the answers must be the same.
+    for round in 0..2 {
+        if round == 1 {
+            wait_indexed(&spool).await;
+        }
+        let q = |f: Filter| spool.query(&f).unwrap();
+        let alice = q(Filter {
+            actor: Some("alice".into()),
+            event_name: Some("image.generate".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            alice.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            ["e0", "e10", "e20", "e30", "e40"]
+        );
+        let trace = q(Filter {
+            trace_id: Some("ab".repeat(16)),
+            ..Default::default()
+        });
+        assert_eq!(trace.len(), 1);
+        assert_eq!(trace[0].event_id, "e7");
+        assert_eq!(q(Filter { text: Some("city at".into()), ..Default::default() }).len(), 1);
+        assert_eq!(q(Filter { text: Some("Paris".into()), ..Default::default() }).len(), 50);
+        assert_eq!(
+            q(Filter { outcome: Some(Outcome::Failure), ..Default::default() })[0].event_id,
+            "e7"
+        );
+        let window = q(Filter {
+            since: Some(1010),
+            until: Some(1019),
+            ..Default::default()
+        });
+        assert_eq!(window.len(), 10);
+        let newest = q(Filter { limit: 3, ..Default::default() });
+        assert_eq!(
+            newest.iter().map(|e| e.time_unix_nano).collect::<Vec<_>>(),
+            [1047, 1048, 1049],
+            "the newest matches, oldest first"
+        );
+        let tail = q(Filter { after_seq: Some(48), ..Default::default() });
+        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [49, 50]);
+        assert!(q(Filter { actor: Some("carol".into()), ..Default::default() }).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn retention_removes_old_batches_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SpoolConfig::new(dir.path(), "n");
+    config.retention = Duration::from_nanos(100);
+    let spool = Spool::open(config).unwrap();
+    spool.append(vec![event("old", 1_000, "alice", "x")]).await.unwrap();
+    spool.append(vec![event("new", 5_000, "alice", "x")]).await.unwrap();
+    wait_indexed(&spool).await;
+    let removed = spool.gc(2_000).unwrap();
+    assert_eq!((removed.batches, removed.events), (1, 1));
+    let left = all(&spool);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, "new");
+    assert!(spool
+        .query(&Filter { actor: Some("alice".into()), ..Default::default() })
+        .unwrap()
+        .iter()
+        .all(|e| e.event_id == "new"));
+    assert_eq!(spool.stats().first_seq, 2);
+    assert_eq!(spool.stats().events, 1);
+}
+
+#[tokio::test]
+async fn quota_refuses_appends_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SpoolConfig::new(dir.path(), "n");
+    config.max_disk_bytes = 4096;
+    let spool = Spool::open(config).unwrap();
+    let big = |id: &str| AuditEvent {
+        body: "x".repeat(8192),
+        ..event(id, 1, "u", "x")
+    };
+    // The first append may fit (an empty spool can be smaller than the
+    // quota); the one after it cannot.
+    let first_fit = spool.append(vec![big("a")]).await.is_ok();
+    match spool.append(vec![big("b")]).await {
+        Err(SpoolError::QuotaExceeded { limit: 4096, used }) => assert!(used >= 4096),
+        other => panic!("expected quota error, got {other:?}"),
+    }
+    assert!(spool.over_quota());
+    assert_eq!(all(&spool).len(), usize::from(first_fit), "acknowledged data is kept");
+}
+
+#[tokio::test]
+async fn a_second_open_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    match Spool::open(SpoolConfig::new(dir.path(), "n")) {
+        Err(SpoolError::Locked(path)) => assert_eq!(path, dir.path()),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second open must fail"),
+    }
+}
