@@ -62,9 +62,10 @@ fn write_value(value: Option<&Value>, out: &mut String) {
         Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
         Some(Value::IntValue(i)) => out.push_str(&i.to_string()),
         Some(Value::DoubleValue(d)) => write_double(*d, out),
-        Some(Value::BytesValue(bytes)) => {
-            write_string(&base64::engine::general_purpose::STANDARD.encode(bytes), out)
-        }
+        Some(Value::BytesValue(bytes)) => write_string(
+            &base64::engine::general_purpose::STANDARD.encode(bytes),
+            out,
+        ),
         Some(Value::ArrayValue(array)) => {
             out.push('[');
             for (i, item) in array.values.iter().enumerate() {
@@ -86,7 +87,11 @@ fn write_double(d: f64, out: &mut String) {
     if d.is_nan() {
         out.push_str("\"NaN\"");
     } else if d.is_infinite() {
-        out.push_str(if d > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
+        out.push_str(if d > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        });
     } else {
         // serde_json prints the shortest representation that round-trips.
         out.push_str(&serde_json::Number::from_f64(d).expect("finite").to_string());

@@ -150,11 +150,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.take(4, field)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4, field)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8, field)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8, field)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {

@@ -86,13 +86,9 @@ mod tests {
     fn uid_rules() {
         assert!(check_record_uid("a").is_ok());
         assert!(check_record_uid(&"x".repeat(128)).is_ok());
-        assert!(check_record_uid("")
-            .unwrap_err()
-            .contains("1 to 128 bytes"));
+        assert!(check_record_uid("").unwrap_err().contains("1 to 128 bytes"));
         assert!(check_record_uid(&"x".repeat(129)).is_err());
-        assert!(check_record_uid("tab\there")
-            .unwrap_err()
-            .contains("0x09"));
+        assert!(check_record_uid("tab\there").unwrap_err().contains("0x09"));
     }
 
     #[test]
@@ -105,7 +101,10 @@ mod tests {
         let ids = ContentIds::new(Some(&resource), None);
         let id = ids.record_id(&record);
         assert_eq!(id.len(), 32);
-        assert_eq!(id, ContentIds::new(Some(&resource), None).record_id(&record));
+        assert_eq!(
+            id,
+            ContentIds::new(Some(&resource), None).record_id(&record)
+        );
         let other = LogRecord {
             time_unix_nano: 6,
             ..Default::default()

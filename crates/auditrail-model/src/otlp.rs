@@ -204,12 +204,7 @@ fn map_record(
 
 /// An id as lower-case hex. Absent and all-zero ids mean "no trace" in OTLP;
 /// any other length is an error the sender should hear about.
-fn id_hex(
-    bytes: &[u8],
-    len: usize,
-    field: &str,
-    reason: &'static str,
-) -> Result<String, Rejected> {
+fn id_hex(bytes: &[u8], len: usize, field: &str, reason: &'static str) -> Result<String, Rejected> {
     if bytes.is_empty() || (bytes.len() == len && bytes.iter().all(|&b| b == 0)) {
         return Ok(String::new());
     }
@@ -231,7 +226,12 @@ fn first_attribute(attrs: &[KeyValue], keys: &[&str]) -> String {
 /// An attribute as text: strings as they are, other values as canonical JSON.
 /// Of duplicate keys the last wins, as in the attributes JSON.
 fn attribute_text(attrs: &[KeyValue], key: &str) -> Option<String> {
-    let value = attrs.iter().rev().find(|kv| kv.key == key)?.value.as_ref()?;
+    let value = attrs
+        .iter()
+        .rev()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?;
     match value.value.as_ref()? {
         Value::StringValue(s) => Some(s.clone()),
         _ => Some(any_value_to_json(value)),

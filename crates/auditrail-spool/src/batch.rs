@@ -52,7 +52,8 @@ impl BatchBuilder {
         event.write_canonical_bytes(&mut self.records);
         let hash = auditrail_model::chain_hash(&event.prev_hash, &self.records[start..]);
         self.records.extend_from_slice(&hash);
-        self.ends.push(u32::try_from(self.records.len()).expect("a batch stays below 4 GiB"));
+        self.ends
+            .push(u32::try_from(self.records.len()).expect("a batch stays below 4 GiB"));
         self.max_received = self.max_received.max(event.received_time_unix_nano);
         hash
     }
@@ -99,9 +100,11 @@ impl<'a> BatchView<'a> {
             prev_hash: bytes[21..53].try_into().expect("32"),
         };
         let records_len = bytes.len() - view.records_start().min(bytes.len());
-        if view.records_start() > bytes.len() || (count > 0 && view.end(count - 1) != records_len)
-        {
-            return Err(corrupt(&format!("at seq {} has a bad offset table", view.first_seq)));
+        if view.records_start() > bytes.len() || (count > 0 && view.end(count - 1) != records_len) {
+            return Err(corrupt(&format!(
+                "at seq {} has a bad offset table",
+                view.first_seq
+            )));
         }
         Ok(view)
     }

@@ -86,7 +86,12 @@ pub(crate) fn event_keys(event: &AuditEvent) -> Vec<Vec<u8>> {
         keys.push(timed_key(EVENT, &short_hash(&event.event_name), time, seq));
     }
     if !event.service_name.is_empty() {
-        keys.push(timed_key(SERVICE, &short_hash(&event.service_name), time, seq));
+        keys.push(timed_key(
+            SERVICE,
+            &short_hash(&event.service_name),
+            time,
+            seq,
+        ));
     }
     if let Ok(trace) = hex::decode(&event.trace_id) {
         if !trace.is_empty() {
@@ -158,7 +163,11 @@ pub(crate) fn catch_up(shared: &Shared) -> Result<u64, SpoolError> {
             shared.idx.apply_batch(std::mem::take(&mut pending))?;
             pending_events = 0;
             shared.indexed_seq.store(indexed, Ordering::Release);
-            shared.recent.lock().expect("recent ids lock").forget_through(indexed);
+            shared
+                .recent
+                .lock()
+                .expect("recent ids lock")
+                .forget_through(indexed);
         }
         if indexed >= target {
             break;
@@ -168,10 +177,18 @@ pub(crate) fn catch_up(shared: &Shared) -> Result<u64, SpoolError> {
         pending.insert(WATERMARK_KEY, &indexed.to_be_bytes());
         shared.idx.apply_batch(pending)?;
         shared.indexed_seq.store(indexed, Ordering::Release);
-        shared.recent.lock().expect("recent ids lock").forget_through(indexed);
+        shared
+            .recent
+            .lock()
+            .expect("recent ids lock")
+            .forget_through(indexed);
     }
-    metrics::gauge!("auditrail_spool_index_lag_events")
-        .set(shared.last_seq.load(Ordering::Acquire).saturating_sub(indexed) as f64);
+    metrics::gauge!("auditrail_spool_index_lag_events").set(
+        shared
+            .last_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(indexed) as f64,
+    );
     Ok(indexed)
 }
 

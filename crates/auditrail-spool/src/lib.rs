@@ -16,6 +16,7 @@ mod index;
 mod query;
 mod recent;
 mod retention;
+mod verify;
 mod writer;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 
 pub use query::Filter;
 pub use retention::GcStats;
+pub use verify::VerifyReport;
 
 use batch::BatchView;
 use recent::RecentIds;
@@ -147,11 +149,17 @@ impl Shared {
         }
     }
 
-    /// Re-reads the spool's size on disk, at most once a second: it walks
-    /// sled's files, which is too slow to do for every commit.
+    /// Re-reads the spool's size on disk, at most once a second (ten times
+    /// while over quota, to notice freed space soon): it walks sled's files,
+    /// which is too slow to do for every commit.
     fn refresh_disk_usage(&self) {
         let mut checked = self.disk_checked.lock().expect("disk check lock");
-        if checked.elapsed() < Duration::from_secs(1) && !self.over_quota() {
+        let every = if self.over_quota() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        if checked.elapsed() < every {
             return;
         }
         *checked = Instant::now();
@@ -164,7 +172,8 @@ impl Shared {
         match self.db.size_on_disk() {
             Ok(bytes) => self.disk_bytes.store(bytes, Ordering::Relaxed),
             Err(e) => {
-                self.unmeasured_bytes.fetch_add(written_before, Ordering::Relaxed);
+                self.unmeasured_bytes
+                    .fetch_add(written_before, Ordering::Relaxed);
                 tracing::warn!(error = %e, "could not measure spool size");
             }
         }
@@ -284,12 +293,7 @@ impl Spool {
         if events.is_empty() {
             return Ok(Appended::default());
         }
-        if self.shared.over_quota() {
-            self.shared.refresh_disk_usage();
-            if self.shared.over_quota() {
-                return Err(self.shared.quota_error());
-            }
-        }
+        self.check_quota()?;
         let (reply, answer) = oneshot::channel();
         {
             let jobs = self.jobs.lock().expect("jobs lock");
@@ -306,6 +310,18 @@ impl Spool {
         self.shared.over_quota()
     }
 
+    /// `Err(QuotaExceeded)` while appends would be refused. Re-measures the
+    /// disk first, so space freed by retention is seen at once.
+    pub fn check_quota(&self) -> Result<(), SpoolError> {
+        if self.shared.over_quota() {
+            self.shared.refresh_disk_usage();
+            if self.shared.over_quota() {
+                return Err(self.shared.quota_error());
+            }
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> SpoolStats {
         self.shared.stats()
     }
@@ -318,6 +334,12 @@ impl Spool {
     /// Finds events; see [`Filter`] for the order and limits.
     pub fn query(&self, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
         query::run(&self.shared, filter)
+    }
+
+    /// Re-walks the hash chain of everything retained. The first retained
+    /// event's `prev_hash` is taken as given: retention removed what it links to.
+    pub fn verify(&self) -> Result<VerifyReport, SpoolError> {
+        verify::verify(&self.shared)
     }
 
     /// Removes events past retention. Safe to call while appends run.

@@ -33,15 +33,25 @@ async fn seqs_are_gap_free_and_chained() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open(dir.path());
     let first = spool
-        .append((0..3).map(|i| event(&format!("e{i}"), 10 + i, "alice", "x")).collect())
+        .append(
+            (0..3)
+                .map(|i| event(&format!("e{i}"), 10 + i, "alice", "x"))
+                .collect(),
+        )
         .await
         .unwrap();
     assert_eq!(first.seqs, [1, 2, 3]);
-    let second = spool.append(vec![event("e3", 20, "bob", "y")]).await.unwrap();
+    let second = spool
+        .append(vec![event("e3", 20, "bob", "y")])
+        .await
+        .unwrap();
     assert_eq!(second.seqs, [4]);
 
     let events = all(&spool);
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     let mut prev = GENESIS_HASH;
     for e in &events {
         assert_eq!(e.node, "node-a");
@@ -59,14 +69,21 @@ async fn resent_ids_are_acknowledged_but_stored_once() {
     // Same id within one request and across requests, before and after the
     // indexer has caught up.
     let again = spool
-        .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x"), event("b", 2, "u", "x")])
+        .append(vec![
+            event("a", 1, "u", "x"),
+            event("b", 2, "u", "x"),
+            event("b", 2, "u", "x"),
+        ])
         .await
         .unwrap();
     assert_eq!((again.stored, again.duplicates), (1, 2));
     assert_eq!(again.seqs, [1, 2, 2]);
     wait_indexed(&spool).await;
     let later = spool.append(vec![event("b", 2, "u", "x")]).await.unwrap();
-    assert_eq!((later.stored, later.duplicates, later.seqs), (0, 1, vec![2]));
+    assert_eq!(
+        (later.stored, later.duplicates, later.seqs),
+        (0, 1, vec![2])
+    );
     assert_eq!(all(&spool).len(), 2);
 }
 
@@ -86,13 +103,19 @@ async fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let last_hash = {
         let spool = open(dir.path());
-        spool.append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")]).await.unwrap();
+        spool
+            .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+            .await
+            .unwrap();
         let hash = all(&spool).last().unwrap().hash;
         spool.close().unwrap();
         hash
     };
     let spool = open(dir.path());
-    let appended = spool.append(vec![event("b", 2, "u", "x"), event("c", 3, "u", "x")]).await.unwrap();
+    let appended = spool
+        .append(vec![event("b", 2, "u", "x"), event("c", 3, "u", "x")])
+        .await
+        .unwrap();
     assert_eq!(appended.seqs, [2, 3], "dedup and seq continue after reopen");
     let events = all(&spool);
     assert_eq!(events[2].prev_hash, last_hash, "the chain continues");
@@ -105,7 +128,11 @@ async fn queries_use_every_filter() {
     let mut events = Vec::new();
     for i in 0..50u64 {
         let actor = if i % 5 == 0 { "alice" } else { "bob" };
-        let name = if i % 2 == 0 { "image.generate" } else { "user.login" };
+        let name = if i % 2 == 0 {
+            "image.generate"
+        } else {
+            "user.login"
+        };
         let mut e = event(&format!("e{i}"), 1000 + i, actor, name);
         if i == 7 {
             e.trace_id = "ab".repeat(16);
@@ -128,7 +155,10 @@ async fn queries_use_every_filter() {
             ..Default::default()
         });
         assert_eq!(
-            alice.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            alice
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
             ["e0", "e10", "e20", "e30", "e40"]
         );
         let trace = q(Filter {
@@ -137,10 +167,28 @@ async fn queries_use_every_filter() {
         });
         assert_eq!(trace.len(), 1);
         assert_eq!(trace[0].event_id, "e7");
-        assert_eq!(q(Filter { text: Some("city at".into()), ..Default::default() }).len(), 1);
-        assert_eq!(q(Filter { text: Some("Paris".into()), ..Default::default() }).len(), 50);
         assert_eq!(
-            q(Filter { outcome: Some(Outcome::Failure), ..Default::default() })[0].event_id,
+            q(Filter {
+                text: Some("city at".into()),
+                ..Default::default()
+            })
+            .len(),
+            1
+        );
+        assert_eq!(
+            q(Filter {
+                text: Some("Paris".into()),
+                ..Default::default()
+            })
+            .len(),
+            50
+        );
+        assert_eq!(
+            q(Filter {
+                outcome: Some(Outcome::Failure),
+                ..Default::default()
+            })[0]
+                .event_id,
             "e7"
         );
         let window = q(Filter {
@@ -149,15 +197,25 @@ async fn queries_use_every_filter() {
             ..Default::default()
         });
         assert_eq!(window.len(), 10);
-        let newest = q(Filter { limit: 3, ..Default::default() });
+        let newest = q(Filter {
+            limit: 3,
+            ..Default::default()
+        });
         assert_eq!(
             newest.iter().map(|e| e.time_unix_nano).collect::<Vec<_>>(),
             [1047, 1048, 1049],
             "the newest matches, oldest first"
         );
-        let tail = q(Filter { after_seq: Some(48), ..Default::default() });
+        let tail = q(Filter {
+            after_seq: Some(48),
+            ..Default::default()
+        });
         assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [49, 50]);
-        assert!(q(Filter { actor: Some("carol".into()), ..Default::default() }).is_empty());
+        assert!(q(Filter {
+            actor: Some("carol".into()),
+            ..Default::default()
+        })
+        .is_empty());
     }
 }
 
@@ -167,8 +225,14 @@ async fn retention_removes_old_batches_only() {
     let mut config = SpoolConfig::new(dir.path(), "n");
     config.retention = Duration::from_nanos(100);
     let spool = Spool::open(config).unwrap();
-    spool.append(vec![event("old", 1_000, "alice", "x")]).await.unwrap();
-    spool.append(vec![event("new", 5_000, "alice", "x")]).await.unwrap();
+    spool
+        .append(vec![event("old", 1_000, "alice", "x")])
+        .await
+        .unwrap();
+    spool
+        .append(vec![event("new", 5_000, "alice", "x")])
+        .await
+        .unwrap();
     wait_indexed(&spool).await;
     let removed = spool.gc(2_000).unwrap();
     assert_eq!((removed.batches, removed.events), (1, 1));
@@ -176,7 +240,10 @@ async fn retention_removes_old_batches_only() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].event_id, "new");
     assert!(spool
-        .query(&Filter { actor: Some("alice".into()), ..Default::default() })
+        .query(&Filter {
+            actor: Some("alice".into()),
+            ..Default::default()
+        })
         .unwrap()
         .iter()
         .all(|e| e.event_id == "new"));
@@ -202,7 +269,11 @@ async fn quota_refuses_appends_and_keeps_data() {
         other => panic!("expected quota error, got {other:?}"),
     }
     assert!(spool.over_quota());
-    assert_eq!(all(&spool).len(), usize::from(first_fit), "acknowledged data is kept");
+    assert_eq!(
+        all(&spool).len(),
+        usize::from(first_fit),
+        "acknowledged data is kept"
+    );
 }
 
 #[tokio::test]
@@ -214,4 +285,41 @@ async fn a_second_open_is_refused_with_a_clear_error() {
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("a second open must fail"),
     }
+}
+
+#[tokio::test]
+async fn verify_finds_an_intact_chain_and_a_tampered_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        spool
+            .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+            .await
+            .unwrap();
+        spool.append(vec![event("c", 3, "u", "x")]).await.unwrap();
+        let report = spool.verify().unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+        assert_eq!(
+            (report.events, report.first_seq, report.last_seq),
+            (3, Some(1), Some(3))
+        );
+        spool.close().unwrap();
+    }
+    // Change one byte of an event's body behind the spool's back.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let batches = db.open_tree("batches").unwrap();
+        let (key, value) = batches.first().unwrap().unwrap();
+        let mut bytes = value.to_vec();
+        let at = bytes.windows(9).position(|w| w == b"body of a").unwrap();
+        bytes[at + 8] = b'z';
+        batches.insert(key, bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let spool = open(dir.path());
+    let report = spool.verify().unwrap();
+    assert_eq!(
+        report.problems,
+        ["seq 1: content does not match its hash (modified)"]
+    );
 }

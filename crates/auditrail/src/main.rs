@@ -1,1 +1,137 @@
-fn main() {}
+//! The `auditrail` binary: command line, config, and wiring of the spool,
+//! receivers and admin API into one process.
+
+mod admin;
+mod client;
+mod config;
+mod output;
+mod query_args;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::output::Format;
+use crate::query_args::QueryArgs;
+
+/// auditrail: a durable, verifiable audit-log pipeline on OpenTelemetry.
+#[derive(Parser)]
+#[command(name = "auditrail", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive OTLP logs and store them durably (the embedded default
+    /// without --config: gRPC 127.0.0.1:4317, HTTP 127.0.0.1:4318, admin
+    /// 127.0.0.1:8686, spool ./auditrail-data).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Find stored events.
+    Query {
+        #[command(flatten)]
+        filter: QueryArgs,
+        #[command(flatten)]
+        source: client::Source,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print the latest events, then follow new ones.
+    Tail {
+        #[command(flatten)]
+        filter: QueryArgs,
+        #[command(flatten)]
+        source: client::Source,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// How often to look for new events.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        every: Duration,
+    },
+    /// Re-walk the hash chain of a stopped server's spool.
+    Verify {
+        /// The spool directory.
+        #[arg(long = "data-dir", default_value = "auditrail-data")]
+        data_dir: PathBuf,
+    },
+    /// Check a config file and say what is wrong with it, if anything.
+    CheckConfig { file: PathBuf },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+    };
+    match command {
+        Command::Serve { config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            runtime()?.block_on(serve::run(config))?;
+        }
+        Command::Query {
+            filter,
+            source,
+            format,
+        } => runtime()?.block_on(client::query(filter, source, format))?,
+        Command::Tail {
+            filter,
+            source,
+            format,
+            every,
+        } => runtime()?.block_on(client::tail(filter, source, format, every))?,
+        Command::Verify { data_dir } => {
+            if !client::verify(data_dir)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok (node {}, gRPC {}, HTTP {}, admin {}, spool {}, {} sink(s))",
+                file.display(),
+                config.node_id(),
+                config.receiver.grpc_addr,
+                config.receiver.http_addr,
+                config.admin.addr,
+                config.spool.dir.display(),
+                config.sinks.len()
+            );
+        }
+        Command::Version => println!("auditrail {}", env!("CARGO_PKG_VERSION")),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,180 @@
+//! OTLP/gRPC: `LogsService/Export`, plus explicit refusals for traces and
+//! metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        logs_service_server::{LogsService, LogsServiceServer},
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    },
+    metrics::v1::{
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    },
+    trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::ingest::{Ingest, IngestError, Transport};
+
+struct Logs(Arc<Ingest>);
+
+#[tonic::async_trait]
+impl LogsService for Logs {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let size = request.encoded_len();
+        match self.0.export(request, Transport::Grpc, size).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(e @ IngestError::QuotaExceeded(_)) => Err(Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
+            )),
+            Err(e @ IngestError::Unavailable(_)) => Err(Status::with_error_details(
+                Code::Unavailable,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
+            )),
+        }
+    }
+}
+
+/// Traces and metrics arrive when a Collector or SDK is pointed at auditrail
+/// wholesale; say plainly that only logs are taken, instead of a bare 404.
+struct NotServed;
+
+fn not_served(signal: &str) -> Status {
+    Status::unimplemented(format!(
+        "auditrail receives OTLP logs only; {signal} are not served here \
+         (send them to your tracing/metrics backend)"
+    ))
+}
+
+#[tonic::async_trait]
+impl TraceService for NotServed {
+    async fn export(
+        &self,
+        _: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        Err(not_served("traces"))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for NotServed {
+    async fn export(
+        &self,
+        _: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        Err(not_served("metrics"))
+    }
+}
+
+/// The gRPC services, ready to be served by tonic.
+pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
+    let max = ingest.config().max_request_bytes;
+    let logs = LogsServiceServer::new(Logs(ingest))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(max);
+    Routes::new(NormalizeStatus(logs))
+        .add_service(TraceServiceServer::new(NotServed))
+        .add_service(MetricsServiceServer::new(NotServed))
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
+/// the requests in flight.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    ingest: Arc<Ingest>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_routes(grpc_routes(ingest))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// Gives request-decoding failures the codes the OTLP spec expects.
+///
+/// tonic reports a body that does not decode, or does not decompress, as
+/// INTERNAL, and a frame over the size limit as OUT_OF_RANGE. To a client,
+/// INTERNAL reads as "the server broke, retry" — wrong for a request that will
+/// never decode — so these become INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
+/// Only tonic's own decoding messages are rewritten; any other INTERNAL stays.
+#[derive(Clone)]
+struct NormalizeStatus<S>(S);
+
+const DECODE_FAILURES: &[&str] = &[
+    "failed to decode Protobuf message",
+    "Error decompressing",
+    "protocol error",
+    "Unexpected EOF decoding stream",
+];
+
+impl<S: NamedService> NamedService for NormalizeStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for NormalizeStatus<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            normalize(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+fn normalize(headers: &mut http::HeaderMap) {
+    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let new_code = match status {
+        Some("13") if DECODE_FAILURES.iter().any(|p| message.starts_with(p)) => {
+            Code::InvalidArgument
+        }
+        Some("11") if message.contains("message length too large") => Code::ResourceExhausted,
+        _ => return,
+    };
+    let label = if new_code == Code::InvalidArgument {
+        "malformed"
+    } else {
+        "too_large"
+    };
+    metrics::counter!("auditrail_refused_requests_total", "reason" => label).increment(1);
+    headers.insert("grpc-status", (new_code as i32).into());
+}

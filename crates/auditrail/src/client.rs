@@ -1,0 +1,155 @@
+//! The commands that read events: `query`, `tail` and `verify`, against a
+//! running server's admin API or a stopped server's spool directory.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use auditrail_spool::{Spool, SpoolConfig};
+
+use crate::output::{EventsPage, Format, Printer};
+use crate::query_args::QueryArgs;
+
+/// Where events are read from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Source {
+    /// The admin API of a running server.
+    #[arg(long, default_value = "http://127.0.0.1:8686")]
+    pub admin: String,
+    /// Read this spool directory directly (its server must be stopped).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Trace link template for --data-dir output, e.g.
+    /// `http://127.0.0.1:16686/trace/{trace_id}` (a server uses its config).
+    #[arg(long = "trace-url")]
+    pub trace_url: Option<String>,
+}
+
+enum Reader {
+    Admin {
+        client: reqwest::Client,
+        url: String,
+    },
+    Spool {
+        spool: Arc<Spool>,
+        trace_url: Option<String>,
+    },
+}
+
+impl Reader {
+    fn open(source: &Source) -> anyhow::Result<Reader> {
+        match &source.data_dir {
+            Some(dir) => {
+                // The node id only matters for writing, which a reader never does.
+                let spool = Spool::open(SpoolConfig::new(dir, "reader"))
+                    .with_context(|| format!("opening spool {}", dir.display()))?;
+                Ok(Reader::Spool {
+                    spool: Arc::new(spool),
+                    trace_url: source.trace_url.clone(),
+                })
+            }
+            None => Ok(Reader::Admin {
+                client: reqwest::Client::new(),
+                url: format!("{}/v1/events", source.admin.trim_end_matches('/')),
+            }),
+        }
+    }
+
+    async fn page(&self, args: &QueryArgs) -> anyhow::Result<EventsPage> {
+        match self {
+            Reader::Admin { client, url } => {
+                let response = client
+                    .get(url)
+                    .query(args)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the admin API at {url} (is `auditrail serve` running? or use --data-dir)"))?;
+                let status = response.status();
+                let body = response
+                    .text()
+                    .await
+                    .context("reading the admin API's answer")?;
+                if !status.is_success() {
+                    bail!("{url} answered {status}: {body}");
+                }
+                serde_json::from_str(&body).context("the admin API's answer is not an events page")
+            }
+            Reader::Spool { spool, trace_url } => {
+                let filter = args
+                    .to_filter(SystemTime::now())
+                    .map_err(anyhow::Error::msg)?;
+                let last_seq = spool.stats().last_seq;
+                let events = spool.query(&filter)?;
+                Ok(EventsPage::new(
+                    events,
+                    last_seq,
+                    filter.limit,
+                    trace_url.as_deref(),
+                ))
+            }
+        }
+    }
+}
+
+pub async fn query(args: QueryArgs, source: Source, format: Format) -> anyhow::Result<()> {
+    args.to_filter(SystemTime::now())
+        .map_err(anyhow::Error::msg)?;
+    let reader = Reader::open(&source)?;
+    let page = reader.page(&args).await?;
+    Printer::new(format).print(&mut std::io::stdout().lock(), &page.events)?;
+    Ok(())
+}
+
+/// Prints the last `args.limit` matches, then follows new ones until
+/// interrupted.
+pub async fn tail(
+    mut args: QueryArgs,
+    source: Source,
+    format: Format,
+    every: Duration,
+) -> anyhow::Result<()> {
+    args.to_filter(SystemTime::now())
+        .map_err(anyhow::Error::msg)?;
+    let reader = Reader::open(&source)?;
+    let mut printer = Printer::new(format);
+    let first = reader.page(&args).await?;
+    printer.print(&mut std::io::stdout().lock(), &first.events)?;
+    let mut after = first.next_after_seq;
+    // Following pages are read in seq order, a bounded page at a time.
+    args.limit = 1000;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        args.after_seq = Some(after);
+        let page = reader.page(&args).await?;
+        printer.print(&mut std::io::stdout().lock(), &page.events)?;
+        after = page.next_after_seq;
+    }
+}
+
+pub fn verify(data_dir: PathBuf) -> anyhow::Result<bool> {
+    let spool = Spool::open(SpoolConfig::new(&data_dir, "verifier"))
+        .with_context(|| format!("opening spool {}", data_dir.display()))?;
+    let report = spool.verify()?;
+    let mut out = std::io::stdout().lock();
+    match (report.first_seq, report.last_seq) {
+        (Some(first), Some(last)) => writeln!(
+            out,
+            "checked {} events, seq {first}..{last}, in {}",
+            report.events,
+            data_dir.display()
+        )?,
+        _ => writeln!(out, "no events in {}", data_dir.display())?,
+    }
+    for problem in &report.problems {
+        writeln!(out, "BROKEN: {problem}")?;
+    }
+    if report.is_intact() {
+        writeln!(out, "chain intact")?;
+    }
+    Ok(report.is_intact())
+}

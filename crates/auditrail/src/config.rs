@@ -1,0 +1,344 @@
+//! The TOML config file.
+//!
+//! Every table denies unknown keys, so a typo is an error that names the key
+//! and its line instead of a setting that silently does nothing. `${VAR}` is
+//! replaced by the environment variable `VAR` before parsing, for secrets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: environment variable `{name}` is not set")]
+    MissingEnv {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
+    #[error("{path}:{line}: `${{` is not closed by `}}`")]
+    UnclosedEnv { path: PathBuf, line: usize },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub receiver: ReceiverSection,
+    pub admin: AdminSection,
+    pub spool: SpoolSection,
+    pub query: QuerySection,
+    pub sinks: Vec<SinkSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Written into every event this node stores; defaults to the host name.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverSection {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub max_request_bytes: ByteSize,
+    /// What a refused client is told to wait before retrying.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for ReceiverSection {
+    fn default() -> Self {
+        ReceiverSection {
+            grpc_addr: ([127, 0, 0, 1], 4317).into(),
+            http_addr: ([127, 0, 0, 1], 4318).into(),
+            max_request_bytes: ByteSize::mib(16),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            addr: ([127, 0, 0, 1], 8686).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    pub max_disk: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// sled's page cache.
+    pub cache: ByteSize,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: PathBuf::from("auditrail-data"),
+            max_disk: ByteSize::gib(20),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            cache: ByteSize::mib(256),
+            gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySection {
+    /// A link to the trace viewer, with `{trace_id}` where the id goes, e.g.
+    /// `http://127.0.0.1:16686/trace/{trace_id}` (Jaeger).
+    pub trace_url: Option<String>,
+}
+
+/// A sink as the design sketches it. The fan-out engine that drives sinks is
+/// not built yet, so `serve` refuses a config that names one rather than
+/// accepting events it would never deliver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "url, database, table and format are for the fan-out engine"
+)]
+pub struct SinkSection {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    pub url: Option<String>,
+    pub database: Option<String>,
+    pub table: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Mysql,
+    Clickhouse,
+    Syslog,
+    SplunkHec,
+    Elasticsearch,
+    Webhook,
+    File,
+    Otlp,
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&raw, path, |name| std::env::var(name).ok())
+    }
+
+    pub fn parse(
+        raw: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(raw, path, env)?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.receiver.max_request_bytes.as_u64() < 1024 {
+            return Err("receiver.max_request_bytes must be at least 1KiB".into());
+        }
+        if self.receiver.grpc_addr == self.receiver.http_addr
+            || self.receiver.grpc_addr == self.admin.addr
+            || self.receiver.http_addr == self.admin.addr
+        {
+            return Err("receiver.grpc_addr, receiver.http_addr and admin.addr must differ".into());
+        }
+        if self.spool.retention.is_zero() {
+            return Err("spool.retention must be longer than 0s".into());
+        }
+        if self.spool.gc_interval.is_zero() {
+            return Err("spool.gc_interval must be longer than 0s".into());
+        }
+        if let Some(id) = &self.node.id {
+            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace()) {
+                return Err("node.id must be 1 to 64 characters without spaces".into());
+            }
+        }
+        if let Some(template) = &self.query.trace_url {
+            if !template.contains("{trace_id}") {
+                return Err("query.trace_url must contain {trace_id}".into());
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if !names.insert(&sink.name) {
+                return Err(format!("sinks[{i}]: name {:?} is used twice", sink.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node
+            .id
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}
+
+/// Replaces `${NAME}` with the environment variable's value.
+fn interpolate(
+    raw: &str,
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(raw.len());
+    for (i, line) in raw.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or(ConfigError::UnclosedEnv {
+                path: path.to_owned(),
+                line: i + 1,
+            })?;
+            let name = &after[..end];
+            let value = env(name).ok_or_else(|| ConfigError::MissingEnv {
+                path: path.to_owned(),
+                line: i + 1,
+                name: name.to_owned(),
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), |name| {
+            (name == "MYSQL_PASSWORD").then(|| "s3cret".to_string())
+        })
+    }
+
+    #[test]
+    fn design_sketch_parses() {
+        let config = parse(
+            r#"
+[receiver]
+grpc_addr = "127.0.0.1:4317"
+http_addr = "127.0.0.1:4318"
+max_request_bytes = "16MiB"
+
+[admin]
+addr = "127.0.0.1:8686"
+
+[spool]
+dir = "auditrail-data"
+max_disk = "20GiB"
+retention = "7d"
+
+[[sinks]]
+name = "warehouse"
+type = "mysql"
+url = "mysql://audit:${MYSQL_PASSWORD}@127.0.0.1:3306/audit"
+table = "audit_events"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.receiver.max_request_bytes, ByteSize::mib(16));
+        assert_eq!(config.spool.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(
+            config.sinks[0].url.as_deref(),
+            Some("mysql://audit:s3cret@127.0.0.1:3306/audit")
+        );
+        assert_eq!(config.sinks[0].kind, SinkKind::Mysql);
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.receiver.grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(config.receiver.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(config.admin.addr.to_string(), "127.0.0.1:8686");
+        assert_eq!(config.spool.dir, PathBuf::from("auditrail-data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("[receiver]\ngrpc_adr = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_line() {
+        let err = parse("[spool]\n\nmax_disk = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        let err = parse("[receiver]\nhttp_addr = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("http_addr") || err.contains("nowhere"),
+            "{err}"
+        );
+        let err = parse("[query]\ntrace_url = \"http://jaeger/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("{trace_id}"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let err = parse("[spool]\ndir = \"${NOPE}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "test.toml:2: environment variable `NOPE` is not set");
+    }
+}

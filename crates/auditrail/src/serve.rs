@@ -1,0 +1,197 @@
+//! `auditrail serve`: wires the spool, the receivers, retention and the admin
+//! server together, and shuts them down in order.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use auditrail_receiver::{serve_grpc, serve_http, Ingest, ReceiverConfig};
+use auditrail_spool::{Spool, SpoolConfig};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(sink) = config.sinks.first() {
+        bail!(
+            "sink {:?} (type {:?}): sinks are not available in this version of auditrail yet; \
+             remove [[sinks]] to keep events in the local archive only",
+            sink.name,
+            sink.kind
+        );
+    }
+    let metrics = install_metrics()?;
+    let node = config.node_id();
+    let spool = open_spool(&config, &node)?;
+    tracing::info!(node, dir = %config.spool.dir.display(), last_seq = spool.stats().last_seq, "spool open");
+
+    let ingest = Ingest::new(
+        spool.clone(),
+        ReceiverConfig {
+            max_request_bytes: config.receiver.max_request_bytes.as_u64() as usize,
+            tenant: "default".into(),
+            retry_after: config.receiver.retry_after,
+        },
+    );
+    let bind = |addr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for {what} on {addr}"))
+    };
+    let grpc = bind(config.receiver.grpc_addr, "OTLP/gRPC").await?;
+    let http = bind(config.receiver.http_addr, "OTLP/HTTP").await?;
+    let admin_listener = bind(config.admin.addr, "the admin API").await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn({
+        let (ingest, stop) = (ingest.clone(), stopped());
+        async move {
+            serve_grpc(grpc, ingest, stop)
+                .await
+                .context("OTLP/gRPC server")
+        }
+    });
+    servers.spawn({
+        let (ingest, stop) = (ingest.clone(), stopped());
+        async move {
+            serve_http(http, ingest, stop)
+                .await
+                .context("OTLP/HTTP server")
+        }
+    });
+    servers.spawn({
+        let state = AdminState {
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            trace_url: config.query.trace_url.clone(),
+        };
+        let stop = stopped();
+        async move {
+            axum::serve(admin_listener, admin::router(state))
+                .with_graceful_shutdown(stop)
+                .await
+                .context("admin server")
+        }
+    });
+    let housekeeping = tokio::spawn(housekeeping(
+        spool.clone(),
+        metrics,
+        config.spool.gc_interval,
+        stopped(),
+    ));
+    tracing::info!(
+        grpc = %config.receiver.grpc_addr,
+        http = %config.receiver.http_addr,
+        admin = %config.admin.addr,
+        "auditrail is serving"
+    );
+
+    tokio::select! {
+        signal = shutdown_signal() => tracing::info!(signal, "shutting down: no new requests, finishing those in flight"),
+        Some(result) = servers.join_next() => {
+            // A server that stops on its own is a failure worth exiting for.
+            result.context("server task")??;
+            bail!("a server stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(result) = servers.join_next().await {
+            result.context("server task")??;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing anyway")
+        }
+    }
+    let _ = housekeeping.await;
+    tokio::task::spawn_blocking(move || spool.close())
+        .await
+        .context("closing the spool")?
+        .context("flushing the spool")?;
+    tracing::info!("spool flushed; bye");
+    Ok(())
+}
+
+pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {
+    let spool = Spool::open(SpoolConfig {
+        dir: config.spool.dir.clone(),
+        node: node.to_owned(),
+        max_disk_bytes: config.spool.max_disk.as_u64(),
+        retention: config.spool.retention,
+        cache_bytes: config.spool.cache.as_u64(),
+    })
+    .with_context(|| format!("opening spool {}", config.spool.dir.display()))?;
+    Ok(Arc::new(spool))
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    const LATENCY: &[f64] = &[
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    const SIZES: &[f64] = &[
+        1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
+        .set_buckets_for_metric(Matcher::Full("auditrail_request_bytes".into()), SIZES)?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// Retention passes and metrics upkeep until shutdown.
+async fn housekeeping(
+    spool: Arc<Spool>,
+    metrics: PrometheusHandle,
+    gc_every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut gc_tick = tokio::time::interval(gc_every);
+    let mut upkeep_tick = tokio::time::interval(Duration::from_secs(5));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = upkeep_tick.tick() => metrics.run_upkeep(),
+            _ = gc_tick.tick() => {
+                let spool = spool.clone();
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+                match tokio::task::spawn_blocking(move || spool.gc(now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        metrics::counter!("auditrail_spool_errors_total", "op" => "gc").increment(1);
+                        tracing::error!(error = %e, "retention pass failed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
