@@ -1,1 +1,247 @@
-//! placeholder
+//! Test harness for auditrail's end-to-end tests: starts the real binary on
+//! free ports with its own spool directory, and talks to it the ways users
+//! do (OTel SDKs, OTLP requests, the admin API and the CLI).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The auditrail binary, built once per test process with the same profile
+/// as the tests, so a test never runs a stale binary.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "auditrail", "--bin", "auditrail"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("running cargo build for the auditrail binary");
+        assert!(status.success(), "building the auditrail binary failed");
+        let bin = profile_dir.join("auditrail");
+        assert!(bin.exists(), "no binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// A running `auditrail serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    log_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server in a fresh directory with the test defaults.
+    pub fn start() -> Server {
+        Server::start_with("", "")
+    }
+
+    /// Starts a server in a fresh directory. `spool_keys` are added to the
+    /// `[spool]` table, `extra_tables` after it (e.g. `[query]` with keys).
+    pub fn start_with(spool_keys: &str, extra_tables: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_in(tmp.path(), spool_keys, extra_tables);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `dir`, reusing the spool there if there is one.
+    pub fn start_in(dir: &Path, spool_keys: &str, extra_tables: &str) -> Server {
+        let (grpc, http, admin) = (free_port(), free_port(), free_port());
+        let config_path = dir.join("auditrail.toml");
+        let spool = dir.join("spool");
+        let config = format!(
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            spool.display()
+        );
+        std::fs::write(&config_path, config).expect("writing config");
+        let log_path = dir.join(format!("serve-{admin}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting auditrail serve");
+        let mut server = Server {
+            child: Some(child),
+            dir: dir.to_owned(),
+            config_path,
+            grpc: ([127, 0, 0, 1], grpc).into(),
+            http: ([127, 0, 0, 1], http).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            log_path,
+            _tmp: None,
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.join("spool")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("auditrail exited early ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(self.admin).is_ok()
+                && std::net::TcpStream::connect(self.grpc).is_ok()
+                && std::net::TcpStream::connect(self.http).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("auditrail did not start within 30s:\n{}", self.log());
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_logs_url(&self) -> String {
+        format!("http://{}/v1/logs", self.http)
+    }
+
+    /// `GET /v1/events?{query}`: the events, as JSON objects.
+    pub async fn events(&self, query: &str) -> Vec<Value> {
+        let url = format!("{}/v1/events?{query}", self.admin_url());
+        let page: Value = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .expect("events page is JSON");
+        page["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no events in {page}"))
+    }
+
+    /// One sample's value from `/metrics`, e.g. `auditrail_stored_events_total`
+    /// or `auditrail_rejected_events_total{reason="invalid_trace_id"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaping");
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 40s after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `auditrail ARGS` to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running auditrail")
+}
+
+/// Waits until `check` returns true, or panics with `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

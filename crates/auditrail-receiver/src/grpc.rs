@@ -158,22 +158,24 @@ where
 }
 
 fn normalize(headers: &mut http::HeaderMap) {
-    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let new_code = match status {
-        Some("13") if DECODE_FAILURES.iter().any(|p| message.starts_with(p)) => {
-            Code::InvalidArgument
-        }
-        Some("11") if message.contains("message length too large") => Code::ResourceExhausted,
-        _ => return,
+    // grpc-message is percent-encoded; let tonic decode it.
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
     };
-    let label = if new_code == Code::InvalidArgument {
-        "malformed"
-    } else {
-        "too_large"
+    let message = status.message();
+    let (new_code, label) = match status.code() {
+        Code::Internal if DECODE_FAILURES.iter().any(|p| message.starts_with(p)) => {
+            (Code::InvalidArgument, "malformed")
+        }
+        Code::OutOfRange if message.contains("message length too large") => {
+            (Code::ResourceExhausted, "too_large")
+        }
+        // tonic already says RESOURCE_EXHAUSTED for a body that decompresses
+        // past the limit; only count it.
+        Code::ResourceExhausted if message.starts_with("Error decompressing") => {
+            (Code::ResourceExhausted, "too_large")
+        }
+        _ => return,
     };
     metrics::counter!("auditrail_refused_requests_total", "reason" => label).increment(1);
     headers.insert("grpc-status", (new_code as i32).into());

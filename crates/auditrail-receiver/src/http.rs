@@ -119,12 +119,22 @@ fn encode<M: Message + serde::Serialize>(
 ) -> Response {
     let (content_type, body) = match encoding {
         Encoding::Protobuf => (PROTOBUF, message.encode_to_vec()),
-        Encoding::Json => (
-            JSON,
-            serde_json::to_vec(message).expect("OTLP messages serialize to JSON"),
-        ),
+        Encoding::Json => {
+            let mut value = serde_json::to_value(message).expect("OTLP messages serialize to JSON");
+            drop_nulls(&mut value);
+            (JSON, value.to_string().into_bytes())
+        }
     };
     (http, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// OTLP/JSON leaves unset fields out; opentelemetry-proto's serde writes an
+/// unset message field as `null`, which strict JSON-protobuf parsers refuse.
+fn drop_nulls(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(drop_nulls);
+    }
 }
 
 async fn not_served(signal: &str) -> Refusal {
