@@ -96,7 +96,16 @@ async fn http_bad_requests_are_named_and_change_nothing() {
     let json = "application/json";
     let proto = "application/x-protobuf";
 
-    let cases: Vec<(&str, u16, &str, Option<&str>, Vec<u8>, &str)> = vec![
+    // (what, expected status, content type, content encoding, body, a word the error must contain)
+    type Case = (
+        &'static str,
+        u16,
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "garbage protobuf",
             400,

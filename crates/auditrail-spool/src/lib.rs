@@ -9,12 +9,13 @@
 //!
 //! Layout: tree `batches` maps `seq` (big-endian) of a batch's first event to
 //! one value holding the whole group-committed batch (see `batch.rs`); tree
-//! `idx` holds the secondary indexes (see `index.rs`).
+//! `ids` holds each batch's dedup keys (see `dedup.rs`); tree `idx` holds the
+//! secondary indexes (see `index.rs`).
 
 mod batch;
+mod dedup;
 mod index;
 mod query;
-mod recent;
 mod retention;
 mod verify;
 mod writer;
@@ -34,7 +35,7 @@ pub use retention::GcStats;
 pub use verify::VerifyReport;
 
 use batch::BatchView;
-use recent::RecentIds;
+use dedup::DedupSet;
 use writer::AppendJob;
 
 /// How a spool is opened.
@@ -92,8 +93,7 @@ pub struct Appended {
     /// Events whose `event_id` the spool already held; they are acknowledged
     /// but not stored again.
     pub duplicates: usize,
-    /// The seq of each appended event, in order (for duplicates, the seq of
-    /// the copy already stored).
+    /// The seqs given to the stored events, in order.
     pub seqs: Vec<u64>,
 }
 
@@ -119,7 +119,8 @@ pub(crate) struct Shared {
     /// Lowest seq still retained (`last_seq + 1` when empty).
     pub(crate) first_seq: AtomicU64,
     pub(crate) indexed_seq: AtomicU64,
-    pub(crate) recent: Mutex<RecentIds>,
+    pub(crate) ids: sled::Tree,
+    pub(crate) dedup: Mutex<DedupSet>,
     disk_bytes: AtomicU64,
     /// Bytes inserted since `disk_bytes` was measured.
     pub(crate) unmeasured_bytes: AtomicU64,
@@ -196,6 +197,8 @@ impl Shared {
         metrics::gauge!("auditrail_spool_events").set(stats.events as f64);
         metrics::gauge!("auditrail_spool_bytes").set(stats.disk_bytes as f64);
         metrics::gauge!("auditrail_spool_last_seq").set(stats.last_seq as f64);
+        let dedup_keys = self.dedup.lock().expect("dedup lock").len();
+        metrics::gauge!("auditrail_spool_dedup_keys").set(dedup_keys as f64);
     }
 }
 
@@ -225,6 +228,8 @@ impl Spool {
             })?;
         let batches = db.open_tree("batches")?;
         let idx = db.open_tree("idx")?;
+        let ids = db.open_tree("ids")?;
+        let dedup = dedup::recover(&batches, &ids)?;
 
         let (last_seq, last_hash) = match batches.last()? {
             Some((_, value)) => {
@@ -253,14 +258,14 @@ impl Spool {
             last_seq: AtomicU64::new(last_seq),
             first_seq: AtomicU64::new(first_seq),
             indexed_seq: AtomicU64::new(indexed),
-            recent: Mutex::new(RecentIds::default()),
+            ids,
+            dedup: Mutex::new(dedup),
             disk_bytes: AtomicU64::new(0),
             unmeasured_bytes: AtomicU64::new(0),
             disk_checked: Mutex::new(Instant::now()),
             initial_last_hash: last_hash,
         });
         shared.measure_disk_usage();
-        recover_recent_ids(&shared)?;
         shared.publish_gauges();
 
         let (job_tx, job_rx) = mpsc::channel();
@@ -373,33 +378,4 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
         .name(name.into())
         .spawn(f)
         .expect("spawning a spool thread")
-}
-
-/// Puts the ids of events above the index watermark back into the recent-id
-/// set, so that dedup holds across a crash before the indexer caught up.
-fn recover_recent_ids(shared: &Shared) -> Result<(), SpoolError> {
-    let indexed = shared.indexed_seq.load(Ordering::Acquire);
-    let mut recent = shared.recent.lock().expect("recent ids lock");
-    let start = shared
-        .batches
-        .range(..=seq_key(indexed + 1))
-        .next_back()
-        .transpose()?
-        .map(|(k, _)| writer::seq_from_bytes(&k))
-        .unwrap_or(0);
-    for item in shared.batches.range(seq_key(start)..) {
-        let (_, value) = item?;
-        let view = BatchView::parse(&value)?;
-        for i in 0..view.count() {
-            let seq = view.first_seq + i as u64;
-            if seq > indexed {
-                let event = view.event(i)?;
-                recent.insert(auditrail_model::id::dedup_key(&event.event_id), seq);
-            }
-        }
-    }
-    if recent.len() > 0 {
-        tracing::info!(events = recent.len(), "recovered ids awaiting the indexer");
-    }
-    Ok(())
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use auditrail_model::{AuditEvent, Outcome};
 
 use crate::batch::BatchView;
-use crate::index::{short_hash, timed_key, ACTOR, EVENT, SERVICE, TIME, TRACE};
+use crate::index::{
+    batch_key, short_hash, TimeSpan, ACTOR, EVENT, SERVICE, TIME, TRACE, TRACE_ENTRY,
+};
 use crate::{seq_key, Shared, SpoolError};
 
 /// What to look for. Every set field must match.
@@ -67,65 +69,137 @@ pub(crate) fn run(shared: &Shared, filter: &Filter) -> Result<Vec<AuditEvent>, S
     // Read the watermark first: whatever the indexer adds meanwhile is also
     // found by the tail scan, and `found` is keyed by seq, so nothing doubles.
     let indexed = shared.indexed_seq.load(Ordering::Acquire);
-    let mut found: BTreeMap<(u64, u64), AuditEvent> = BTreeMap::new();
-    let mut reader = EventReader::new(shared);
-    let limit = filter.limit();
-
-    let mut take = |seq: u64, found: &mut BTreeMap<(u64, u64), AuditEvent>| {
-        if let Some(event) = reader.get(seq)? {
-            if filter.matches(&event) {
-                found.insert((event.time_unix_nano, event.seq), event);
-            }
-        }
-        Ok::<bool, SpoolError>(found.len() >= limit)
-    };
+    let mut found = Newest::new(filter.limit());
 
     if let Some(trace) = &filter.trace_id {
-        let raw = hex::decode(trace).unwrap_or_default();
-        if raw.len() == 16 {
-            let mut prefix = vec![TRACE];
-            prefix.extend_from_slice(&raw);
-            for item in shared.idx.scan_prefix(&prefix) {
-                let (key, _) = item?;
-                take(seq_at_end(&key), &mut found)?;
+        let mut reader = EventReader::new(shared);
+        for seq in trace_seqs(shared, trace)? {
+            if let Some(event) = reader.get(seq)? {
+                found.offer(filter, event);
             }
         }
-        // A trace id of another length was never stored: nothing to find.
     } else {
-        let (tag, prefix) = if let Some(actor) = &filter.actor {
-            (ACTOR, short_hash(actor).to_vec())
-        } else if let Some(name) = &filter.event_name {
-            (EVENT, short_hash(name).to_vec())
-        } else if let Some(service) = &filter.service {
-            (SERVICE, short_hash(service).to_vec())
-        } else {
-            (TIME, Vec::new())
-        };
-        let low = timed_key(tag, &prefix, filter.since.unwrap_or(0), 0);
-        let high = timed_key(tag, &prefix, filter.until.unwrap_or(u64::MAX), u64::MAX);
-        // Newest first, so a limit stops the walk early.
-        for item in shared.idx.range(low..=high).rev() {
-            let (key, _) = item?;
-            if take(seq_at_end(&key), &mut found)? {
+        for (first_seq, span) in candidate_batches(shared, filter)? {
+            if found.is_settled_before(span.max) {
                 break;
+            }
+            let Some(value) = shared.batches.get(seq_key(first_seq))? else {
+                continue; // removed by retention meanwhile
+            };
+            let view = BatchView::parse(&value)?;
+            for i in 0..view.count() {
+                found.offer(filter, view.event(i)?);
             }
         }
     }
 
     // Batches the indexer has not reached yet.
-    let tail = scan_from(
+    for event in scan_from(
         shared,
         indexed,
         &Filter {
             limit: 0,
             ..filter.clone()
         },
-    )?;
-    for event in tail {
-        found.insert((event.time_unix_nano, event.seq), event);
+    )? {
+        found.offer(filter, event);
     }
-    let skip = found.len().saturating_sub(limit);
-    Ok(found.into_values().skip(skip).collect())
+    Ok(found.into_oldest_first())
+}
+
+/// Seqs of the indexed events of one trace: a binary search in each batch's
+/// sorted trace run.
+fn trace_seqs(shared: &Shared, trace_hex: &str) -> Result<Vec<u64>, SpoolError> {
+    let mut trace = [0u8; 16];
+    if hex::decode_to_slice(trace_hex, &mut trace).is_err() {
+        return Ok(Vec::new()); // never stored under another length
+    }
+    let mut seqs = Vec::new();
+    for item in shared.idx.scan_prefix([TRACE]) {
+        let (_, run) = item?;
+        let entries: Vec<&[u8]> = run.chunks_exact(TRACE_ENTRY).collect();
+        let start = entries.partition_point(|e| e[..16] < trace[..]);
+        for entry in &entries[start..] {
+            if entry[..16] != trace[..] {
+                break;
+            }
+            seqs.push(seq_at_end(entry));
+        }
+    }
+    Ok(seqs)
+}
+
+/// The indexed batches that may hold matches, newest (by latest event time)
+/// first.
+fn candidate_batches(shared: &Shared, filter: &Filter) -> Result<Vec<(u64, TimeSpan)>, SpoolError> {
+    let narrowing = [
+        (ACTOR, &filter.actor),
+        (EVENT, &filter.event_name),
+        (SERVICE, &filter.service),
+    ]
+    .into_iter()
+    .find_map(|(tag, value)| value.as_ref().map(|v| (tag, short_hash(v))));
+    let mut batches = Vec::new();
+    match narrowing {
+        Some((tag, hash)) => {
+            let prefix = batch_key(tag, &hash, 0)[..9].to_vec();
+            for item in shared.idx.scan_prefix(prefix) {
+                let (key, _) = item?;
+                let first_seq = seq_at_end(&key);
+                if let Some(span) = shared.idx.get(batch_key(TIME, &[], first_seq))? {
+                    batches.extend(TimeSpan::from_bytes(&span).map(|s| (first_seq, s)));
+                }
+            }
+        }
+        None => {
+            for item in shared.idx.scan_prefix([TIME]) {
+                let (key, span) = item?;
+                batches.extend(TimeSpan::from_bytes(&span).map(|s| (seq_at_end(&key), s)));
+            }
+        }
+    }
+    let (since, until) = (filter.since.unwrap_or(0), filter.until.unwrap_or(u64::MAX));
+    batches.retain(|(_, span)| span.max >= since && span.min <= until);
+    batches.sort_by(|a, b| b.1.max.cmp(&a.1.max).then(b.0.cmp(&a.0)));
+    Ok(batches)
+}
+
+/// The newest `limit` matches seen so far, by (time, seq).
+struct Newest {
+    limit: usize,
+    events: BTreeMap<(u64, u64), AuditEvent>,
+}
+
+impl Newest {
+    fn new(limit: usize) -> Self {
+        Newest {
+            limit,
+            events: BTreeMap::new(),
+        }
+    }
+
+    fn offer(&mut self, filter: &Filter, event: AuditEvent) {
+        if !filter.matches(&event) {
+            return;
+        }
+        self.events.insert((event.time_unix_nano, event.seq), event);
+        if self.events.len() > self.limit {
+            self.events.pop_first();
+        }
+    }
+
+    /// Whether no event at or before `max_time` can still make the cut.
+    fn is_settled_before(&self, max_time: u64) -> bool {
+        self.events.len() >= self.limit
+            && self
+                .events
+                .first_key_value()
+                .is_some_and(|((oldest, _), _)| max_time < *oldest)
+    }
+
+    fn into_oldest_first(self) -> Vec<AuditEvent> {
+        self.events.into_values().collect()
+    }
 }
 
 /// Matches above `after`, in seq order, straight from the batches.

@@ -4,7 +4,8 @@
 //! received longer ago than the retention period. Retention counts from
 //! receive time, not from the event's own timestamp, so a client with a wrong
 //! clock cannot make auditrail drop fresh events. Only indexed batches are
-//! removed, so that their index keys can be removed with them.
+//! removed, so that their index keys can be removed with them. Their event
+//! ids leave the dedup set too: a resend after retention is a new event.
 
 use std::sync::atomic::Ordering;
 
@@ -32,8 +33,11 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
             break;
         }
         let mut removals = sled::Batch::default();
-        index_batch(&view, 0, &mut removals, true)?;
+        index_batch(&view, &mut removals, true)?;
         shared.idx.apply_batch(removals)?;
+        if let Some(run) = shared.ids.remove(&key)? {
+            shared.dedup.lock().expect("dedup lock").remove_run(&run);
+        }
         shared.batches.remove(&key)?;
         shared
             .first_seq

@@ -11,12 +11,11 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use auditrail_model::id::dedup_key;
 use auditrail_model::AuditEvent;
 use tokio::sync::oneshot;
 
 use crate::batch::BatchBuilder;
-use crate::index::dedup_index_key;
+use crate::dedup::event_key;
 use crate::{seq_key, Appended, Shared, SpoolError};
 
 /// Most events one group commit takes, so one huge burst cannot make a
@@ -91,63 +90,48 @@ fn write_batch(
     let mut prev = *last_hash;
     let mut builder = BatchBuilder::new(first_seq, prev);
     let mut done = Vec::with_capacity(taken.len());
-    let mut recent = shared.recent.lock().expect("recent ids lock");
+    let mut dedup = shared.dedup.lock().expect("dedup lock");
     let queued_at = Instant::now();
-    let mut replies: Replies = Vec::new();
-    let mut failure = None;
+    let mut replies: Replies = Vec::with_capacity(taken.len());
+    let mut run = Vec::new();
     for job in taken {
         let mut appended = Appended::default();
-        if failure.is_none() {
-            for mut event in job.events {
-                let key = dedup_key(&event.event_id);
-                let existing = match recent.get(&key) {
-                    Some(seq) => Some(seq),
-                    None => match shared.idx.get(dedup_index_key(&key)) {
-                        Ok(found) => found.map(|v| seq_from_bytes(&v)),
-                        Err(e) => {
-                            failure = Some(SpoolError::from(e));
-                            break;
-                        }
-                    },
-                };
-                if let Some(seq) = existing {
-                    appended.duplicates += 1;
-                    appended.seqs.push(seq);
-                    continue;
-                }
-                event.node.clone_from(&shared.node);
-                event.seq = next_seq;
-                event.prev_hash = prev;
-                prev = builder.push(&event);
-                recent.insert(key, next_seq);
-                appended.stored += 1;
-                appended.seqs.push(next_seq);
-                next_seq += 1;
+        for mut event in job.events {
+            let key = event_key(&event.event_id);
+            if !dedup.insert(key) {
+                appended.duplicates += 1;
+                continue;
             }
+            event.node.clone_from(&shared.node);
+            event.seq = next_seq;
+            event.prev_hash = prev;
+            prev = builder.push(&event);
+            run.extend_from_slice(&key.to_be_bytes());
+            appended.stored += 1;
+            appended.seqs.push(next_seq);
+            next_seq += 1;
         }
         replies.push(job.reply);
         done.push(appended);
     }
-    let result = match failure {
-        Some(e) => Err(e),
-        None if builder.len() == 0 => Ok(()),
-        None => {
-            let value = builder.finish();
-            let len = value.len() as u64;
-            shared
-                .batches
-                .insert(seq_key(first_seq), value)
-                .map(|_| {
-                    shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
-                })
-                .map_err(SpoolError::from)
+    if builder.len() > 0 {
+        let value = builder.finish();
+        let len = (value.len() + run.len()) as u64;
+        // Both inserts are covered by the flush that follows; if a crash
+        // keeps the batch but loses its run, recovery recomputes the run.
+        let written = shared
+            .batches
+            .insert(seq_key(first_seq), value)
+            .and_then(|_| shared.ids.insert(seq_key(first_seq), run.as_slice()));
+        if let Err(e) = written {
+            let _ = shared.batches.remove(seq_key(first_seq));
+            let _ = shared.ids.remove(seq_key(first_seq));
+            dedup.remove_run(&run);
+            return Err((SpoolError::from(e), replies));
         }
-    };
-    if let Err(error) = result {
-        recent.forget_after(first_seq - 1);
-        return Err((error, replies));
+        shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
     }
-    drop(recent);
+    drop(dedup);
     *last_hash = prev;
     shared.last_seq.store(next_seq - 1, Ordering::Release);
     Ok(replies

@@ -1,0 +1,235 @@
+//! `auditrail-bench`: a load generator for durable OTLP/gRPC ingest.
+//!
+//! N concurrent gRPC clients each send requests of B log records of about
+//! S bytes (each with a unique `log.record.uid`, so dedup does not shortcut
+//! anything), either as fast as acknowledgements allow or at a fixed total
+//! rate. Each request's latency is the time to its acknowledgement, which
+//! auditrail sends only after fsync. Prints events/s, ack latency
+//! percentiles and, given the server's pid and spool dir, RSS and disk bytes
+//! per event.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+#[derive(Parser)]
+struct Args {
+    /// OTLP/gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    endpoint: String,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Records per request.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Approximate encoded size of one record, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// How long to send.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Total events per second across all clients; 0 = as fast as acks come.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Server pid, to report its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Server spool dir, to report disk bytes per event.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Distinguishes the uids of separate runs against one spool.
+    #[arg(long, default_value = "run")]
+    run_id: String,
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        key_strindex: 0,
+    }
+}
+
+fn request(args: &Args, client: usize, n: u64) -> ExportLogsServiceRequest {
+    // ~200 bytes of attributes and ids; the body pads to record_bytes.
+    let pad = args.record_bytes.saturating_sub(220);
+    let body = format!(
+        "generate image: a lighthouse on a cliff at dusk, {}",
+        "x".repeat(pad.saturating_sub(48))
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let records = (0..args.batch)
+        .map(|i| LogRecord {
+            time_unix_nano: now,
+            observed_time_unix_nano: now,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            event_name: "image.generate".into(),
+            body: Some(AnyValue {
+                value: Some(Value::StringValue(body.clone())),
+            }),
+            attributes: vec![
+                kv(
+                    "log.record.uid",
+                    &format!("{}-{client}-{n}-{i}", args.run_id),
+                ),
+                kv("user.id", &format!("user-{}", i % 97)),
+                kv("client.address", "203.0.113.9"),
+                kv("audit.outcome", "success"),
+                kv("audit.target", "model/sdxl"),
+            ],
+            trace_id: ((n as u128) << 64 | (client as u128) << 32 | i as u128 | 1)
+                .to_be_bytes()
+                .to_vec(),
+            span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
+            flags: 1,
+            ..Default::default()
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "bench-imagegen")],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = std::sync::Arc::new(Args::parse());
+    let per_client_interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(args.batch as f64 * args.clients as f64 / args.rate as f64)
+    });
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut grpc = LogsServiceClient::connect(args.endpoint.clone())
+                .await
+                .context("connecting")?
+                .max_encoding_message_size(64 << 20);
+            let mut latencies = Vec::new();
+            let mut events = 0u64;
+            let mut next_send = Instant::now();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if let Some(every) = per_client_interval {
+                    tokio::time::sleep_until(next_send.into()).await;
+                    next_send += every;
+                }
+                let req = request(&args, client, n);
+                n += 1;
+                let sent = Instant::now();
+                let answer = grpc
+                    .export(req)
+                    .await
+                    .context("export failed")?
+                    .into_inner();
+                latencies.push(sent.elapsed());
+                let rejected = answer.partial_success.map_or(0, |p| p.rejected_log_records);
+                anyhow::ensure!(rejected == 0, "{rejected} records rejected");
+                events += args.batch as u64;
+            }
+            anyhow::Ok((events, latencies))
+        }));
+    }
+    let mut events = 0;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (e, l) = task.await??;
+        events += e;
+        latencies.extend(l);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "clients={} batch={} record_bytes={} rate={} duration={:.1}s",
+        args.clients,
+        args.batch,
+        args.record_bytes,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            args.rate.to_string()
+        },
+        elapsed.as_secs_f64()
+    );
+    println!("events acked:      {events}");
+    println!(
+        "durable ingest:    {:.0} events/s",
+        events as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "ack latency:       p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} requests)",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(*latencies.last().unwrap()),
+        latencies.len()
+    );
+    if let Some(pid) = args.server_pid {
+        println!(
+            "server RSS:        {} MiB (peak {} MiB)",
+            status_kib(pid, "VmRSS")? / 1024,
+            status_kib(pid, "VmHWM")? / 1024
+        );
+    }
+    if let Some(dir) = &args.data_dir {
+        let bytes = dir_bytes(dir)?;
+        println!("spool on disk:     {} MiB", bytes >> 20);
+        println!(
+            "spool bytes/event: {:.0} (all events in the spool: pass --data-dir of a fresh spool)",
+            bytes as f64 / events.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} for pid {pid}"))
+}
+
+fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
