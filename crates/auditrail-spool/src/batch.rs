@@ -45,6 +45,15 @@ impl BatchBuilder {
         self.ends.len()
     }
 
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Bytes of encoded records so far.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.records.len()
+    }
+
     /// Adds an event whose `seq`, `node` and `prev_hash` are already set;
     /// returns its chain hash.
     pub(crate) fn push(&mut self, event: &AuditEvent) -> Hash {

@@ -52,6 +52,10 @@ impl DedupSet {
         self.keys.insert(key)
     }
 
+    pub(crate) fn remove(&mut self, key: u128) {
+        self.keys.remove(&key);
+    }
+
     pub(crate) fn remove_run(&mut self, run: &[u8]) {
         for key in run.chunks_exact(16) {
             self.keys.remove(&key_from_bytes(key));

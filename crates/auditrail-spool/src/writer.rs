@@ -86,53 +86,36 @@ fn write_batch(
     taken: Vec<AppendJob>,
 ) -> Result<Vec<FlushJob>, (SpoolError, Replies)> {
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
-    let mut next_seq = first_seq;
-    let mut prev = *last_hash;
-    let mut builder = BatchBuilder::new(first_seq, prev);
-    let mut done = Vec::with_capacity(taken.len());
+    let mut values = BatchValues::new(first_seq, *last_hash);
     let mut dedup = shared.dedup.lock().expect("dedup lock");
     let queued_at = Instant::now();
     let mut replies: Replies = Vec::with_capacity(taken.len());
-    let mut run = Vec::new();
+    let mut done = Vec::with_capacity(taken.len());
+    let mut new_keys = Vec::new();
     for job in taken {
         let mut appended = Appended::default();
-        for mut event in job.events {
+        for event in job.events {
             let key = event_key(&event.event_id);
             if !dedup.insert(key) {
                 appended.duplicates += 1;
                 continue;
             }
-            event.node.clone_from(&shared.node);
-            event.seq = next_seq;
-            event.prev_hash = prev;
-            prev = builder.push(&event);
-            run.extend_from_slice(&key.to_be_bytes());
+            new_keys.push(key);
+            appended.seqs.push(values.push(&shared.node, event, key));
             appended.stored += 1;
-            appended.seqs.push(next_seq);
-            next_seq += 1;
         }
         replies.push(job.reply);
         done.push(appended);
     }
-    if builder.len() > 0 {
-        let value = builder.finish();
-        let len = (value.len() + run.len()) as u64;
-        // Both inserts are covered by the flush that follows; if a crash
-        // keeps the batch but loses its run, recovery recomputes the run.
-        let written = shared
-            .batches
-            .insert(seq_key(first_seq), value)
-            .and_then(|_| shared.ids.insert(seq_key(first_seq), run.as_slice()));
-        if let Err(e) = written {
-            let _ = shared.batches.remove(seq_key(first_seq));
-            let _ = shared.ids.remove(seq_key(first_seq));
-            dedup.remove_run(&run);
-            return Err((SpoolError::from(e), replies));
+    let (next_seq, hash, written) = values.write(shared);
+    if let Err(e) = written {
+        for key in new_keys {
+            dedup.remove(key);
         }
-        shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
+        return Err((e, replies));
     }
     drop(dedup);
-    *last_hash = prev;
+    *last_hash = hash;
     shared.last_seq.store(next_seq - 1, Ordering::Release);
     Ok(replies
         .into_iter()
@@ -143,6 +126,88 @@ fn write_batch(
             queued_at,
         })
         .collect())
+}
+
+/// Values above this are cut into several batches within one commit: sled
+/// writes values over a quarter of its segment size as separate blob files,
+/// and rewrites whole leaves when it splits them, so moderate values keep
+/// its write amplification down (measured: bench/examples/sled_layout.rs).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The batch values (and dedup-key runs) one group commit writes.
+struct BatchValues {
+    next_seq: u64,
+    prev: auditrail_model::Hash,
+    current: BatchBuilder,
+    run: Vec<u8>,
+    finished: Vec<(u64, Vec<u8>, Vec<u8>)>,
+}
+
+impl BatchValues {
+    fn new(first_seq: u64, prev: auditrail_model::Hash) -> Self {
+        BatchValues {
+            next_seq: first_seq,
+            prev,
+            current: BatchBuilder::new(first_seq, prev),
+            run: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    /// Chains and encodes one event; returns its seq.
+    fn push(&mut self, node: &str, mut event: AuditEvent, dedup_key: u128) -> u64 {
+        let seq = self.next_seq;
+        event.node.clear();
+        event.node.push_str(node);
+        event.seq = seq;
+        event.prev_hash = self.prev;
+        self.prev = self.current.push(&event);
+        self.run.extend_from_slice(&dedup_key.to_be_bytes());
+        self.next_seq += 1;
+        if self.current.byte_len() >= MAX_BATCH_BYTES {
+            self.cut();
+        }
+        seq
+    }
+
+    fn cut(&mut self) {
+        if self.current.len() == 0 {
+            return;
+        }
+        let full = std::mem::replace(
+            &mut self.current,
+            BatchBuilder::new(self.next_seq, self.prev),
+        );
+        let first = full.first_seq();
+        self.finished
+            .push((first, full.finish(), std::mem::take(&mut self.run)));
+    }
+
+    /// Inserts every value; returns the next free seq, the last hash and
+    /// whether all inserts succeeded. On failure nothing of this commit stays.
+    fn write(mut self, shared: &Shared) -> (u64, auditrail_model::Hash, Result<(), SpoolError>) {
+        self.cut();
+        let mut inserted = Vec::new();
+        for (first, value, run) in self.finished {
+            let len = (value.len() + run.len()) as u64;
+            // Both inserts are covered by the flush that follows; if a crash
+            // keeps the batch but loses its run, recovery recomputes the run.
+            let written = shared
+                .batches
+                .insert(seq_key(first), value)
+                .and_then(|_| shared.ids.insert(seq_key(first), run));
+            inserted.push(first);
+            if let Err(e) = written {
+                for first in inserted {
+                    let _ = shared.batches.remove(seq_key(first));
+                    let _ = shared.ids.remove(seq_key(first));
+                }
+                return (self.next_seq, self.prev, Err(SpoolError::from(e)));
+            }
+            shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        (self.next_seq, self.prev, Ok(()))
+    }
 }
 
 pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
