@@ -107,7 +107,8 @@ pub async fn serve_grpc(
     tonic::transport::Server::builder()
         .add_routes(grpc_routes(ingest))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await

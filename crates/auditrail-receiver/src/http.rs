@@ -38,6 +38,11 @@ pub async fn serve_http(
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http_router(ingest))
         .with_graceful_shutdown(shutdown)
         .await
