@@ -135,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
             // Stagger the clients over one interval, so a fixed rate is a
             // steady stream rather than all clients firing at the same instant.
             let mut next_send = Instant::now()
-                + per_client_interval.map_or(Duration::ZERO, |every| every * client as u32 / args.clients as u32);
+                + per_client_interval.map_or(Duration::ZERO, |every| {
+                    every * client as u32 / args.clients as u32
+                });
             let mut n = 0u64;
             while Instant::now() < deadline {
                 if let Some(every) = per_client_interval {
