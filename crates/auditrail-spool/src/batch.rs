@@ -45,10 +45,6 @@ impl BatchBuilder {
         self.ends.len()
     }
 
-    pub(crate) fn first_seq(&self) -> u64 {
-        self.first_seq
-    }
-
     /// Bytes of encoded records so far.
     pub(crate) fn byte_len(&self) -> usize {
         self.records.len()

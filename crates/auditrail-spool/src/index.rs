@@ -25,11 +25,13 @@
 //! `h` is the first 8 bytes of a SHA-256: collisions only cost a wasted read,
 //! because every candidate event is checked against the full filter.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use auditrail_model::AuditEvent;
 use sha2::{Digest, Sha256};
 
 use crate::batch::BatchView;
@@ -87,92 +89,139 @@ impl TimeSpan {
     }
 }
 
-/// Adds (or with `remove`, deletes) the index keys of a whole batch.
-pub(crate) fn index_batch(
-    view: &BatchView<'_>,
-    batch: &mut sled::Batch,
-    remove: bool,
-) -> Result<usize, SpoolError> {
-    let mut put = |key: Vec<u8>, value: &[u8]| {
-        if remove {
-            batch.remove(key);
-        } else {
-            batch.insert(key, value);
-        }
-    };
-    let mut span = TimeSpan {
-        min: u64::MAX,
-        max: 0,
-    };
-    let mut per_batch: HashSet<(u8, [u8; 8])> = HashSet::new();
-    let mut traces: Vec<[u8; TRACE_ENTRY]> = Vec::new();
-    for i in 0..view.count() {
-        let seq = view.first_seq + i as u64;
-        let event = view.event(i)?;
-        span.min = span.min.min(event.time_unix_nano);
-        span.max = span.max.max(event.time_unix_nano);
-        for (tag, value) in [
-            (ACTOR, &event.actor_id),
-            (ACTOR, &event.actor_name),
-            (EVENT, &event.event_name),
-            (SERVICE, &event.service_name),
-        ] {
-            if !value.is_empty() {
-                per_batch.insert((tag, short_hash(value)));
-            }
-        }
-        let mut entry = [0u8; TRACE_ENTRY];
-        if hex::decode_to_slice(&event.trace_id, &mut entry[..16]).is_ok() {
-            entry[16..].copy_from_slice(&seq.to_be_bytes());
-            traces.push(entry);
-        }
-    }
-    if !traces.is_empty() {
-        traces.sort_unstable();
-        put(batch_key(TRACE, &[], view.first_seq), &traces.concat());
-    }
-    for (tag, hash) in per_batch {
-        put(batch_key(tag, &hash, view.first_seq), &[]);
-    }
-    if view.count() > 0 {
-        put(batch_key(TIME, &[], view.first_seq), &span.to_bytes());
-    }
-    Ok(view.count())
+/// What the index needs to know about one batch value.
+///
+/// The writer builds it while it encodes the events, so the indexer writes
+/// keys without reading and decoding the batch back from sled; after a
+/// restart, batches above the watermark are digested from sled instead.
+#[derive(Debug, Default)]
+pub(crate) struct IndexDigest {
+    pub(crate) first_seq: u64,
+    pub(crate) count: usize,
+    span: Option<TimeSpan>,
+    actors: HashSet<String>,
+    event_names: HashSet<String>,
+    services: HashSet<String>,
+    traces: Vec<[u8; TRACE_ENTRY]>,
 }
 
-/// Indexes everything stored above the watermark; returns the new watermark.
-pub(crate) fn catch_up(shared: &Shared) -> Result<u64, SpoolError> {
+impl IndexDigest {
+    pub(crate) fn new(first_seq: u64) -> Self {
+        IndexDigest {
+            first_seq,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.first_seq + self.count as u64 - 1
+    }
+
+    /// Adds the next event of the batch (its seq is `first_seq + count`).
+    pub(crate) fn add(&mut self, event: &AuditEvent) {
+        let time = event.time_unix_nano;
+        self.span = Some(match self.span {
+            None => TimeSpan {
+                min: time,
+                max: time,
+            },
+            Some(s) => TimeSpan {
+                min: s.min.min(time),
+                max: s.max.max(time),
+            },
+        });
+        note(&mut self.actors, &event.actor_id);
+        note(&mut self.actors, &event.actor_name);
+        note(&mut self.event_names, &event.event_name);
+        note(&mut self.services, &event.service_name);
+        let mut entry = [0u8; TRACE_ENTRY];
+        if hex::decode_to_slice(&event.trace_id, &mut entry[..16]).is_ok() {
+            let seq = self.first_seq + self.count as u64;
+            entry[16..].copy_from_slice(&seq.to_be_bytes());
+            self.traces.push(entry);
+        }
+        self.count += 1;
+    }
+}
+
+/// Clones a value only the first time it shows up in the batch.
+fn note(set: &mut HashSet<String>, value: &str) {
+    if !value.is_empty() && !set.contains(value) {
+        set.insert(value.to_owned());
+    }
+}
+
+impl IndexDigest {
+    /// Digests a stored batch (the path after a restart, and for retention).
+    pub(crate) fn of_batch(view: &BatchView<'_>) -> Result<Self, SpoolError> {
+        let mut digest = IndexDigest::new(view.first_seq);
+        for i in 0..view.count() {
+            digest.add(&view.event(i)?);
+        }
+        Ok(digest)
+    }
+
+    /// Adds (or with `remove`, deletes) the batch's index keys.
+    pub(crate) fn apply(mut self, batch: &mut sled::Batch, remove: bool) {
+        let mut put = |key: Vec<u8>, value: &[u8]| {
+            if remove {
+                batch.remove(key);
+            } else {
+                batch.insert(key, value);
+            }
+        };
+        if !self.traces.is_empty() {
+            self.traces.sort_unstable();
+            put(batch_key(TRACE, &[], self.first_seq), &self.traces.concat());
+        }
+        for (tag, set) in [
+            (ACTOR, &self.actors),
+            (EVENT, &self.event_names),
+            (SERVICE, &self.services),
+        ] {
+            for value in set {
+                put(batch_key(tag, &short_hash(value), self.first_seq), &[]);
+            }
+        }
+        if let Some(span) = self.span {
+            put(batch_key(TIME, &[], self.first_seq), &span.to_bytes());
+        }
+    }
+}
+
+/// Indexes everything stored above the watermark, taking each batch's digest
+/// from `digests` when the writer sent one, else from sled. Returns the new
+/// watermark.
+pub(crate) fn catch_up(
+    shared: &Shared,
+    digests: &mut VecDeque<IndexDigest>,
+) -> Result<u64, SpoolError> {
     let mut indexed = shared.indexed_seq.load(Ordering::Acquire);
     let target = shared.last_seq.load(Ordering::Acquire);
-    if indexed >= target {
-        return Ok(indexed);
-    }
-    let start = shared
-        .batches
-        .range(..=seq_key(indexed + 1))
-        .next_back()
-        .transpose()?
-        .map(|(k, _)| k)
-        .unwrap_or_else(|| seq_key(0).to_vec().into());
     let mut pending = sled::Batch::default();
     let mut pending_events = 0;
-    for item in shared.batches.range(start..) {
-        let (_, value) = item?;
-        let view = BatchView::parse(&value)?;
-        if view.last_seq() <= indexed {
-            continue;
+    while indexed < target {
+        // Digests of batches already indexed (from sled, after a gap) are stale.
+        while digests.front().is_some_and(|d| d.first_seq <= indexed) {
+            digests.pop_front();
         }
-        // Batches are indexed whole; the watermark only ever sits at a batch end.
-        pending_events += index_batch(&view, &mut pending, false)?;
-        indexed = view.last_seq();
+        let digest = match digests.front() {
+            Some(d) if d.first_seq == indexed + 1 => digests.pop_front().expect("front exists"),
+            _ => {
+                let Some((_, value)) = shared.batches.get_gt(seq_key(indexed))? else {
+                    break;
+                };
+                IndexDigest::of_batch(&BatchView::parse(&value)?)?
+            }
+        };
+        indexed = digest.last_seq();
+        pending_events += digest.count;
+        digest.apply(&mut pending, false);
         if pending_events >= INDEX_CHUNK || indexed >= target {
             pending.insert(WATERMARK_KEY, &indexed.to_be_bytes());
             shared.idx.apply_batch(std::mem::take(&mut pending))?;
             pending_events = 0;
             shared.indexed_seq.store(indexed, Ordering::Release);
-        }
-        if indexed >= target {
-            break;
         }
     }
     if pending_events > 0 {
@@ -189,22 +238,30 @@ pub(crate) fn catch_up(shared: &Shared) -> Result<u64, SpoolError> {
     Ok(indexed)
 }
 
-/// The indexer thread: woken after each stored batch, and every half second.
-pub(crate) fn run_indexer(shared: Arc<Shared>, wake: std::sync::mpsc::Receiver<()>) {
+/// The indexer thread: fed digests by the writer, and awake every half
+/// second in case one was missed.
+pub(crate) fn run_indexer(shared: Arc<Shared>, feed: Receiver<IndexDigest>) {
+    let mut digests = VecDeque::new();
     loop {
-        match wake.recv_timeout(Duration::from_millis(500)) {
-            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                if let Err(e) = catch_up(&shared) {
-                    tracing::error!(error = %e, "final indexing pass failed");
-                }
-                return;
+        let closed = match feed.recv_timeout(Duration::from_millis(500)) {
+            Ok(digest) => {
+                digests.push_back(digest);
+                false
             }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        while let Ok(digest) = feed.try_recv() {
+            digests.push_back(digest);
         }
-        while wake.try_recv().is_ok() {}
-        if let Err(e) = catch_up(&shared) {
+        if let Err(e) = catch_up(&shared, &mut digests) {
             metrics::counter!("auditrail_spool_errors_total", "op" => "index").increment(1);
             tracing::error!(error = %e, "indexing failed; queries scan unindexed batches meanwhile");
+            // The digests are lost with the failed pass; sled still has the batches.
+            digests.clear();
+        }
+        if closed {
+            return;
         }
     }
 }

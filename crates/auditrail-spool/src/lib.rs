@@ -277,11 +277,11 @@ impl Spool {
 
         let (job_tx, job_rx) = mpsc::channel();
         let (flush_tx, flush_rx) = mpsc::channel();
-        let (wake_tx, wake_rx) = mpsc::channel();
+        let (index_tx, index_rx) = mpsc::channel();
         let threads = vec![
             spawn("spool-writer", {
                 let shared = shared.clone();
-                move || writer::run_writer(shared, job_rx, flush_tx, wake_tx)
+                move || writer::run_writer(shared, job_rx, flush_tx, index_tx)
             }),
             spawn("spool-flusher", {
                 let shared = shared.clone();
@@ -289,7 +289,7 @@ impl Spool {
             }),
             spawn("spool-indexer", {
                 let shared = shared.clone();
-                move || index::run_indexer(shared, wake_rx)
+                move || index::run_indexer(shared, index_rx)
             }),
         ];
         Ok(Spool {

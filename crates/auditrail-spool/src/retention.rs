@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::batch::BatchView;
-use crate::index::index_batch;
+use crate::index::IndexDigest;
 use crate::{writer, Shared, SpoolError};
 
 /// What one retention pass removed.
@@ -33,7 +33,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
             break;
         }
         let mut removals = sled::Batch::default();
-        index_batch(&view, &mut removals, true)?;
+        IndexDigest::of_batch(&view)?.apply(&mut removals, true);
         shared.idx.apply_batch(removals)?;
         if let Some(run) = shared.ids.remove(&key)? {
             shared.dedup.lock().expect("dedup lock").remove_run(&run);

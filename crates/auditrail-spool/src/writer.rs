@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::batch::BatchBuilder;
 use crate::dedup::event_key;
+use crate::index::IndexDigest;
 use crate::{seq_key, Appended, Shared, SpoolError};
 
 /// Most events one group commit takes, so one huge burst cannot make a
@@ -37,7 +38,7 @@ pub(crate) fn run_writer(
     shared: Arc<Shared>,
     jobs: Receiver<AppendJob>,
     flushes: Sender<FlushJob>,
-    index_wake: Sender<()>,
+    index_feed: Sender<IndexDigest>,
 ) {
     let mut last_hash = shared.initial_last_hash;
     while let Ok(first) = jobs.recv() {
@@ -60,11 +61,13 @@ pub(crate) fn run_writer(
             continue;
         }
         match write_batch(&shared, &mut last_hash, taken) {
-            Ok(done) => {
+            Ok((done, digests)) => {
                 for job in done {
                     let _ = flushes.send(job);
                 }
-                let _ = index_wake.send(());
+                for digest in digests {
+                    let _ = index_feed.send(digest);
+                }
             }
             Err((error, taken_back)) => {
                 tracing::error!(%error, "spool write failed");
@@ -84,7 +87,7 @@ fn write_batch(
     shared: &Shared,
     last_hash: &mut auditrail_model::Hash,
     taken: Vec<AppendJob>,
-) -> Result<Vec<FlushJob>, (SpoolError, Replies)> {
+) -> Result<(Vec<FlushJob>, Vec<IndexDigest>), (SpoolError, Replies)> {
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
     let mut values = BatchValues::new(first_seq, *last_hash);
     let mut dedup = shared.dedup.lock().expect("dedup lock");
@@ -108,16 +111,19 @@ fn write_batch(
         done.push(appended);
     }
     let (next_seq, hash, written) = values.write(shared);
-    if let Err(e) = written {
-        for key in new_keys {
-            dedup.remove(key);
+    let digests = match written {
+        Ok(digests) => digests,
+        Err(e) => {
+            for key in new_keys {
+                dedup.remove(key);
+            }
+            return Err((e, replies));
         }
-        return Err((e, replies));
-    }
+    };
     drop(dedup);
     *last_hash = hash;
     shared.last_seq.store(next_seq - 1, Ordering::Release);
-    Ok(replies
+    let flush_jobs = replies
         .into_iter()
         .zip(done)
         .map(|(reply, appended)| FlushJob {
@@ -125,7 +131,8 @@ fn write_batch(
             appended,
             queued_at,
         })
-        .collect())
+        .collect();
+    Ok((flush_jobs, digests))
 }
 
 /// Values above this are cut into several batches within one commit: sled
@@ -140,7 +147,8 @@ struct BatchValues {
     prev: auditrail_model::Hash,
     current: BatchBuilder,
     run: Vec<u8>,
-    finished: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    digest: IndexDigest,
+    finished: Vec<(Vec<u8>, Vec<u8>, IndexDigest)>,
 }
 
 impl BatchValues {
@@ -150,6 +158,7 @@ impl BatchValues {
             prev,
             current: BatchBuilder::new(first_seq, prev),
             run: Vec::new(),
+            digest: IndexDigest::new(first_seq),
             finished: Vec::new(),
         }
     }
@@ -162,6 +171,7 @@ impl BatchValues {
         event.seq = seq;
         event.prev_hash = self.prev;
         self.prev = self.current.push(&event);
+        self.digest.add(&event);
         self.run.extend_from_slice(&dedup_key.to_be_bytes());
         self.next_seq += 1;
         if self.current.byte_len() >= MAX_BATCH_BYTES {
@@ -178,17 +188,27 @@ impl BatchValues {
             &mut self.current,
             BatchBuilder::new(self.next_seq, self.prev),
         );
-        let first = full.first_seq();
+        let digest = std::mem::replace(&mut self.digest, IndexDigest::new(self.next_seq));
         self.finished
-            .push((first, full.finish(), std::mem::take(&mut self.run)));
+            .push((full.finish(), std::mem::take(&mut self.run), digest));
     }
 
     /// Inserts every value; returns the next free seq, the last hash and
-    /// whether all inserts succeeded. On failure nothing of this commit stays.
-    fn write(mut self, shared: &Shared) -> (u64, auditrail_model::Hash, Result<(), SpoolError>) {
+    /// the index digests of what was inserted. On failure nothing of this
+    /// commit stays.
+    fn write(
+        mut self,
+        shared: &Shared,
+    ) -> (
+        u64,
+        auditrail_model::Hash,
+        Result<Vec<IndexDigest>, SpoolError>,
+    ) {
         self.cut();
         let mut inserted = Vec::new();
-        for (first, value, run) in self.finished {
+        let mut digests = Vec::with_capacity(self.finished.len());
+        for (value, run, digest) in self.finished {
+            let first = digest.first_seq;
             let len = (value.len() + run.len()) as u64;
             // Both inserts are covered by the flush that follows; if a crash
             // keeps the batch but loses its run, recovery recomputes the run.
@@ -205,8 +225,9 @@ impl BatchValues {
                 return (self.next_seq, self.prev, Err(SpoolError::from(e)));
             }
             shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
+            digests.push(digest);
         }
-        (self.next_seq, self.prev, Ok(()))
+        (self.next_seq, self.prev, Ok(digests))
     }
 }
 

@@ -117,6 +117,18 @@ async fn state_survives_reopen() {
     assert_eq!(appended.seqs, [3], "seq continues after reopen");
     let events = all(&spool);
     assert_eq!(events[2].prev_hash, last_hash, "the chain continues");
+    // Batches from before and after the reopen are indexed.
+    wait_indexed(&spool).await;
+    let by_actor = spool
+        .query(&Filter {
+            actor: Some("u".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        by_actor.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
 }
 
 #[tokio::test]
