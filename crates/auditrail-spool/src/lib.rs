@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
 use tokio::sync::oneshot;
 
-pub use query::Filter;
+pub use query::{Filter, QueryStats};
 pub use retention::GcStats;
 pub use verify::VerifyReport;
 
@@ -345,7 +345,17 @@ impl Spool {
 
     /// Finds events; see [`Filter`] for the order and limits.
     pub fn query(&self, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
-        query::run(&self.shared, filter)
+        self.query_with_stats(filter).map(|(events, _)| events)
+    }
+
+    /// [`Spool::query`], also saying how many stored events it examined.
+    pub fn query_with_stats(
+        &self,
+        filter: &Filter,
+    ) -> Result<(Vec<AuditEvent>, QueryStats), SpoolError> {
+        let (events, stats) = query::run(&self.shared, filter)?;
+        metrics::histogram!("auditrail_query_examined_events").record(stats.events_examined as f64);
+        Ok((events, stats))
     }
 
     /// Re-walks the hash chain of everything retained. The first retained

@@ -62,9 +62,20 @@ impl Filter {
     }
 }
 
-pub(crate) fn run(shared: &Shared, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
+/// What a query cost: how many stored events it had to decode and check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    pub events_examined: u64,
+}
+
+pub(crate) fn run(
+    shared: &Shared,
+    filter: &Filter,
+) -> Result<(Vec<AuditEvent>, QueryStats), SpoolError> {
+    let mut stats = QueryStats::default();
     if let Some(after) = filter.after_seq {
-        return scan_from(shared, after, filter);
+        let events = scan_from(shared, after, filter, &mut stats)?;
+        return Ok((events, stats));
     }
     // Read the watermark first: whatever the indexer adds meanwhile is also
     // found by the tail scan, and `found` is keyed by seq, so nothing doubles.
@@ -75,6 +86,7 @@ pub(crate) fn run(shared: &Shared, filter: &Filter) -> Result<Vec<AuditEvent>, S
         let mut reader = EventReader::new(shared);
         for seq in trace_seqs(shared, trace)? {
             if let Some(event) = reader.get(seq)? {
+                stats.events_examined += 1;
                 found.offer(filter, event);
             }
         }
@@ -88,23 +100,21 @@ pub(crate) fn run(shared: &Shared, filter: &Filter) -> Result<Vec<AuditEvent>, S
             };
             let view = BatchView::parse(&value)?;
             for i in 0..view.count() {
+                stats.events_examined += 1;
                 found.offer(filter, view.event(i)?);
             }
         }
     }
 
     // Batches the indexer has not reached yet.
-    for event in scan_from(
-        shared,
-        indexed,
-        &Filter {
-            limit: 0,
-            ..filter.clone()
-        },
-    )? {
+    let unindexed = Filter {
+        limit: 0,
+        ..filter.clone()
+    };
+    for event in scan_from(shared, indexed, &unindexed, &mut stats)? {
         found.offer(filter, event);
     }
-    Ok(found.into_oldest_first())
+    Ok((found.into_oldest_first(), stats))
 }
 
 /// Seqs of the indexed events of one trace: a binary search in each batch's
@@ -203,7 +213,12 @@ impl Newest {
 }
 
 /// Matches above `after`, in seq order, straight from the batches.
-fn scan_from(shared: &Shared, after: u64, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
+fn scan_from(
+    shared: &Shared,
+    after: u64,
+    filter: &Filter,
+    stats: &mut QueryStats,
+) -> Result<Vec<AuditEvent>, SpoolError> {
     let limit = filter.limit();
     let mut out = Vec::new();
     if after >= shared.last_seq.load(Ordering::Acquire) {
@@ -224,6 +239,7 @@ fn scan_from(shared: &Shared, after: u64, filter: &Filter) -> Result<Vec<AuditEv
                 continue;
             }
             let event = view.event(i)?;
+            stats.events_examined += 1;
             if filter.matches(&event) {
                 out.push(event);
                 if out.len() >= limit {

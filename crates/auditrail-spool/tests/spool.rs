@@ -439,3 +439,64 @@ async fn index_answers_match_a_full_scan() {
         );
     }
 }
+
+/// The indexes keep queries from reading the whole spool: with 100,000
+/// events stored, finding ten examines a few batches, not everything.
+#[tokio::test]
+async fn a_narrow_query_examines_only_a_few_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut n = 0u64;
+    for _ in 0..200 {
+        let events = (0..500)
+            .map(|_| {
+                n += 1;
+                let mut e = event(
+                    &format!("id{n}"),
+                    n,
+                    &format!("user{}", n % 1000),
+                    "api.request",
+                );
+                e.trace_id = format!("{n:032x}");
+                e
+            })
+            .collect();
+        spool.append(events).await.unwrap();
+    }
+    let rare = event("rare", 50_000, "mallory", "model_config.update");
+    spool.append(vec![rare]).await.unwrap();
+    wait_indexed(&spool).await;
+
+    let cases = [
+        Filter {
+            actor: Some("mallory".into()),
+            ..Default::default()
+        },
+        Filter {
+            event_name: Some("model_config.update".into()),
+            ..Default::default()
+        },
+        Filter {
+            trace_id: Some(format!("{:032x}", 77_777)),
+            ..Default::default()
+        },
+        Filter {
+            limit: 10,
+            ..Default::default()
+        },
+        Filter {
+            since: Some(60_000),
+            until: Some(60_009),
+            ..Default::default()
+        },
+    ];
+    for filter in cases {
+        let (events, stats) = spool.query_with_stats(&filter).unwrap();
+        assert!(!events.is_empty(), "{filter:?}");
+        assert!(
+            stats.events_examined <= 1_000,
+            "{filter:?} examined {} of 100,001 events",
+            stats.events_examined
+        );
+    }
+}
