@@ -181,8 +181,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.receiver.max_request_bytes.as_u64() < 1024 {
-            return Err("receiver.max_request_bytes must be at least 1KiB".into());
+        // The upper bound keeps every field of an event, and every batch
+        // value, far below the 4 GiB that canonical bytes can frame.
+        let max_request = self.receiver.max_request_bytes.as_u64();
+        if !(1024..=1 << 30).contains(&max_request) {
+            return Err("receiver.max_request_bytes must be between 1KiB and 1GiB".into());
         }
         if self.receiver.grpc_addr == self.receiver.http_addr
             || self.receiver.grpc_addr == self.admin.addr
@@ -332,6 +335,13 @@ table = "audit_events"
             .unwrap_err()
             .to_string();
         assert!(err.contains("{trace_id}"), "{err}");
+    }
+
+    #[test]
+    fn request_limit_is_bounded() {
+        let err = parse("[receiver]\nmax_request_bytes = \"2GiB\"\n").unwrap_err().to_string();
+        assert!(err.contains("between 1KiB and 1GiB"), "{err}");
+        assert!(parse("[receiver]\nmax_request_bytes = \"1GiB\"\n").is_ok());
     }
 
     #[test]
