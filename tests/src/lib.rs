@@ -10,18 +10,34 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The auditrail binary, built once per test process with the same profile
-/// as the tests, so a test never runs a stale binary.
+/// The auditrail binary, built once per test process with the tests'
+/// profile, so a test never runs a stale binary.
+///
+/// It is built into its own target dir (`target/e2e`): a `cargo build -p
+/// auditrail` in the shared target dir can resolve features differently from
+/// the workspace build and relink `target/debug/auditrail` while another
+/// test process is running it.
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        // target/<profile>/deps/<test> → target/<profile> → target
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+        let target = profile_dir.parent().expect("target dir");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let e2e = target.join("e2e");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "auditrail", "--bin", "auditrail"]);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "auditrail",
+            "--bin",
+            "auditrail",
+            "--target-dir",
+        ]);
+        build.arg(&e2e);
         if release {
             build.arg("--release");
         }
@@ -29,7 +45,9 @@ pub fn binary() -> &'static Path {
             .status()
             .expect("running cargo build for the auditrail binary");
         assert!(status.success(), "building the auditrail binary failed");
-        let bin = profile_dir.join("auditrail");
+        let bin = e2e
+            .join(if release { "release" } else { "debug" })
+            .join("auditrail");
         assert!(bin.exists(), "no binary at {}", bin.display());
         bin
     })

@@ -21,85 +21,103 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValu
 
 /// Writes `pairs` as a JSON object with sorted keys.
 pub fn key_values_to_json(pairs: &[KeyValue]) -> String {
-    let mut out = String::with_capacity(64 + pairs.len() * 32);
+    let mut out = Vec::with_capacity(64 + pairs.len() * 32);
     write_object(pairs, &mut out);
-    out
+    into_string(out)
 }
 
 /// Writes a value as canonical JSON.
 pub fn any_value_to_json(value: &AnyValue) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_value(value.value.as_ref(), &mut out);
-    out
+    into_string(out)
 }
 
-fn write_object(pairs: &[KeyValue], out: &mut String) {
+fn into_string(json: Vec<u8>) -> String {
+    String::from_utf8(json).expect("JSON written from UTF-8 strings is UTF-8")
+}
+
+// The writers below work on bytes so that strings can be escaped straight
+// into the output, without an allocation per string.
+type Out = Vec<u8>;
+
+fn push(out: &mut Out, text: &str) {
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn write_object(pairs: &[KeyValue], out: &mut Out) {
     let mut sorted: Vec<&KeyValue> = pairs.iter().collect();
     // A stable sort keeps the sender's order among equal keys, so "last wins"
     // below means the last one the sender wrote.
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
-    out.push('{');
+    out.push(b'{');
     let mut first = true;
     for (i, kv) in sorted.iter().enumerate() {
         if sorted.get(i + 1).is_some_and(|next| next.key == kv.key) {
             continue;
         }
         if !first {
-            out.push(',');
+            out.push(b',');
         }
         first = false;
         write_string(&kv.key, out);
-        out.push(':');
+        out.push(b':');
         write_value(kv.value.as_ref().and_then(|v| v.value.as_ref()), out);
     }
-    out.push('}');
+    out.push(b'}');
 }
 
-fn write_value(value: Option<&Value>, out: &mut String) {
+fn write_value(value: Option<&Value>, out: &mut Out) {
     match value {
-        None => out.push_str("null"),
+        None => push(out, "null"),
         Some(Value::StringValue(s)) => write_string(s, out),
-        Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
-        Some(Value::IntValue(i)) => out.push_str(&i.to_string()),
+        Some(Value::BoolValue(b)) => push(out, if *b { "true" } else { "false" }),
+        Some(Value::IntValue(i)) => push(out, &i.to_string()),
         Some(Value::DoubleValue(d)) => write_double(*d, out),
         Some(Value::BytesValue(bytes)) => write_string(
             &base64::engine::general_purpose::STANDARD.encode(bytes),
             out,
         ),
         Some(Value::ArrayValue(array)) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in array.values.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_value(item.value.as_ref(), out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Some(Value::KvlistValue(list)) => write_object(&list.values, out),
         // An index into a profiles string table; logs have no such table, so
         // the index is all there is to keep.
-        Some(Value::StringValueStrindex(index)) => out.push_str(&index.to_string()),
+        Some(Value::StringValueStrindex(index)) => push(out, &index.to_string()),
     }
 }
 
-fn write_double(d: f64, out: &mut String) {
+fn write_double(d: f64, out: &mut Out) {
     if d.is_nan() {
-        out.push_str("\"NaN\"");
+        push(out, "\"NaN\"");
     } else if d.is_infinite() {
-        out.push_str(if d > 0.0 {
-            "\"Infinity\""
-        } else {
-            "\"-Infinity\""
-        });
+        push(
+            out,
+            if d > 0.0 {
+                "\"Infinity\""
+            } else {
+                "\"-Infinity\""
+            },
+        );
     } else {
         // serde_json prints the shortest representation that round-trips.
-        out.push_str(&serde_json::Number::from_f64(d).expect("finite").to_string());
+        push(
+            out,
+            &serde_json::Number::from_f64(d).expect("finite").to_string(),
+        );
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
-    out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
+fn write_string(s: &str, out: &mut Out) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
 /// Whether any scalar value (not key) inside the JSON text contains `needle`.

@@ -339,7 +339,9 @@ table = "audit_events"
 
     #[test]
     fn request_limit_is_bounded() {
-        let err = parse("[receiver]\nmax_request_bytes = \"2GiB\"\n").unwrap_err().to_string();
+        let err = parse("[receiver]\nmax_request_bytes = \"2GiB\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("between 1KiB and 1GiB"), "{err}");
         assert!(parse("[receiver]\nmax_request_bytes = \"1GiB\"\n").is_ok());
     }
