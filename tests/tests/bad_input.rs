@@ -90,6 +90,15 @@ async fn stored(server: &Server) -> usize {
     server.events("limit=0").await.len()
 }
 
+async fn stored_ids(server: &Server) -> Vec<String> {
+    server
+        .events("limit=0")
+        .await
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_bad_requests_are_named_and_change_nothing() {
     let server = Server::start();
@@ -303,12 +312,7 @@ async fn http_partial_success_names_the_bad_record_and_keeps_the_rest() {
         "{}",
         partial.error_message
     );
-    let ids: Vec<String> = server
-        .events("limit=0")
-        .await
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = stored_ids(&server).await;
     assert_eq!(ids, ["good-1", "good-2"]);
     assert_eq!(
         server
@@ -433,12 +437,7 @@ async fn grpc_bad_requests_get_the_right_codes() {
     assert_eq!(traces.code(), Code::Unimplemented);
     assert!(traces.message().contains("traces are not served here"));
 
-    let ids: Vec<String> = server
-        .events("limit=0")
-        .await
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = stored_ids(&server).await;
     assert_eq!(
         ids,
         ["z-1"],

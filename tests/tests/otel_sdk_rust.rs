@@ -79,48 +79,53 @@ async fn assert_found(server: &Server, trace_id: &str, span_id: &str, actor: &st
 
 const TRACE_URL: &str = "[query]\ntrace_url = \"http://tempo.example/trace/{trace_id}\"";
 
+/// Emits one event through `exporter` (built on a blocking thread, as the
+/// SDK's HTTP client wants) and checks that it arrived.
+async fn round_trip(
+    server: &Server,
+    exporter: impl FnOnce() -> LogExporter + Send + 'static,
+    actor: &'static str,
+    prompt: &'static str,
+) {
+    let (trace, span) =
+        tokio::task::spawn_blocking(move || emit_in_span(exporter(), actor, prompt))
+            .await
+            .unwrap();
+    assert_found(server, &trace, &span, actor, prompt).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_exporter() {
     let server = Server::start_with("", TRACE_URL);
-    let exporter = LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(server.grpc_url())
-        .build()
-        .unwrap();
-    let (trace, span) = tokio::task::spawn_blocking(|| {
-        emit_in_span(exporter, "alice", "a lighthouse in a storm, grpc")
-    })
-    .await
-    .unwrap();
-    assert_found(
-        &server,
-        &trace,
-        &span,
-        "alice",
-        "a lighthouse in a storm, grpc",
-    )
-    .await;
+    let url = server.grpc_url();
+    let exporter = move || {
+        LogExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .build()
+            .unwrap()
+    };
+    round_trip(&server, exporter, "alice", "a lighthouse in a storm, grpc").await;
+}
+
+fn http_exporter(url: String, protocol: Protocol) -> impl FnOnce() -> LogExporter + Send {
+    move || {
+        LogExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(url)
+            .build()
+            .unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_protobuf_exporter() {
     let server = Server::start_with("", TRACE_URL);
-    let url = server.http_logs_url();
-    let (trace, span) = tokio::task::spawn_blocking(move || {
-        let exporter = LogExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .unwrap();
-        emit_in_span(exporter, "bob", "a city at night in the rain, protobuf")
-    })
-    .await
-    .unwrap();
-    assert_found(
+    let exporter = http_exporter(server.http_logs_url(), Protocol::HttpBinary);
+    round_trip(
         &server,
-        &trace,
-        &span,
+        exporter,
         "bob",
         "a city at night in the rain, protobuf",
     )
@@ -130,22 +135,10 @@ async fn http_protobuf_exporter() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_json_exporter() {
     let server = Server::start_with("", TRACE_URL);
-    let url = server.http_logs_url();
-    let (trace, span) = tokio::task::spawn_blocking(move || {
-        let exporter = LogExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpJson)
-            .with_endpoint(url)
-            .build()
-            .unwrap();
-        emit_in_span(exporter, "carol", "a portrait of a cat as a judge, json")
-    })
-    .await
-    .unwrap();
-    assert_found(
+    let exporter = http_exporter(server.http_logs_url(), Protocol::HttpJson);
+    round_trip(
         &server,
-        &trace,
-        &span,
+        exporter,
         "carol",
         "a portrait of a cat as a judge, json",
     )

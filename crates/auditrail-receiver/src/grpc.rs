@@ -179,5 +179,6 @@ fn normalize(headers: &mut http::HeaderMap) {
         _ => return,
     };
     metrics::counter!("auditrail_refused_requests_total", "reason" => label).increment(1);
+    tracing::warn!(code = ?new_code, reason = label, message, "OTLP/gRPC request refused");
     headers.insert("grpc-status", (new_code as i32).into());
 }

@@ -100,8 +100,9 @@ impl IntoResponse for Refusal {
             _ => "malformed",
         };
         if !matches!(reason, "quota" | "storage") {
-            // Quota and storage refusals are counted where they happen.
+            // Quota and storage refusals are counted and logged where they happen.
             metrics::counter!("auditrail_refused_requests_total", "reason" => reason).increment(1);
+            tracing::warn!(status = %self.http, reason, message = %self.message, "OTLP/HTTP request refused");
         }
         let status = Status {
             code: self.grpc_code,

@@ -108,6 +108,7 @@ impl Ingest {
             Err(e) => {
                 metrics::counter!("auditrail_refused_requests_total", "reason" => "storage")
                     .increment(1);
+                tracing::error!(error = %e, "request refused: events could not be stored");
                 return Err(IngestError::Unavailable(e));
             }
         }
@@ -128,6 +129,7 @@ impl Ingest {
             if mapped.rejected.len() > NAMED {
                 message.push_str(&format!("; and {} more", mapped.rejected.len() - NAMED));
             }
+            tracing::warn!(transport = label, %message, "records rejected");
             ExportLogsPartialSuccess {
                 rejected_log_records: mapped.rejected.len() as i64,
                 error_message: message,
@@ -139,6 +141,7 @@ impl Ingest {
 
 fn refused_for_quota(e: SpoolError) -> IngestError {
     metrics::counter!("auditrail_refused_requests_total", "reason" => "quota").increment(1);
+    tracing::warn!(error = %e, "request refused: spool disk quota reached");
     IngestError::QuotaExceeded(e)
 }
 

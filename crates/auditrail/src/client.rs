@@ -27,6 +27,17 @@ pub struct Source {
     pub trace_url: Option<String>,
 }
 
+/// What `query` and `tail` take: filters, where to read, how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub filter: QueryArgs,
+    #[command(flatten)]
+    pub source: Source,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 enum Reader {
     Admin {
         client: reqwest::Client,
@@ -93,27 +104,24 @@ impl Reader {
     }
 }
 
-pub async fn query(args: QueryArgs, source: Source, format: Format) -> anyhow::Result<()> {
-    args.to_filter(SystemTime::now())
+pub async fn query(read: ReadArgs) -> anyhow::Result<()> {
+    read.filter
+        .to_filter(SystemTime::now())
         .map_err(anyhow::Error::msg)?;
-    let reader = Reader::open(&source)?;
-    let page = reader.page(&args).await?;
-    Printer::new(format).print(&mut std::io::stdout().lock(), &page.events)?;
+    let reader = Reader::open(&read.source)?;
+    let page = reader.page(&read.filter).await?;
+    Printer::new(read.format).print(&mut std::io::stdout().lock(), &page.events)?;
     Ok(())
 }
 
 /// Prints the last `args.limit` matches, then follows new ones until
 /// interrupted.
-pub async fn tail(
-    mut args: QueryArgs,
-    source: Source,
-    format: Format,
-    every: Duration,
-) -> anyhow::Result<()> {
+pub async fn tail(read: ReadArgs, every: Duration) -> anyhow::Result<()> {
+    let mut args = read.filter;
     args.to_filter(SystemTime::now())
         .map_err(anyhow::Error::msg)?;
-    let reader = Reader::open(&source)?;
-    let mut printer = Printer::new(format);
+    let reader = Reader::open(&read.source)?;
+    let mut printer = Printer::new(read.format);
     let first = reader.page(&args).await?;
     printer.print(&mut std::io::stdout().lock(), &first.events)?;
     let mut after = first.next_after_seq;

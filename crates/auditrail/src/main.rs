@@ -16,8 +16,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::output::Format;
-use crate::query_args::QueryArgs;
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the
@@ -45,20 +43,12 @@ enum Command {
     /// Find stored events.
     Query {
         #[command(flatten)]
-        filter: QueryArgs,
-        #[command(flatten)]
-        source: client::Source,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        read: client::ReadArgs,
     },
     /// Print the latest events, then follow new ones.
     Tail {
         #[command(flatten)]
-        filter: QueryArgs,
-        #[command(flatten)]
-        source: client::Source,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        read: client::ReadArgs,
         /// How often to look for new events.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         every: Duration,
@@ -108,17 +98,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(serve::run(config))?;
         }
-        Command::Query {
-            filter,
-            source,
-            format,
-        } => runtime()?.block_on(client::query(filter, source, format))?,
-        Command::Tail {
-            filter,
-            source,
-            format,
-            every,
-        } => runtime()?.block_on(client::tail(filter, source, format, every))?,
+        Command::Query { read } => runtime()?.block_on(client::query(read))?,
+        Command::Tail { read, every } => runtime()?.block_on(client::tail(read, every))?,
         Command::Verify { data_dir } => {
             if !client::verify(data_dir)? {
                 return Ok(ExitCode::FAILURE);
