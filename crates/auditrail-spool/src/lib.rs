@@ -220,8 +220,8 @@ impl Spool {
         let db = sled::Config::new()
             .path(&config.dir)
             .cache_capacity(config.cache_bytes)
-            // Large segments keep ~1 MiB batch values inline in sled's log
-            // instead of blob files (measured: bench/examples/sled_layout.rs).
+            // Larger segments than sled's default 512 KiB: fewer, larger
+            // writes for ~MiB batch values (measured: bench/examples/sled_layout.rs).
             .segment_size(SEGMENT_SIZE)
             .open()
             .map_err(|e| match e {
