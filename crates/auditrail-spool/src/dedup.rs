@@ -88,7 +88,7 @@ pub(crate) fn recover(batches: &sled::Tree, ids: &sled::Tree) -> Result<DedupSet
     }
     let after = ids
         .last()?
-        .map(|(k, _)| crate::writer::seq_from_bytes(&k) + 1)
+        .map(|(k, _)| crate::seq_from_bytes(&k) + 1)
         .unwrap_or(0);
     for item in batches.range(seq_key(after)..) {
         let (key, value) = item?;

@@ -136,6 +136,11 @@ pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
+/// The inverse of [`seq_key`]; a stored value of another length reads as 0.
+pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
 impl Shared {
     /// Measured size plus what was written since: a conservative estimate
     /// that needs no syscall per commit.
@@ -196,6 +201,19 @@ impl Shared {
         }
     }
 
+    /// The batch whose seq range holds `seq` (or the last one before it, when
+    /// `seq` is past the end or was removed).
+    pub(crate) fn batch_holding(
+        &self,
+        seq: u64,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, SpoolError> {
+        Ok(self
+            .batches
+            .range(..=seq_key(seq))
+            .next_back()
+            .transpose()?)
+    }
+
     fn publish_gauges(&self) {
         let stats = self.stats();
         metrics::gauge!("auditrail_spool_events").set(stats.events as f64);
@@ -246,12 +264,12 @@ impl Spool {
             None => (0, GENESIS_HASH),
         };
         let first_seq = match batches.first()? {
-            Some((key, _)) => writer::seq_from_bytes(&key),
+            Some((key, _)) => seq_from_bytes(&key),
             None => last_seq + 1,
         };
         let indexed = idx
             .get(index::WATERMARK_KEY)?
-            .map(|v| writer::seq_from_bytes(&v))
+            .map(|v| seq_from_bytes(&v))
             .unwrap_or(0)
             .min(last_seq);
 

@@ -10,7 +10,7 @@ use crate::batch::BatchView;
 use crate::index::{
     batch_key, short_hash, TimeSpan, ACTOR, EVENT, SERVICE, TIME, TRACE, TRACE_ENTRY,
 };
-use crate::{seq_key, Shared, SpoolError};
+use crate::{seq_from_bytes, seq_key, Shared, SpoolError};
 
 /// What to look for. Every set field must match.
 ///
@@ -225,10 +225,7 @@ fn scan_from(
         return Ok(out);
     }
     let start = shared
-        .batches
-        .range(..=seq_key(after + 1))
-        .next_back()
-        .transpose()?
+        .batch_holding(after + 1)?
         .map(|(k, _)| k.to_vec())
         .unwrap_or_default();
     for item in shared.batches.range(start..) {
@@ -251,8 +248,9 @@ fn scan_from(
     Ok(out)
 }
 
+/// Index keys and trace entries end in a seq.
 fn seq_at_end(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"))
+    seq_from_bytes(&key[key.len() - 8..])
 }
 
 /// Reads events by seq, keeping the last batch it opened: index hits are
@@ -277,13 +275,7 @@ impl<'a> EventReader<'a> {
                 return view.event((seq - view.first_seq) as usize).map(Some);
             }
         }
-        let Some((_, value)) = self
-            .shared
-            .batches
-            .range(..=seq_key(seq))
-            .next_back()
-            .transpose()?
-        else {
+        let Some((_, value)) = self.shared.batch_holding(seq)? else {
             return Ok(None);
         };
         let view = BatchView::parse(&value)?;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use crate::batch::BatchView;
 use crate::index::IndexDigest;
-use crate::{writer, Shared, SpoolError};
+use crate::{Shared, SpoolError};
 
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
             .store(view.last_seq() + 1, Ordering::Release);
         stats.batches += 1;
         stats.events += view.count() as u64;
-        debug_assert_eq!(writer::seq_from_bytes(&key), view.first_seq);
+        debug_assert_eq!(crate::seq_from_bytes(&key), view.first_seq);
     }
     if stats.events > 0 {
         shared.db.flush()?;

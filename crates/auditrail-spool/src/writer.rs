@@ -233,10 +233,6 @@ impl BatchValues {
     }
 }
 
-pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
-    u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
-}
-
 pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<FlushJob>) {
     while let Ok(first) = jobs.recv() {
         let mut waiting = vec![first];
