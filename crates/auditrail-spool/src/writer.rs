@@ -1,7 +1,7 @@
 //! Group commit: one writer thread and one flusher thread.
 //!
 //! The writer takes every append that is waiting, assigns seqs, chains and
-//! encodes the events into one batch value, and inserts it. The flusher takes
+//! encodes the events into batch values, and inserts them. The flusher takes
 //! every batch that is waiting, fsyncs once, and only then answers all of
 //! their appends. While one fsync runs the writer prepares the next batch, so
 //! concurrent requests share fsyncs and the disk is never idle for CPU work.
@@ -19,8 +19,8 @@ use crate::dedup::event_key;
 use crate::index::IndexDigest;
 use crate::{seq_key, Appended, Shared, SpoolError};
 
-/// Most events one group commit takes, so one huge burst cannot make a
-/// single sled value unreasonably large.
+/// Most events one group commit takes, so that the first request of a burst
+/// does not wait for the encoding of everything queued behind it.
 const MAX_EVENTS_PER_COMMIT: usize = 8192;
 
 pub(crate) struct AppendJob {
