@@ -181,9 +181,15 @@ async fn read_and_export(
             encoding,
         )
     };
-    let wire = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large("body"))?;
+    let wire = axum::body::to_bytes(body, max).await.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large("body")
+        } else {
+            Refusal::bad_request(format!("request body could not be read: {e}"), encoding)
+        }
+    })?;
     let wire_len = wire.len();
     let plain = decompress(headers, wire, max, encoding).map_err(|e| match e {
         Decompress::TooLarge => too_large("body after decompression"),
