@@ -288,3 +288,23 @@ async fn embedded_default() {
     assert!(child.wait().unwrap().success());
     assert!(dir.path().join("auditrail-data").is_dir());
 }
+
+/// Events received longer ago than `retention` are removed by the periodic
+/// retention pass; newer ones stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_old_events() {
+    let server = Server::start_with("retention = \"2s\"\ngc_interval = \"200ms\"", "");
+    send_json(&server, &otlp_json(&[("old", "user.login", "long ago")])).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send_json(&server, &otlp_json(&[("new", "user.login", "just now")])).await;
+    eventually("the old event expires", || async {
+        server.events("actor=old").await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        server.events("actor=new").await.len(),
+        1,
+        "the new event stays"
+    );
+    assert!(server.metric("auditrail_spool_expired_events_total").await >= 1.0);
+}
