@@ -10,9 +10,12 @@
 //! u64      first_seq
 //! u64      max received_time_unix_nano in the batch (drives retention)
 //! [u8;32]  prev_hash of the first event
-//! u32 × count  end offset of each record, relative to the first record
 //! records: canonical bytes ‖ hash (32 bytes)
+//! u32 × count  end offset of each record, relative to the first record
 //! ```
+//!
+//! The offset table comes last so that the value is built in place, in one
+//! buffer, without copying the records once more at the end.
 
 use auditrail_model::{AuditEvent, Hash};
 
@@ -24,20 +27,29 @@ const HEADER_LEN: usize = 1 + 4 + 8 + 8 + 32;
 /// Accumulates events into a batch value.
 pub(crate) struct BatchBuilder {
     first_seq: u64,
-    prev_hash: Hash,
     max_received: u64,
     ends: Vec<u32>,
-    records: Vec<u8>,
+    /// The value under construction: header (count and max_received are
+    /// filled in by `finish`), then the records.
+    buf: Vec<u8>,
 }
 
 impl BatchBuilder {
-    pub(crate) fn new(first_seq: u64, prev_hash: Hash) -> Self {
+    /// `expected_bytes` sizes the buffer, so that it need not grow (and copy
+    /// itself) while events are added.
+    pub(crate) fn new(first_seq: u64, prev_hash: Hash, expected_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + expected_bytes);
+        buf.push(LAYOUT_VERSION);
+        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.extend_from_slice(&first_seq.to_be_bytes());
+        buf.extend_from_slice(&0u64.to_be_bytes());
+        buf.extend_from_slice(&prev_hash);
+        debug_assert_eq!(buf.len(), HEADER_LEN);
         BatchBuilder {
             first_seq,
-            prev_hash,
             max_received: 0,
             ends: Vec::new(),
-            records: Vec::new(),
+            buf,
         }
     }
 
@@ -47,34 +59,32 @@ impl BatchBuilder {
 
     /// Bytes of encoded records so far.
     pub(crate) fn byte_len(&self) -> usize {
-        self.records.len()
+        self.buf.len() - HEADER_LEN
     }
 
     /// Adds an event whose `seq`, `node` and `prev_hash` are already set;
     /// returns its chain hash.
     pub(crate) fn push(&mut self, event: &AuditEvent) -> Hash {
-        let start = self.records.len();
-        event.write_canonical_bytes(&mut self.records);
-        let hash = auditrail_model::chain_hash(&event.prev_hash, &self.records[start..]);
-        self.records.extend_from_slice(&hash);
-        self.ends
-            .push(u32::try_from(self.records.len()).expect("a batch stays below 4 GiB"));
+        let start = self.buf.len();
+        event.write_canonical_bytes(&mut self.buf);
+        let hash = auditrail_model::chain_hash(&event.prev_hash, &self.buf[start..]);
+        self.buf.extend_from_slice(&hash);
+        let end = u32::try_from(self.byte_len()).expect("a batch stays below 4 GiB");
+        self.ends.push(end);
         self.max_received = self.max_received.max(event.received_time_unix_nano);
         hash
     }
 
     pub(crate) fn finish(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.ends.len() * 4 + self.records.len());
-        out.push(LAYOUT_VERSION);
-        out.extend_from_slice(&(self.ends.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.first_seq.to_be_bytes());
-        out.extend_from_slice(&self.max_received.to_be_bytes());
-        out.extend_from_slice(&self.prev_hash);
+        let mut buf = self.buf;
+        buf[1..5].copy_from_slice(&(self.ends.len() as u32).to_be_bytes());
+        buf[13..21].copy_from_slice(&self.max_received.to_be_bytes());
+        buf.reserve_exact(self.ends.len() * 4);
         for end in &self.ends {
-            out.extend_from_slice(&end.to_be_bytes());
+            buf.extend_from_slice(&end.to_be_bytes());
         }
-        out.extend_from_slice(&self.records);
-        out
+        debug_assert_eq!(&buf[5..13], &self.first_seq.to_be_bytes());
+        buf
     }
 }
 
@@ -104,8 +114,14 @@ impl<'a> BatchView<'a> {
             max_received: u64::from_be_bytes(bytes[13..21].try_into().expect("8")),
             prev_hash: bytes[21..53].try_into().expect("32"),
         };
-        let records_len = bytes.len() - view.records_start().min(bytes.len());
-        if view.records_start() > bytes.len() || (count > 0 && view.end(count - 1) != records_len) {
+        let table_len = count
+            .checked_mul(4)
+            .filter(|&n| HEADER_LEN + n <= bytes.len());
+        let Some(table_len) = table_len else {
+            return Err(corrupt(&format!("at seq {} is truncated", view.first_seq)));
+        };
+        let records_len = bytes.len() - HEADER_LEN - table_len;
+        if count > 0 && view.end(count - 1) != records_len {
             return Err(corrupt(&format!(
                 "at seq {} has a bad offset table",
                 view.first_seq
@@ -122,12 +138,8 @@ impl<'a> BatchView<'a> {
         self.first_seq + self.count as u64 - 1
     }
 
-    fn records_start(&self) -> usize {
-        HEADER_LEN + self.count * 4
-    }
-
     fn end(&self, i: usize) -> usize {
-        let at = HEADER_LEN + i * 4;
+        let at = self.bytes.len() - (self.count - i) * 4;
         u32::from_be_bytes(self.bytes[at..at + 4].try_into().expect("4")) as usize
     }
 
@@ -135,8 +147,8 @@ impl<'a> BatchView<'a> {
     pub(crate) fn record(&self, i: usize) -> Result<(&'a [u8], Hash), SpoolError> {
         let start = if i == 0 { 0 } else { self.end(i - 1) };
         let end = self.end(i);
-        let base = self.records_start();
-        if start + 32 > end || base + end > self.bytes.len() {
+        let base = HEADER_LEN;
+        if start + 32 > end || base + end > self.bytes.len() - self.count * 4 {
             return Err(SpoolError::Corrupt(format!(
                 "record at seq {} has bad bounds",
                 self.first_seq + i as u64
@@ -178,7 +190,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_chain() {
-        let mut builder = BatchBuilder::new(10, [7; 32]);
+        let mut builder = BatchBuilder::new(10, [7; 32], 0);
         let mut prev = [7; 32];
         for seq in 10..13 {
             let event = AuditEvent {

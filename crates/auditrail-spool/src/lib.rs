@@ -241,6 +241,13 @@ impl Spool {
             // Larger segments than sled's default 512 KiB: fewer, larger
             // writes for ~MiB batch values (measured: bench/examples/sled_layout.rs).
             .segment_size(SEGMENT_SIZE)
+            // Every commit flushes explicitly; sled's own timer would only add
+            // flushes at moments nobody waits for (and a thread that holds
+            // the spool's lock for a while after the spool is dropped).
+            // Index and retention writes are flushed with the next commit, by
+            // `gc`, or by `close`; losing them in a crash only means redoing
+            // them, since both are derived from the batches.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {

@@ -89,7 +89,12 @@ fn write_batch(
     taken: Vec<AppendJob>,
 ) -> Result<(Vec<FlushJob>, Vec<IndexDigest>), (SpoolError, Replies)> {
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
-    let mut values = BatchValues::new(first_seq, *last_hash);
+    let expected_bytes = taken
+        .iter()
+        .flat_map(|job| &job.events)
+        .map(encoded_size_hint)
+        .sum();
+    let mut values = BatchValues::new(first_seq, *last_hash, expected_bytes);
     let mut dedup = shared.dedup.lock().expect("dedup lock");
     let queued_at = Instant::now();
     let mut replies: Replies = Vec::with_capacity(taken.len());
@@ -143,22 +148,32 @@ fn write_batch(
 /// ~90k, 4 MiB ~98k; the cut also bounds one value when many requests wait.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
+/// Roughly what an event's record takes in a batch value, to size buffers
+/// so they need not grow (and copy themselves) while events are added.
+fn encoded_size_hint(event: &AuditEvent) -> usize {
+    256 + event.body.len() + event.attributes.len() + event.resource_attributes.len()
+}
+
 /// The batch values (and dedup-key runs) one group commit writes.
 struct BatchValues {
     next_seq: u64,
     prev: auditrail_model::Hash,
     current: BatchBuilder,
+    /// Estimated bytes of the events not pushed yet.
+    expected_bytes: usize,
     run: Vec<u8>,
     digest: IndexDigest,
     finished: Vec<(Vec<u8>, Vec<u8>, IndexDigest)>,
 }
 
 impl BatchValues {
-    fn new(first_seq: u64, prev: auditrail_model::Hash) -> Self {
+    /// `expected_bytes`: about how much all of the commit's events encode to.
+    fn new(first_seq: u64, prev: auditrail_model::Hash, expected_bytes: usize) -> Self {
         BatchValues {
             next_seq: first_seq,
             prev,
-            current: BatchBuilder::new(first_seq, prev),
+            current: BatchBuilder::new(first_seq, prev, expected_bytes.min(MAX_BATCH_BYTES)),
+            expected_bytes,
             run: Vec::new(),
             digest: IndexDigest::new(first_seq),
             finished: Vec::new(),
@@ -172,6 +187,9 @@ impl BatchValues {
         event.node.push_str(node);
         event.seq = seq;
         event.prev_hash = self.prev;
+        self.expected_bytes = self
+            .expected_bytes
+            .saturating_sub(encoded_size_hint(&event));
         self.prev = self.current.push(&event);
         self.digest.add(&event);
         self.run.extend_from_slice(&dedup_key.to_be_bytes());
@@ -188,7 +206,11 @@ impl BatchValues {
         }
         let full = std::mem::replace(
             &mut self.current,
-            BatchBuilder::new(self.next_seq, self.prev),
+            BatchBuilder::new(
+                self.next_seq,
+                self.prev,
+                self.expected_bytes.min(MAX_BATCH_BYTES),
+            ),
         );
         let digest = std::mem::replace(&mut self.digest, IndexDigest::new(self.next_seq));
         self.finished

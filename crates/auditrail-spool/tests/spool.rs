@@ -24,6 +24,20 @@ fn open(dir: &std::path::Path) -> Spool {
     Spool::open(SpoolConfig::new(dir, "node-a")).unwrap()
 }
 
+/// Opens a spool this process had open a moment ago. sled releases its file
+/// lock from background threads shortly after the last handle is dropped,
+/// so a reopen in the same process may have to wait for that.
+fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if std::time::Instant::now() > deadline => panic!("reopen failed: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 fn all(spool: &Spool) -> Vec<AuditEvent> {
     spool.query(&Filter::default()).unwrap()
 }
@@ -108,7 +122,7 @@ async fn state_survives_reopen() {
         spool.close().unwrap();
         hash
     };
-    let spool = open(dir.path());
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
     let appended = spool
         .append(vec![event("b", 2, "u", "x"), event("c", 3, "u", "x")])
         .await
@@ -318,11 +332,13 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
     // Change one byte of an event's body behind the spool's back.
     {
         // The spool creates sled with 8 MiB segments; sled insists on the same.
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(8 << 20)
-            .open()
-            .unwrap();
+        let db = reopen(|| {
+            sled::Config::new()
+                .path(dir.path())
+                .segment_size(8 << 20)
+                .flush_every_ms(None)
+                .open()
+        });
         let batches = db.open_tree("batches").unwrap();
         let (key, value) = batches.first().unwrap().unwrap();
         let mut bytes = value.to_vec();
@@ -331,7 +347,7 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
         batches.insert(key, bytes).unwrap();
         db.flush().unwrap();
     }
-    let spool = open(dir.path());
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
     let report = spool.verify().unwrap();
     assert_eq!(
         report.problems,
