@@ -219,8 +219,6 @@ impl Shared {
         metrics::gauge!("auditrail_spool_events").set(stats.events as f64);
         metrics::gauge!("auditrail_spool_bytes").set(stats.disk_bytes as f64);
         metrics::gauge!("auditrail_spool_last_seq").set(stats.last_seq as f64);
-        let dedup_keys = self.dedup.lock().expect("dedup lock").len();
-        metrics::gauge!("auditrail_spool_dedup_keys").set(dedup_keys as f64);
     }
 }
 
@@ -262,6 +260,7 @@ impl Spool {
         let idx = db.open_tree("idx")?;
         let ids = db.open_tree("ids")?;
         let dedup = dedup::recover(&batches, &ids)?;
+        tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
         let (last_seq, last_hash) = match batches.last()? {
             Some((_, value)) => {
