@@ -13,6 +13,7 @@
 //! secondary indexes (see `index.rs`).
 
 mod batch;
+mod cursors;
 mod dedup;
 mod index;
 mod query;
@@ -77,6 +78,10 @@ pub enum SpoolError {
     Corrupt(String),
     #[error("spool is shutting down")]
     Closed,
+    #[error("sink {0:?} is not registered")]
+    UnknownSink(String),
+    #[error("sink {sink:?} acknowledged seq {seq}, past the last stored seq {last}")]
+    AckBeyondEnd { sink: String, seq: u64, last: u64 },
 }
 
 impl From<sled::Error> for SpoolError {
@@ -120,6 +125,7 @@ pub(crate) struct Shared {
     pub(crate) first_seq: AtomicU64,
     pub(crate) indexed_seq: AtomicU64,
     pub(crate) ids: sled::Tree,
+    pub(crate) cursors: sled::Tree,
     pub(crate) dedup: Mutex<DedupSet>,
     disk_bytes: AtomicU64,
     /// Bytes inserted since `disk_bytes` was measured.
@@ -259,6 +265,7 @@ impl Spool {
         let batches = db.open_tree("batches")?;
         let idx = db.open_tree("idx")?;
         let ids = db.open_tree("ids")?;
+        let cursors = db.open_tree("cursors")?;
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
@@ -290,6 +297,7 @@ impl Spool {
             first_seq: AtomicU64::new(first_seq),
             indexed_seq: AtomicU64::new(indexed),
             ids,
+            cursors,
             dedup: Mutex::new(dedup),
             disk_bytes: AtomicU64::new(0),
             unmeasured_bytes: AtomicU64::new(0),
@@ -380,6 +388,49 @@ impl Spool {
         let (events, stats) = query::run(&self.shared, filter)?;
         metrics::histogram!("auditrail_query_examined_events").record(stats.events_examined as f64);
         Ok((events, stats))
+    }
+
+    /// Registers a sink's cursor, at the start of the retained events for a
+    /// new sink; returns the cursor. From now on retention keeps every event
+    /// the sink has not acknowledged.
+    pub fn register_sink(&self, sink: &str) -> Result<u64, SpoolError> {
+        cursors::register(&self.shared, sink)
+    }
+
+    /// Forgets a sink's cursor (the sink was removed from the config), so
+    /// that retention no longer waits for it.
+    pub fn unregister_sink(&self, sink: &str) -> Result<(), SpoolError> {
+        self.shared.cursors.remove(sink.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every registered sink with its cursor.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.shared.cursors.iter() {
+            let (name, value) = item?;
+            out.push((
+                String::from_utf8_lossy(&name).into_owned(),
+                seq_from_bytes(&value),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Moves a sink's cursor to `seq` once the sink has confirmed every event
+    /// up to it. Never moves a cursor back; returns the cursor.
+    pub fn ack(&self, sink: &str, seq: u64) -> Result<u64, SpoolError> {
+        cursors::ack(&self.shared, sink, seq)
+    }
+
+    /// Up to `limit` events after `after_seq`, in seq order: what a sink
+    /// reads from its cursor.
+    pub fn read(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, SpoolError> {
+        self.query(&Filter {
+            after_seq: Some(after_seq),
+            limit,
+            ..Filter::default()
+        })
     }
 
     /// Re-walks the hash chain of everything retained. The first retained

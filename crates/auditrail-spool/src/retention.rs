@@ -3,7 +3,8 @@
 //! Batches are removed whole, oldest first, once the newest event in them was
 //! received longer ago than the retention period. Retention counts from
 //! receive time, not from the event's own timestamp, so a client with a wrong
-//! clock cannot make auditrail drop fresh events. Only indexed batches are
+//! clock cannot make auditrail drop fresh events. A batch also stays until
+//! every registered sink has acknowledged it. Only indexed batches are
 //! removed, so that their index keys can be removed with them. Their event
 //! ids leave the dedup set too: a resend after retention is a new event.
 
@@ -23,12 +24,14 @@ pub struct GcStats {
 pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolError> {
     let retention = u64::try_from(shared.retention.as_nanos()).unwrap_or(u64::MAX);
     let cutoff = now_unix_nano.saturating_sub(retention);
+    let delivered = shared.slowest_cursor()?.unwrap_or(u64::MAX);
     let mut stats = GcStats::default();
     for item in shared.batches.iter() {
         let (key, value) = item?;
         let view = BatchView::parse(&value)?;
         if view.max_received >= cutoff
             || view.last_seq() > shared.indexed_seq.load(Ordering::Acquire)
+            || view.last_seq() > delivered
         {
             break;
         }

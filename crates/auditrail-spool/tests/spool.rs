@@ -516,3 +516,87 @@ async fn a_narrow_query_examines_only_a_few_batches() {
         );
     }
 }
+
+#[tokio::test]
+async fn sink_cursors_read_ack_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        spool
+            .append(
+                (0..5)
+                    .map(|i| event(&format!("e{i}"), i, "u", "x"))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(spool.register_sink("warehouse").unwrap(), 0);
+        assert_eq!(spool.register_sink("siem").unwrap(), 0);
+        let first = spool.read(0, 3).unwrap();
+        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(spool.ack("warehouse", 3).unwrap(), 3);
+        assert_eq!(
+            spool.ack("warehouse", 2).unwrap(),
+            3,
+            "cursors never move back"
+        );
+        assert!(matches!(
+            spool.ack("nobody", 1),
+            Err(SpoolError::UnknownSink(_))
+        ));
+        assert!(matches!(
+            spool.ack("siem", 6),
+            Err(SpoolError::AckBeyondEnd {
+                seq: 6,
+                last: 5,
+                ..
+            })
+        ));
+        assert_eq!(
+            spool.register_sink("warehouse").unwrap(),
+            3,
+            "registering again keeps the cursor"
+        );
+        let rest = spool.read(3, 100).unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        // Cursors are flushed with the next commit (or on close).
+        spool.close().unwrap();
+    }
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    let mut cursors = spool.cursors().unwrap();
+    cursors.sort();
+    assert_eq!(
+        cursors,
+        [("siem".to_string(), 0), ("warehouse".to_string(), 3)]
+    );
+}
+
+#[tokio::test]
+async fn retention_waits_for_the_slowest_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SpoolConfig::new(dir.path(), "n");
+    config.retention = Duration::from_nanos(100);
+    let spool = Spool::open(config).unwrap();
+    spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    spool.append(vec![event("b", 2, "u", "x")]).await.unwrap();
+    spool.register_sink("fast").unwrap();
+    spool.register_sink("slow").unwrap();
+    spool.ack("fast", 2).unwrap();
+    wait_indexed(&spool).await;
+    let now = 1_000_000;
+    assert_eq!(
+        spool.gc(now).unwrap().events,
+        0,
+        "slow has confirmed nothing"
+    );
+    spool.ack("slow", 1).unwrap();
+    assert_eq!(spool.gc(now).unwrap().events, 1, "only what both confirmed");
+    assert_eq!(all(&spool).iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    spool.unregister_sink("slow").unwrap();
+    assert_eq!(
+        spool.gc(now).unwrap().events,
+        1,
+        "a removed sink holds nothing back"
+    );
+    assert!(all(&spool).is_empty());
+}
