@@ -26,7 +26,7 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{Ingest, IngestError, Transport};
+use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 
 struct Logs(Arc<Ingest>);
 
@@ -59,10 +59,7 @@ impl LogsService for Logs {
 struct NotServed;
 
 fn not_served(signal: &str) -> Status {
-    Status::unimplemented(format!(
-        "auditrail receives OTLP logs only; {signal} are not served here \
-         (send them to your tracing/metrics backend)"
-    ))
+    Status::unimplemented(not_served_message(signal))
 }
 
 #[tonic::async_trait]

@@ -14,7 +14,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
-use crate::ingest::{Ingest, IngestError, Transport};
+use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 use crate::status::{code, Status};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -147,10 +147,7 @@ async fn not_served(signal: &str) -> Refusal {
     Refusal::new(
         StatusCode::NOT_FOUND,
         code::UNIMPLEMENTED,
-        format!(
-            "auditrail receives OTLP logs only; {signal} are not served here \
-             (send them to your tracing/metrics backend)"
-        ),
+        not_served_message(signal),
         Encoding::Json,
     )
 }

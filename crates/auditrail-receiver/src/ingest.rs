@@ -145,6 +145,16 @@ fn refused_for_quota(e: SpoolError) -> IngestError {
     IngestError::QuotaExceeded(e)
 }
 
+/// What both transports answer to traces and metrics: a plain refusal
+/// rather than a bare 404 / UNIMPLEMENTED, for senders pointed at auditrail
+/// wholesale.
+pub(crate) fn not_served_message(signal: &str) -> String {
+    format!(
+        "auditrail receives OTLP logs only; {signal} are not served here \
+         (send them to your tracing/metrics backend)"
+    )
+}
+
 pub(crate) fn now_unix_nano() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

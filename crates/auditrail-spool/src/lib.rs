@@ -237,7 +237,7 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (or creates) the spool and recovers its state: the last seq and
-    /// hash, how far it is indexed, and the ids awaiting the indexer.
+    /// hash, how far it is indexed, and the dedup set (from the `ids` tree).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
         let db = sled::Config::new()
             .path(&config.dir)
