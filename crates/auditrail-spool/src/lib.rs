@@ -14,6 +14,7 @@
 
 mod batch;
 mod cursors;
+mod dead_letter;
 mod dedup;
 mod index;
 mod query;
@@ -29,8 +30,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+pub use dead_letter::DeadLetter;
 pub use query::{Filter, QueryStats};
 pub use retention::GcStats;
 pub use verify::VerifyReport;
@@ -121,11 +123,17 @@ pub(crate) struct Shared {
     retention: Duration,
     /// Highest seq inserted into `batches` (not necessarily fsync'd yet).
     pub(crate) last_seq: AtomicU64,
+    /// Highest seq covered by a completed fsync: sinks read only up to it,
+    /// so no sink ever holds an event the spool could still lose.
+    pub(crate) durable_seq: watch::Sender<u64>,
     /// Lowest seq still retained (`last_seq + 1` when empty).
     pub(crate) first_seq: AtomicU64,
     pub(crate) indexed_seq: AtomicU64,
     pub(crate) ids: sled::Tree,
     pub(crate) cursors: sled::Tree,
+    pub(crate) dead_letters: sled::Tree,
+    /// Small facts that outlive the batches (see `retention.rs`).
+    pub(crate) meta: sled::Tree,
     pub(crate) dedup: Mutex<DedupSet>,
     disk_bytes: AtomicU64,
     /// Bytes inserted since `disk_bytes` was measured.
@@ -266,6 +274,8 @@ impl Spool {
         let idx = db.open_tree("idx")?;
         let ids = db.open_tree("ids")?;
         let cursors = db.open_tree("cursors")?;
+        let dead_letters = db.open_tree("dead_letters")?;
+        let meta = db.open_tree("meta")?;
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
@@ -274,7 +284,7 @@ impl Spool {
                 let view = BatchView::parse(&value)?;
                 (view.last_seq(), view.last_hash()?)
             }
-            None => (0, GENESIS_HASH),
+            None => retention::removed_tail(&meta)?.unwrap_or((0, GENESIS_HASH)),
         };
         let first_seq = match batches.first()? {
             Some((key, _)) => seq_from_bytes(&key),
@@ -294,10 +304,13 @@ impl Spool {
             max_disk_bytes: config.max_disk_bytes,
             retention: config.retention,
             last_seq: AtomicU64::new(last_seq),
+            durable_seq: watch::Sender::new(last_seq),
             first_seq: AtomicU64::new(first_seq),
             indexed_seq: AtomicU64::new(indexed),
             ids,
             cursors,
+            dead_letters,
+            meta,
             dedup: Mutex::new(dedup),
             disk_bytes: AtomicU64::new(0),
             unmeasured_bytes: AtomicU64::new(0),
@@ -423,14 +436,70 @@ impl Spool {
         cursors::ack(&self.shared, sink, seq)
     }
 
-    /// Up to `limit` events after `after_seq`, in seq order: what a sink
-    /// reads from its cursor.
+    /// Up to `limit` durable events after `after_seq`, in seq order: what a
+    /// sink reads from its cursor. Events inserted but not yet fsync'd are
+    /// left out, so a sink never holds an event a crash could still undo.
     pub fn read(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, SpoolError> {
-        self.query(&Filter {
-            after_seq: Some(after_seq),
-            limit,
-            ..Filter::default()
-        })
+        let durable = self.durable_seq();
+        if after_seq >= durable {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(usize::try_from(durable - after_seq).unwrap_or(usize::MAX));
+        let (mut events, _) = query::run(
+            &self.shared,
+            &Filter {
+                after_seq: Some(after_seq),
+                limit,
+                ..Filter::default()
+            },
+        )?;
+        events.retain(|e| e.seq <= durable);
+        Ok(events)
+    }
+
+    /// The highest seq whose fsync has completed.
+    pub fn durable_seq(&self) -> u64 {
+        *self.shared.durable_seq.borrow()
+    }
+
+    /// Watches [`Spool::durable_seq`]: wakes a sink when there is more to read.
+    pub fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable_seq.subscribe()
+    }
+
+    /// Records that `sink` permanently rejected `event`, keeping a copy of
+    /// the event so that retention cannot take it before a replay. Flushed
+    /// before it returns: the sink's cursor may move past the event next.
+    pub fn dead_letter(
+        &self,
+        sink: &str,
+        event: &AuditEvent,
+        reason: &str,
+        now_unix_nano: u64,
+    ) -> Result<(), SpoolError> {
+        dead_letter::put(&self.shared, sink, event, reason, now_unix_nano)?;
+        self.shared.db.flush()?;
+        Ok(())
+    }
+
+    /// Dead letters, of one sink or of all, in (sink, seq) order.
+    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
+        dead_letter::list(&self.shared, sink)
+    }
+
+    /// Marks dead letters (of one sink or of all) for replay; their sinks
+    /// pick them up. Returns how many were marked.
+    pub fn request_replay(&self, sink: Option<&str>) -> Result<usize, SpoolError> {
+        let marked = dead_letter::mark_for_replay(&self.shared, sink)?;
+        self.shared.db.flush()?;
+        Ok(marked)
+    }
+
+    /// Removes a dead letter once its sink has taken the event after all.
+    /// A dead letter that was rejected again since (and so is no longer
+    /// marked for replay) is kept.
+    pub fn resolve_dead_letter(&self, sink: &str, seq: u64) -> Result<bool, SpoolError> {
+        dead_letter::resolve(&self.shared, sink, seq)
     }
 
     /// Re-walks the hash chain of everything retained. The first retained

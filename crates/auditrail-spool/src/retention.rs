@@ -7,12 +7,34 @@
 //! every registered sink has acknowledged it. Only indexed batches are
 //! removed, so that their index keys can be removed with them. Their event
 //! ids leave the dedup set too: a resend after retention is a new event.
+//!
+//! The chain's tail outlives the batches: before a batch goes, its last seq
+//! and hash are written to `meta` (key [`REMOVED_TAIL`]), so a spool that
+//! retention emptied still continues its seq and chain after a restart
+//! instead of starting again at seq 1.
 
 use std::sync::atomic::Ordering;
 
 use crate::batch::BatchView;
 use crate::index::IndexDigest;
-use crate::{Shared, SpoolError};
+use crate::{seq_from_bytes, Shared, SpoolError};
+
+/// `meta` key: last seq (big-endian) ‖ hash of the newest removed event.
+pub(crate) const REMOVED_TAIL: &[u8] = b"removed_tail";
+
+/// The newest event retention removed, as (seq, hash).
+pub(crate) fn removed_tail(
+    meta: &sled::Tree,
+) -> Result<Option<(u64, auditrail_model::Hash)>, SpoolError> {
+    let Some(value) = meta.get(REMOVED_TAIL)? else {
+        return Ok(None);
+    };
+    let hash = value
+        .get(8..40)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| SpoolError::Corrupt("meta removed_tail has the wrong length".into()))?;
+    Ok(Some((seq_from_bytes(&value[..8]), hash)))
+}
 
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +63,9 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         if let Some(run) = shared.ids.remove(&key)? {
             shared.dedup.lock().expect("dedup lock").remove_run(&run);
         }
+        let mut tail = view.last_seq().to_be_bytes().to_vec();
+        tail.extend_from_slice(&view.last_hash()?);
+        shared.meta.insert(REMOVED_TAIL, tail)?;
         shared.batches.remove(&key)?;
         shared
             .first_seq

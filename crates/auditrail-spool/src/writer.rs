@@ -269,6 +269,19 @@ pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<FlushJob>) {
             Ok(_) => {
                 let mut stored = 0;
                 let mut duplicates = 0;
+                // Every job here was inserted before it was queued for this
+                // flush, so the flush covers the highest seq among them.
+                let covered = waiting
+                    .iter()
+                    .filter_map(|job| job.appended.seqs.last().copied())
+                    .max();
+                if let Some(seq) = covered {
+                    shared.durable_seq.send_if_modified(|durable| {
+                        let moved = seq > *durable;
+                        *durable = (*durable).max(seq);
+                        moved
+                    });
+                }
                 for job in waiting {
                     stored += job.appended.stored;
                     duplicates += job.appended.duplicates;

@@ -600,3 +600,69 @@ async fn retention_waits_for_the_slowest_sink() {
     );
     assert!(all(&spool).is_empty());
 }
+
+#[tokio::test]
+async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut config = SpoolConfig::new(dir.path(), "n");
+        config.retention = Duration::from_nanos(100);
+        let spool = Spool::open(config).unwrap();
+        let stored = spool
+            .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+            .await
+            .unwrap();
+        assert_eq!(spool.durable_seq(), 2, "append resolves after the fsync");
+        assert_eq!(stored.seqs, [1, 2]);
+        spool.register_sink("warehouse").unwrap();
+        let events = spool.read(0, 10).unwrap();
+        spool
+            .dead_letter("warehouse", &events[1], "1406: Data too long", 7)
+            .unwrap();
+        spool
+            .dead_letter("siem", &events[0], "400 bad field", 8)
+            .unwrap();
+        spool.ack("warehouse", 2).unwrap();
+        wait_indexed(&spool).await;
+        assert_eq!(spool.gc(1_000_000).unwrap().events, 2);
+        assert!(all(&spool).is_empty(), "retention removed the batches");
+
+        let letters = spool.dead_letters(Some("warehouse")).unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            letters[0].event, events[1],
+            "the dead letter holds the event"
+        );
+        assert_eq!(letters[0].reason, "1406: Data too long");
+        assert!(!letters[0].replay);
+        assert_eq!(spool.dead_letters(None).unwrap().len(), 2);
+
+        assert!(
+            !spool.resolve_dead_letter("warehouse", 2).unwrap(),
+            "only a replayed entry is resolved"
+        );
+        assert_eq!(spool.request_replay(Some("warehouse")).unwrap(), 1);
+        assert_eq!(spool.request_replay(Some("warehouse")).unwrap(), 0);
+        spool.close().unwrap();
+    }
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "n")));
+    assert_eq!(spool.durable_seq(), 2);
+    let letters = spool.dead_letters(None).unwrap();
+    assert_eq!(
+        letters
+            .iter()
+            .map(|l| (&l.sink[..], l.replay))
+            .collect::<Vec<_>>(),
+        [("siem", false), ("warehouse", true)],
+        "dead letters and replay marks survive a reopen"
+    );
+    assert!(spool.resolve_dead_letter("warehouse", 2).unwrap());
+    assert_eq!(spool.dead_letters(None).unwrap().len(), 1);
+    let next = spool.append(vec![event("c", 3, "u", "x")]).await.unwrap();
+    assert_eq!(
+        next.seqs,
+        [3],
+        "a spool emptied by retention continues its seq after a restart"
+    );
+    assert!(spool.verify().unwrap().is_intact());
+}
