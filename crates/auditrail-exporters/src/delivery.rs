@@ -1,0 +1,601 @@
+//! The delivery loop: one per sink, written once for every sink.
+//!
+//! Each sink reads from its own cursor in the spool, so a slow or dead sink
+//! holds back nothing but itself. A loop gathers durable events into
+//! batches (by count, bytes and linger), keeps up to `concurrency` batches
+//! in flight, and moves the cursor only over batches the sink has
+//! confirmed, in seq order, however the in-flight batches finish.
+//!
+//! A batch task never gives up on a batch: retryable errors wait with
+//! backoff and are tried again; a permanent error splits the batch in two
+//! until the record(s) to blame stand alone, and those go to the spool's
+//! dead-letter tree while the rest is delivered.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use auditrail_model::AuditEvent;
+use auditrail_spool::{Spool, SpoolError};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::health::Health;
+use crate::retry::Backoff;
+use crate::{
+    DeliveryConfig, ErrorClass, ExportError, Exporter, SinkConfig, SinkContext, SinkStatus,
+};
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("sink {name:?} ({kind}): {source}")]
+    Sink {
+        name: String,
+        kind: &'static str,
+        source: ExportError,
+    },
+    #[error("sink cursors: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// Every configured sink, each delivering on its own.
+pub struct Pipeline {
+    sinks: Vec<RunningSink>,
+}
+
+struct RunningSink {
+    health: Arc<Health>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Builds and prepares every sink, registers its cursor and starts its
+    /// delivery loop. Cursors of sinks no longer configured are removed, so
+    /// retention stops waiting for them.
+    ///
+    /// A sink that is [`ErrorClass::Misconfigured`] (wrong password,
+    /// missing database) fails the start with its message. A sink that is
+    /// only unreachable starts anyway and keeps trying, while ingest and the
+    /// other sinks go on.
+    pub async fn start(
+        spool: Arc<Spool>,
+        configs: &[SinkConfig],
+        retention: Duration,
+    ) -> Result<Pipeline, StartError> {
+        let mut prepared = Vec::new();
+        for config in configs {
+            let kind = config.kind.type_name();
+            let context = SinkContext {
+                name: config.name.clone(),
+                retention,
+            };
+            let sink_error = |source| StartError::Sink {
+                name: config.name.clone(),
+                kind,
+                source,
+            };
+            let exporter = config.kind.build(&context).map_err(sink_error)?;
+            let ready = match tokio::time::timeout(config.delivery.timeout, exporter.prepare())
+                .await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) if e.class == ErrorClass::Misconfigured => return Err(sink_error(e)),
+                Ok(Err(e)) => {
+                    tracing::warn!(sink = %config.name, error = %e, "sink is not reachable yet; ingest goes on and delivery starts when it is");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(sink = %config.name, timeout = ?config.delivery.timeout, "sink did not answer at start; ingest goes on and delivery starts when it does");
+                    false
+                }
+            };
+            prepared.push((config, exporter, ready));
+        }
+
+        let configured: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        for (name, cursor) in spool.cursors()? {
+            if !configured.contains(name.as_str()) {
+                tracing::info!(sink = %name, cursor, "sink is no longer configured; its cursor is removed");
+                spool.unregister_sink(&name)?;
+            }
+        }
+
+        let mut sinks = Vec::new();
+        for (config, exporter, ready) in prepared {
+            let cursor = spool.register_sink(&config.name)?;
+            let health = Arc::new(Health::new(&config.name, config.kind.type_name(), cursor));
+            let mut delivery = config.delivery.clone();
+            if exporter.keeps_order() {
+                delivery.concurrency = 1;
+            }
+            let sink = Arc::new(SinkShared {
+                name: config.name.clone(),
+                spool: spool.clone(),
+                exporter,
+                config: delivery,
+                health: health.clone(),
+            });
+            let mut tasks = vec![tokio::spawn(sink.clone().run(cursor, ready))];
+            if let Some(every) = sink.exporter.maintenance_interval() {
+                tasks.push(tokio::spawn(sink.clone().maintain(every)));
+            }
+            sinks.push(RunningSink { health, tasks });
+        }
+        Ok(Pipeline { sinks })
+    }
+
+    /// Every sink's state, for `/readyz`.
+    pub fn statuses(&self) -> Vec<SinkStatus> {
+        self.sinks.iter().map(|s| s.health.snapshot()).collect()
+    }
+
+    /// Stops every sink. Batches in flight are abandoned; their cursors did
+    /// not move, so they are sent again (idempotently) after a restart.
+    pub async fn shutdown(self) {
+        for sink in self.sinks {
+            for task in sink.tasks {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// What a sink's delivery loop and its batch tasks share.
+struct SinkShared {
+    name: String,
+    spool: Arc<Spool>,
+    exporter: Arc<dyn Exporter>,
+    config: DeliveryConfig,
+    health: Arc<Health>,
+}
+
+/// What a finished batch task reports back to its loop.
+struct BatchDone {
+    /// The seq range it covered; `None` for a replay of dead letters.
+    range: Option<(u64, u64)>,
+}
+
+/// A delivery loop's bookkeeping.
+struct Progress {
+    /// Everything up to here is confirmed and acked in the spool.
+    acked: u64,
+    /// Everything up to here has been read into a batch.
+    read: u64,
+    /// Confirmed ranges that cannot be acked until the ones before them are.
+    confirmed: BTreeMap<u64, u64>,
+    /// First seq → received time of the first event, of batches in flight.
+    in_flight: BTreeMap<u64, u64>,
+    pending: VecDeque<AuditEvent>,
+    pending_bytes: u64,
+    pending_since: Option<Instant>,
+    replaying: bool,
+}
+
+impl SinkShared {
+    async fn run(self: Arc<Self>, cursor: u64, mut ready: bool) {
+        let mut backoff = self.backoff();
+        while !ready {
+            match self.attempt(self.exporter.prepare()).await {
+                Ok(()) => ready = true,
+                Err(e) => {
+                    self.record_error(&e);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        self.health.succeeded();
+        let mut cursor = cursor;
+        loop {
+            match self.clone().deliver_from(cursor).await {
+                Ok(()) => return,
+                Err(acked) => {
+                    // A batch task died; its range would never be confirmed.
+                    // Start over from the cursor: what was in flight is sent again.
+                    tracing::error!(sink = %self.name, cursor = acked, "a batch task failed unexpectedly; restarting delivery from the cursor");
+                    cursor = acked;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers from `cursor` on. Returns `Ok` when the spool closes and
+    /// `Err(cursor)` when delivery has to restart from `cursor`.
+    async fn deliver_from(self: Arc<Self>, cursor: u64) -> Result<(), u64> {
+        let mut durable = self.spool.subscribe_durable();
+        let mut tasks: JoinSet<BatchDone> = JoinSet::new();
+        let mut progress = Progress {
+            acked: cursor,
+            read: cursor,
+            confirmed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            replaying: false,
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_bytes = self.config.max_bytes.as_u64();
+        loop {
+            let durable_seq = *durable.borrow_and_update();
+            let room = self
+                .config
+                .max_events
+                .saturating_sub(progress.pending.len())
+                > 0
+                && progress.pending_bytes < max_bytes;
+            if room && progress.read < durable_seq {
+                let want = self.config.max_events - progress.pending.len();
+                match self.read(progress.read, want).await {
+                    Ok(events) => {
+                        if let Some(last) = events.last() {
+                            progress.read = last.seq;
+                            progress.pending_since.get_or_insert_with(Instant::now);
+                        }
+                        for event in events {
+                            progress.pending_bytes += approximate_size(&event);
+                            progress.pending.push_back(event);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %self.name, error = %e, "reading the spool failed");
+                        metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => "spool").increment(1);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+
+            let slot_free = tasks.len() < self.config.concurrency;
+            if slot_free && !progress.pending.is_empty() {
+                let full = progress.pending.len() >= self.config.max_events
+                    || progress.pending_bytes >= max_bytes;
+                let lingered = progress
+                    .pending_since
+                    .is_some_and(|t| t.elapsed() >= self.config.linger);
+                if full || lingered {
+                    let batch = self.take_batch(&mut progress);
+                    let range = (batch[0].seq, batch[batch.len() - 1].seq);
+                    progress
+                        .in_flight
+                        .insert(range.0, batch[0].received_time_unix_nano);
+                    tasks.spawn(self.clone().deliver(batch, Some(range)));
+                    continue;
+                }
+            }
+
+            let linger_deadline = progress
+                .pending_since
+                .map(|t| tokio::time::Instant::from_std(t + self.config.linger));
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let Ok(done) = joined else {
+                        tasks.abort_all();
+                        return Err(progress.acked);
+                    };
+                    self.confirmed(&mut progress, done);
+                }
+                changed = durable.changed(), if room => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(linger_deadline.unwrap_or_else(tokio::time::Instant::now)), if slot_free && linger_deadline.is_some() => {}
+                _ = tick.tick() => {
+                    self.publish_progress(&progress, *durable.borrow());
+                    if slot_free && !progress.replaying {
+                        self.start_replay(&mut progress, &mut tasks).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the next batch off the front of `pending`, within both limits
+    /// (but always at least one event).
+    fn take_batch(&self, progress: &mut Progress) -> Vec<AuditEvent> {
+        let max_bytes = self.config.max_bytes.as_u64();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(event) = progress.pending.front() {
+            let size = approximate_size(event);
+            if !batch.is_empty()
+                && (batch.len() >= self.config.max_events || bytes + size > max_bytes)
+            {
+                break;
+            }
+            bytes += size;
+            batch.push(progress.pending.pop_front().expect("front exists"));
+        }
+        progress.pending_bytes -= bytes;
+        progress.pending_since = if progress.pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        batch
+    }
+
+    fn confirmed(&self, progress: &mut Progress, done: BatchDone) {
+        let Some((first, last)) = done.range else {
+            progress.replaying = false;
+            return;
+        };
+        progress.in_flight.remove(&first);
+        progress.confirmed.insert(first, last);
+        let before = progress.acked;
+        while let Some(entry) = progress.confirmed.first_entry() {
+            if *entry.key() != progress.acked + 1 {
+                break;
+            }
+            progress.acked = entry.remove();
+        }
+        if progress.acked != before {
+            if let Err(e) = self.spool.ack(&self.name, progress.acked) {
+                tracing::error!(sink = %self.name, error = %e, "moving the sink cursor failed");
+            }
+        }
+    }
+
+    /// Sends the dead letters an operator marked for replay, one batch at a
+    /// time, beside the normal flow (their cursor moved on long ago).
+    async fn start_replay(
+        self: &Arc<Self>,
+        progress: &mut Progress,
+        tasks: &mut JoinSet<BatchDone>,
+    ) {
+        let spool = self.spool.clone();
+        let name = self.name.clone();
+        let max = self.config.max_events;
+        let letters = tokio::task::spawn_blocking(move || spool.dead_letters(Some(&name))).await;
+        let events: Vec<AuditEvent> = match letters {
+            Ok(Ok(letters)) => letters
+                .into_iter()
+                .filter(|l| l.replay)
+                .take(max)
+                .map(|l| l.event)
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "reading dead letters failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        if !events.is_empty() {
+            tracing::info!(sink = %self.name, events = events.len(), "replaying dead letters");
+            progress.replaying = true;
+            tasks.spawn(self.clone().deliver(events, None));
+        }
+    }
+
+    fn publish_progress(&self, progress: &Progress, durable: u64) {
+        let lag_events = durable.saturating_sub(progress.acked);
+        let oldest = progress
+            .in_flight
+            .values()
+            .copied()
+            .chain(progress.pending.front().map(|e| e.received_time_unix_nano))
+            .min();
+        let lag_seconds = match oldest {
+            Some(received) if lag_events > 0 => {
+                now_unix_nano().saturating_sub(received) as f64 / 1e9
+            }
+            _ => 0.0,
+        };
+        let dead = self.spool.dead_letter_count(&self.name);
+        let sink = self.name.clone();
+        metrics::gauge!("auditrail_sink_lag_events", "sink" => sink.clone()).set(lag_events as f64);
+        metrics::gauge!("auditrail_sink_lag_seconds", "sink" => sink.clone()).set(lag_seconds);
+        metrics::gauge!("auditrail_sink_cursor", "sink" => sink.clone()).set(progress.acked as f64);
+        metrics::gauge!("auditrail_sink_dead_letters", "sink" => sink).set(dead as f64);
+        self.health
+            .progress(progress.acked, lag_events, lag_seconds, dead);
+    }
+
+    /// Delivers one batch, whatever it takes: retries what is transient,
+    /// splits what is permanent, dead-letters the records to blame.
+    async fn deliver(
+        self: Arc<Self>,
+        events: Vec<AuditEvent>,
+        range: Option<(u64, u64)>,
+    ) -> BatchDone {
+        let replay = range.is_none();
+        // Depth-first, left half first, so a sink sees seqs in order.
+        let mut work = vec![events];
+        while let Some(mut chunk) = work.pop() {
+            let mut backoff = self.backoff();
+            loop {
+                let started = Instant::now();
+                match self.attempt(self.exporter.export(&chunk)).await {
+                    Ok(()) => {
+                        metrics::histogram!("auditrail_sink_batch_seconds", "sink" => self.name.clone())
+                            .record(started.elapsed());
+                        metrics::counter!("auditrail_sink_delivered_events_total", "sink" => self.name.clone())
+                            .increment(chunk.len() as u64);
+                        self.recovered();
+                        if replay {
+                            self.resolve_replayed(&chunk).await;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        self.record_error(&error);
+                        match error.class {
+                            ErrorClass::Retryable | ErrorClass::Misconfigured => {
+                                tokio::time::sleep(backoff.next_delay()).await;
+                            }
+                            ErrorClass::Permanent if chunk.len() == 1 => {
+                                self.dead_letter(&chunk, &error.to_string()).await;
+                                break;
+                            }
+                            ErrorClass::Permanent => {
+                                let right = chunk.split_off(chunk.len() / 2);
+                                work.push(right);
+                                work.push(chunk);
+                                break;
+                            }
+                            ErrorClass::Rejected(ref rejected) => {
+                                let mut reasons: BTreeMap<usize, &str> = BTreeMap::new();
+                                for (index, reason) in rejected {
+                                    reasons.insert(*index, reason);
+                                }
+                                let (bad, good): (Vec<_>, Vec<_>) = chunk
+                                    .drain(..)
+                                    .enumerate()
+                                    .partition(|(i, _)| reasons.contains_key(i));
+                                for (index, event) in bad {
+                                    let reason = format!("{}: {}", error.kind, reasons[&index]);
+                                    self.dead_letter(std::slice::from_ref(&event), &reason)
+                                        .await;
+                                }
+                                // The sink stored the rest; for a replay they are resolved.
+                                let stored: Vec<AuditEvent> =
+                                    good.into_iter().map(|(_, e)| e).collect();
+                                metrics::counter!("auditrail_sink_delivered_events_total", "sink" => self.name.clone())
+                                    .increment(stored.len() as u64);
+                                if replay {
+                                    self.resolve_replayed(&stored).await;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        BatchDone { range }
+    }
+
+    async fn dead_letter(&self, events: &[AuditEvent], reason: &str) {
+        for event in events {
+            tracing::warn!(sink = %self.name, seq = event.seq, event_id = %event.event_id, reason, "sink rejected an event; it is dead-lettered and delivery goes on");
+            let spool = self.spool.clone();
+            let name = self.name.clone();
+            let event = event.clone();
+            let reason = reason.to_owned();
+            let stored = tokio::task::spawn_blocking(move || {
+                spool.dead_letter(&name, &event, &reason, now_unix_nano())
+            })
+            .await;
+            match stored {
+                Ok(Ok(())) => {
+                    metrics::counter!("auditrail_sink_dead_lettered_events_total", "sink" => self.name.clone())
+                        .increment(1);
+                }
+                // The event stays only in the spool; it is past the cursor,
+                // so say so loudly rather than pretend.
+                Ok(Err(e)) => {
+                    tracing::error!(sink = %self.name, error = %e, "storing a dead letter failed");
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.name, error = %e, "storing a dead letter failed");
+                }
+            }
+        }
+    }
+
+    async fn resolve_replayed(&self, events: &[AuditEvent]) {
+        for event in events {
+            match self.spool.resolve_dead_letter(&self.name, event.seq) {
+                Ok(true) => {
+                    tracing::info!(sink = %self.name, seq = event.seq, "replayed dead letter delivered")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(sink = %self.name, error = %e, "removing a replayed dead letter failed")
+                }
+            }
+        }
+    }
+
+    async fn maintain(self: Arc<Self>, every: Duration) {
+        loop {
+            match self
+                .attempt(self.exporter.maintain(SystemTime::now()))
+                .await
+            {
+                Ok(()) => tokio::time::sleep(every).await,
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, error = %e, "sink maintenance failed; retrying in a minute");
+                    metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => "maintenance").increment(1);
+                    tokio::time::sleep(Duration::from_secs(60).min(every)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one call with the configured timeout; a timeout is retryable.
+    async fn attempt(
+        &self,
+        call: impl std::future::Future<Output = Result<(), ExportError>>,
+    ) -> Result<(), ExportError> {
+        tokio::time::timeout(self.config.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExportError::retryable(
+                    "timeout",
+                    format!("no answer within {:?}", self.config.timeout),
+                ))
+            })
+    }
+
+    fn record_error(&self, error: &ExportError) {
+        metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => error.kind)
+            .increment(1);
+        let was_healthy = self.health.snapshot().healthy;
+        self.health.failed(error);
+        if was_healthy {
+            tracing::warn!(sink = %self.name, %error, "sink failing; its events wait in the spool");
+        } else {
+            tracing::debug!(sink = %self.name, %error, "sink still failing");
+        }
+    }
+
+    fn recovered(&self) {
+        if !self.health.snapshot().healthy {
+            tracing::info!(sink = %self.name, "sink delivering again");
+        }
+        self.health.succeeded();
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, SpoolError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.read(after, limit))
+            .await
+            .map_err(|e| SpoolError::Storage(format!("spool read task: {e}")))?
+    }
+}
+
+/// Roughly the bytes an event takes in a row: its variable-length fields
+/// plus a fixed allowance for the numbers and hashes.
+fn approximate_size(e: &AuditEvent) -> u64 {
+    let text = e.node.len()
+        + e.event_id.len()
+        + e.tenant.len()
+        + e.service_name.len()
+        + e.event_name.len()
+        + e.severity_text.len()
+        + e.actor_id.len()
+        + e.actor_name.len()
+        + e.client_address.len()
+        + e.target.len()
+        + e.trace_id.len()
+        + e.span_id.len()
+        + e.body.len()
+        + e.attributes.len()
+        + e.resource_attributes.len()
+        + e.scope_name.len();
+    text as u64 + 200
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,74 @@
+//! Getting events out of the spool and into the systems where auditors and
+//! analysts work.
+//!
+//! A sink is an [`Exporter`]: it writes a batch and says what went wrong.
+//! Everything else about delivery (batching, linger, concurrency, retries
+//! with backoff and jitter, splitting a batch to isolate a poison record,
+//! dead letters, cursor commits, metrics and health) is written once, in the
+//! [`delivery`] loop, which drives every sink the way the OpenTelemetry
+//! Collector's exporterhelper drives every exporter.
+//!
+//! Adding a sink is one module under [`sinks`] and one variant of
+//! [`SinkKind`]; each sink is a cargo feature.
+
+pub mod config;
+pub mod delivery;
+mod error;
+pub mod fields;
+mod health;
+mod retry;
+pub mod sinks;
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use auditrail_model::AuditEvent;
+
+pub use config::{DeliveryConfig, SinkConfig};
+pub use delivery::Pipeline;
+pub use error::{ErrorClass, ExportError};
+pub use health::SinkStatus;
+pub use sinks::SinkKind;
+
+/// One destination for audit events.
+///
+/// Implementations only talk to their destination; the delivery loop decides
+/// when to call them, how often to retry and what to do with a rejection.
+#[async_trait]
+pub trait Exporter: Send + Sync + 'static {
+    /// Checks the destination and creates what is missing (a table, its
+    /// partitions). Runs before the first batch, and again after a failure
+    /// until it succeeds. [`ErrorClass::Misconfigured`] here stops
+    /// `auditrail serve` at start-up with the message.
+    async fn prepare(&self) -> Result<(), ExportError>;
+
+    /// Writes `events` (in seq order) and returns once the destination has
+    /// confirmed them. It must be idempotent: the same events may be sent
+    /// again after a crash or a retry, and must not be stored twice.
+    async fn export(&self, events: &[AuditEvent]) -> Result<(), ExportError>;
+
+    /// Periodic upkeep such as creating partitions ahead of time; called
+    /// every [`Exporter::maintenance_interval`] with the current time.
+    async fn maintain(&self, _now: SystemTime) -> Result<(), ExportError> {
+        Ok(())
+    }
+
+    /// How often [`Exporter::maintain`] runs; `None` for never.
+    fn maintenance_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether batches must arrive in seq order (one in flight at a time).
+    fn keeps_order(&self) -> bool {
+        false
+    }
+}
+
+/// What a sink needs to know about the node it runs in.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The `[[sinks]] name`.
+    pub name: String,
+    /// The spool's retention, for sinks that expire rows themselves.
+    pub retention: Duration,
+}
