@@ -45,7 +45,7 @@ pub struct Pipeline {
 
 struct RunningSink {
     health: Arc<Health>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pipeline {
@@ -119,7 +119,10 @@ impl Pipeline {
             if let Some(every) = sink.exporter.maintenance_interval() {
                 tasks.push(tokio::spawn(sink.clone().maintain(every)));
             }
-            sinks.push(RunningSink { health, tasks });
+            sinks.push(RunningSink {
+                health,
+                tasks: std::sync::Mutex::new(tasks),
+            });
         }
         Ok(Pipeline { sinks })
     }
@@ -131,9 +134,10 @@ impl Pipeline {
 
     /// Stops every sink. Batches in flight are abandoned; their cursors did
     /// not move, so they are sent again (idempotently) after a restart.
-    pub async fn shutdown(self) {
-        for sink in self.sinks {
-            for task in sink.tasks {
+    pub async fn shutdown(&self) {
+        for sink in &self.sinks {
+            let tasks: Vec<_> = sink.tasks.lock().expect("tasks lock").drain(..).collect();
+            for task in tasks {
                 task.abort();
                 let _ = task.await;
             }
@@ -276,6 +280,7 @@ impl SinkShared {
                         return Err(progress.acked);
                     };
                     self.confirmed(&mut progress, done);
+                    self.publish_progress(&progress, *durable.borrow());
                 }
                 changed = durable.changed(), if room => {
                     if changed.is_err() {
@@ -544,6 +549,12 @@ impl SinkShared {
     fn record_error(&self, error: &ExportError) {
         metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => error.kind)
             .increment(1);
+        if matches!(error.class, ErrorClass::Permanent | ErrorClass::Rejected(_)) {
+            // The sink works; a record in the batch does not fit. Splitting
+            // finds it, and dead-lettering it is what gets logged.
+            tracing::debug!(sink = %self.name, %error, "batch rejected; isolating the record to blame");
+            return;
+        }
         let was_healthy = self.health.snapshot().healthy;
         self.health.failed(error);
         if was_healthy {

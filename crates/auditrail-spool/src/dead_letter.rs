@@ -113,3 +113,11 @@ pub(crate) fn resolve(shared: &Shared, sink: &str, seq: u64) -> Result<bool, Spo
         .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
         .is_ok())
 }
+
+pub(crate) fn count(shared: &Shared, sink: &str) -> usize {
+    shared
+        .dead_letters
+        .scan_prefix(sink_prefix(sink))
+        .keys()
+        .count()
+}

@@ -487,6 +487,11 @@ impl Spool {
         dead_letter::list(&self.shared, sink)
     }
 
+    /// How many dead letters `sink` has.
+    pub fn dead_letter_count(&self, sink: &str) -> usize {
+        dead_letter::count(&self.shared, sink)
+    }
+
     /// Marks dead letters (of one sink or of all) for replay; their sinks
     /// pick them up. Returns how many were marked.
     pub fn request_replay(&self, sink: Option<&str>) -> Result<usize, SpoolError> {

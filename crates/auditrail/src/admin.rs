@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use auditrail_exporters::Pipeline;
 use auditrail_spool::Spool;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -18,6 +19,7 @@ use crate::query_args::QueryArgs;
 #[derive(Clone)]
 pub struct AdminState {
     pub spool: Arc<Spool>,
+    pub pipeline: Arc<Pipeline>,
     pub metrics: PrometheusHandle,
     pub trace_url: Option<String>,
 }
@@ -28,14 +30,68 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(events))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/replay", post(replay_dead_letters))
         .with_state(state)
 }
 
+/// Ready means events are accepted: 503 only over the disk quota. A failing
+/// sink does not make the node unready (ingest goes on and the sink catches
+/// up later, which is the point); it shows in `sinks`, with its error.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    match state.spool.check_quota() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    let quota = state.spool.check_quota();
+    let status = if quota.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": quota.is_ok(),
+        "spool": {
+            "accepting": quota.is_ok(),
+            "error": quota.err().map(|e| e.to_string()),
+        },
+        "sinks": state.pipeline.statuses(),
+    });
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SinkParam {
+    sink: Option<String>,
+}
+
+async fn dead_letters(State(state): State<AdminState>, Query(param): Query<SinkParam>) -> Response {
+    let spool = state.spool.clone();
+    let result =
+        tokio::task::spawn_blocking(move || spool.dead_letters(param.sink.as_deref())).await;
+    match result {
+        Ok(Ok(letters)) => Json(serde_json::json!({ "dead_letters": letters })).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
     }
+}
+
+async fn replay_dead_letters(
+    State(state): State<AdminState>,
+    Query(param): Query<SinkParam>,
+) -> Response {
+    let spool = state.spool.clone();
+    let result =
+        tokio::task::spawn_blocking(move || spool.request_replay(param.sink.as_deref())).await;
+    match result {
+        Ok(Ok(marked)) => Json(serde_json::json!({ "marked": marked })).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
+fn internal_error(message: String) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -75,16 +131,8 @@ async fn events(
             state.trace_url.as_deref(),
         ))
         .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
     }
 }
 

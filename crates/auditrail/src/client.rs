@@ -12,15 +12,62 @@ use auditrail_spool::{Spool, SpoolConfig};
 use crate::output::{EventsPage, Format, Printer};
 use crate::query_args::QueryArgs;
 
-/// Where events are read from.
+/// A running server's admin API, or a stopped server's spool.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Source {
+pub struct Location {
     /// The admin API of a running server.
     #[arg(long, default_value = "http://127.0.0.1:8686")]
     pub admin: String,
-    /// Read this spool directory directly (its server must be stopped).
+    /// Use this spool directory directly (its server must be stopped).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
+}
+
+impl Location {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin.trim_end_matches('/'))
+    }
+
+    /// Opens the spool at `--data-dir`, if one was given.
+    pub fn open_spool(&self) -> anyhow::Result<Option<Arc<Spool>>> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        // The node id only matters for writing events, which no client does.
+        let spool = Spool::open(SpoolConfig::new(dir, "reader"))
+            .with_context(|| format!("opening spool {}", dir.display()))?;
+        Ok(Some(Arc::new(spool)))
+    }
+
+    /// Sends a request to the admin API and returns its JSON answer, with
+    /// errors that say what to try.
+    pub async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the admin API at {} (is `auditrail serve` running? or use --data-dir)",
+                self.admin
+            )
+        })?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .context("reading the admin API's answer")?;
+        if !status.is_success() {
+            bail!("{} answered {status}: {body}", self.admin);
+        }
+        serde_json::from_str(&body).context("the admin API's answer is not JSON")
+    }
+}
+
+/// Where events are read from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Source {
+    #[command(flatten)]
+    pub at: Location,
     /// Trace link template for --data-dir output, e.g.
     /// `http://127.0.0.1:16686/trace/{trace_id}` (a server uses its config).
     #[arg(long = "trace-url")]
@@ -41,7 +88,7 @@ pub struct ReadArgs {
 enum Reader {
     Admin {
         client: reqwest::Client,
-        url: String,
+        at: Location,
     },
     Spool {
         spool: Arc<Spool>,
@@ -51,41 +98,25 @@ enum Reader {
 
 impl Reader {
     fn open(source: &Source) -> anyhow::Result<Reader> {
-        match &source.data_dir {
-            Some(dir) => {
-                // The node id only matters for writing, which a reader never does.
-                let spool = Spool::open(SpoolConfig::new(dir, "reader"))
-                    .with_context(|| format!("opening spool {}", dir.display()))?;
-                Ok(Reader::Spool {
-                    spool: Arc::new(spool),
-                    trace_url: source.trace_url.clone(),
-                })
-            }
+        match source.at.open_spool()? {
+            Some(spool) => Ok(Reader::Spool {
+                spool,
+                trace_url: source.trace_url.clone(),
+            }),
             None => Ok(Reader::Admin {
                 client: reqwest::Client::new(),
-                url: format!("{}/v1/events", source.admin.trim_end_matches('/')),
+                at: source.at.clone(),
             }),
         }
     }
 
     async fn page(&self, args: &QueryArgs) -> anyhow::Result<EventsPage> {
         match self {
-            Reader::Admin { client, url } => {
-                let response = client
-                    .get(url)
-                    .query(args)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the admin API at {url} (is `auditrail serve` running? or use --data-dir)"))?;
-                let status = response.status();
-                let body = response
-                    .text()
-                    .await
-                    .context("reading the admin API's answer")?;
-                if !status.is_success() {
-                    bail!("{url} answered {status}: {body}");
-                }
-                serde_json::from_str(&body).context("the admin API's answer is not an events page")
+            Reader::Admin { client, at } => {
+                let page = at
+                    .call(client.get(at.url("/v1/events")).query(args))
+                    .await?;
+                serde_json::from_value(page).context("the admin API's answer is not an events page")
             }
             Reader::Spool { spool, trace_url } => {
                 let filter = args

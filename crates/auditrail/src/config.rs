@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use auditrail_exporters::SinkConfig;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
@@ -41,7 +42,8 @@ pub struct Config {
     pub admin: AdminSection,
     pub spool: SpoolSection,
     pub query: QuerySection,
-    pub sinks: Vec<SinkSection>,
+    /// `[[sinks]]`: see `auditrail_exporters::SinkConfig`.
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,38 +121,6 @@ pub struct QuerySection {
     /// A link to the trace viewer, with `{trace_id}` where the id goes, e.g.
     /// `http://127.0.0.1:16686/trace/{trace_id}` (Jaeger).
     pub trace_url: Option<String>,
-}
-
-/// A sink as the design sketches it. The fan-out engine that drives sinks is
-/// not built yet, so `serve` refuses a config that names one rather than
-/// accepting events it would never deliver.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "url, database, table and format are for the fan-out engine"
-)]
-pub struct SinkSection {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    pub url: Option<String>,
-    pub database: Option<String>,
-    pub table: Option<String>,
-    pub format: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Mysql,
-    Clickhouse,
-    Syslog,
-    SplunkHec,
-    Elasticsearch,
-    Webhook,
-    File,
-    Otlp,
 }
 
 impl Config {
@@ -293,11 +263,41 @@ table = "audit_events"
         .unwrap();
         assert_eq!(config.receiver.max_request_bytes, ByteSize::mib(16));
         assert_eq!(config.spool.retention, Duration::from_secs(7 * 86400));
-        assert_eq!(
-            config.sinks[0].url.as_deref(),
-            Some("mysql://audit:s3cret@127.0.0.1:3306/audit")
+        assert!(
+            matches!(
+                &config.sinks[0].kind,
+                auditrail_exporters::SinkKind::Mysql(mysql)
+                    if mysql.url == "mysql://audit:s3cret@127.0.0.1:3306/audit"
+                        && mysql.table == "audit_events"
+            ),
+            "{:?}",
+            config.sinks[0].kind
         );
-        assert_eq!(config.sinks[0].kind, SinkKind::Mysql);
+        assert_eq!(config.sinks[0].name, "warehouse");
+        assert_eq!(config.sinks[0].delivery, Default::default());
+    }
+
+    #[test]
+    fn sink_keys_are_checked_per_type() {
+        let sink = |body: &str| parse(&format!("[[sinks]]\nname = \"w\"\n{body}"));
+        let err = sink("type = \"mysql\"\nurl = \"mysql://u@h/db\"\ntabel = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tabel") && err.contains("sink \"w\""), "{err}");
+        let err = sink("type = \"carrier_pigeon\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("carrier_pigeon") && err.contains("mysql"),
+            "{err}"
+        );
+        let err =
+            sink("type = \"mysql\"\nurl = \"mysql://u@h/db\"\n[sinks.delivery]\nconcurrency = 0\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        let ok = sink("type = \"mysql\"\nurl = \"mysql://u@h/db\"\n[sinks.delivery]\nmax_events = 100\nlinger = \"1s\"\n[sinks.columns]\nuser_name = \"actor_name\"\n")
+            .unwrap();
+        assert_eq!(ok.sinks[0].delivery.max_events, 100);
+        assert_eq!(ok.sinks[0].delivery.linger, Duration::from_secs(1));
     }
 
     #[test]

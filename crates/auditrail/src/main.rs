@@ -4,6 +4,7 @@
 mod admin;
 mod client;
 mod config;
+mod dead_letters;
 mod output;
 mod query_args;
 mod serve;
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long = "data-dir", default_value = "auditrail-data")]
         data_dir: PathBuf,
     },
+    /// Events that sinks permanently rejected: list them, or replay them.
+    #[command(subcommand)]
+    DeadLetter(dead_letters::DeadLetterCommand),
     /// Check a config file and say what is wrong with it, if anything.
     CheckConfig { file: PathBuf },
     /// Print the version.
@@ -100,6 +104,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Query { read } => runtime()?.block_on(client::query(read))?,
         Command::Tail { read, every } => runtime()?.block_on(client::tail(read, every))?,
+        Command::DeadLetter(command) => runtime()?.block_on(dead_letters::run(command))?,
         Command::Verify { data_dir } => {
             if !client::verify(data_dir)? {
                 return Ok(ExitCode::FAILURE);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use auditrail_exporters::Pipeline;
 use auditrail_receiver::{serve_grpc, serve_http, Ingest, ReceiverConfig};
 use auditrail_spool::{Spool, SpoolConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -18,18 +19,17 @@ use crate::config::Config;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    if let Some(sink) = config.sinks.first() {
-        bail!(
-            "sink {:?} (type {:?}): sinks are not available in this version of auditrail yet; \
-             remove [[sinks]] to keep events in the local archive only",
-            sink.name,
-            sink.kind
-        );
-    }
     let metrics = install_metrics()?;
     let node = config.node_id();
     let spool = open_spool(&config, &node)?;
     tracing::info!(node, dir = %config.spool.dir.display(), last_seq = spool.stats().last_seq, "spool open");
+    // Sinks start before the receivers: a misconfigured sink stops the
+    // start-up here, before any event is accepted that it could not deliver.
+    let pipeline = Arc::new(
+        Pipeline::start(spool.clone(), &config.sinks, config.spool.retention)
+            .await
+            .context("starting the sinks")?,
+    );
 
     let ingest = Ingest::new(
         spool.clone(),
@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     servers.spawn({
         let state = AdminState {
             spool: spool.clone(),
+            pipeline: pipeline.clone(),
             metrics: metrics.clone(),
             trace_url: config.query.trace_url.clone(),
         };
@@ -122,6 +123,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = housekeeping.await;
+    // What sinks had in flight is sent again after the restart (idempotently).
+    pipeline.shutdown().await;
     tokio::task::spawn_blocking(move || spool.close())
         .await
         .context("closing the spool")?

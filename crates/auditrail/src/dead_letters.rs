@@ -1,0 +1,113 @@
+//! `auditrail dead-letter list|replay`: the events sinks permanently
+//! rejected, and re-queueing them once the cause is fixed.
+
+use std::io::Write;
+
+use anyhow::Context;
+use auditrail_spool::DeadLetter;
+
+use crate::client::Location;
+use crate::output::{format_time, Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLetterCommand {
+    /// Show dead letters: sink, seq, when, why, and the event.
+    List {
+        #[command(flatten)]
+        at: Location,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Re-queue dead letters for delivery (after fixing what rejected them).
+    /// A running server delivers them within seconds; with --data-dir, the
+    /// server delivers them when it next starts.
+    Replay {
+        #[command(flatten)]
+        at: Location,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+}
+
+pub async fn run(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List { at, sink, format } => {
+            let letters = list(&at, sink.as_deref()).await?;
+            print(&mut std::io::stdout().lock(), &letters, format)?;
+        }
+        DeadLetterCommand::Replay { at, sink } => {
+            let marked = match at.open_spool()? {
+                Some(spool) => {
+                    let marked = spool.request_replay(sink.as_deref())?;
+                    println!("marked {marked} dead letter(s) for replay; they are delivered when `auditrail serve` next starts");
+                    marked
+                }
+                None => {
+                    let mut request =
+                        reqwest::Client::new().post(at.url("/v1/dead-letters/replay"));
+                    if let Some(sink) = &sink {
+                        request = request.query(&[("sink", sink)]);
+                    }
+                    let answer = at.call(request).await?;
+                    let marked = answer["marked"].as_u64().unwrap_or(0);
+                    println!("marked {marked} dead letter(s) for replay; their sinks deliver them within seconds");
+                    marked as usize
+                }
+            };
+            tracing::debug!(marked, "replay requested");
+        }
+    }
+    Ok(())
+}
+
+async fn list(at: &Location, sink: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+    if let Some(spool) = at.open_spool()? {
+        return Ok(spool.dead_letters(sink)?);
+    }
+    let mut request = reqwest::Client::new().get(at.url("/v1/dead-letters"));
+    if let Some(sink) = sink {
+        request = request.query(&[("sink", sink)]);
+    }
+    let mut answer = at.call(request).await?;
+    serde_json::from_value(answer["dead_letters"].take())
+        .context("the admin API's answer is not a dead-letter list")
+}
+
+fn print(out: &mut impl Write, letters: &[DeadLetter], format: Format) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            for letter in letters {
+                serde_json::to_writer(&mut *out, letter)?;
+                writeln!(out)?;
+            }
+        }
+        Format::Table => {
+            if letters.is_empty() {
+                return writeln!(out, "no dead letters");
+            }
+            writeln!(
+                out,
+                "{:<12} {:>8} {:<30} {:<6} {:<20} {:<32} REASON",
+                "SINK", "SEQ", "DEAD-LETTERED", "REPLAY", "EVENT", "EVENT_ID"
+            )?;
+            for l in letters {
+                writeln!(
+                    out,
+                    "{:<12} {:>8} {:<30} {:<6} {:<20} {:<32} {}",
+                    l.sink,
+                    l.seq,
+                    format_time(l.dead_lettered_unix_nano),
+                    if l.replay { "queued" } else { "-" },
+                    l.event.event_name,
+                    l.event.event_id,
+                    l.reason
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
