@@ -2,6 +2,8 @@
 //! free ports with its own spool directory, and talks to it the ways users
 //! do (OTel SDKs, OTLP requests, the admin API and the CLI).
 
+pub mod mysql;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -90,6 +92,62 @@ impl Server {
 
     /// Starts a server on `dir`, reusing the spool there if there is one.
     pub fn start_in(dir: &Path, spool_keys: &str, extra_tables: &str) -> Server {
+        Server::start_in_env(dir, spool_keys, extra_tables, &[])
+    }
+
+    /// [`Server::start_in`] with extra environment variables for the server.
+    pub fn start_in_env(
+        dir: &Path,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
+        // A port free a moment ago may be taken by another test process
+        // by the time the server binds it: then start again on others.
+        let mut attempts = 0;
+        loop {
+            let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") && attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    /// Runs `auditrail serve` on `dir` expecting it to refuse to start:
+    /// returns its exit status and output once it exits, or panics if it is
+    /// still running after `within`.
+    pub fn start_expecting_exit(
+        dir: &Path,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> (ExitStatus, String) {
+        let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+        let mut child = server.child.take().expect("just spawned");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting") {
+                return (status, server.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "auditrail serve was expected to exit within {within:?} but kept running:\n{}",
+                    server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes the config and starts the binary without waiting for it.
+    fn spawn(dir: &Path, spool_keys: &str, extra_tables: &str, env: &[(&str, &str)]) -> Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
         let spool = dir.join("spool");
@@ -103,11 +161,12 @@ impl Server {
         let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("starting auditrail serve");
-        let mut server = Server {
+        Server {
             child: Some(child),
             dir: dir.to_owned(),
             config_path,
@@ -116,9 +175,7 @@ impl Server {
             admin: ([127, 0, 0, 1], admin).into(),
             log_path,
             _tmp: None,
-        };
-        server.wait_ready();
-        server
+        }
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -129,7 +186,8 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server listens; the reason and its log if it does not.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -137,17 +195,24 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("auditrail exited early ({status}):\n{}", self.log());
+                self.child = None;
+                return Err(format!(
+                    "auditrail exited early ({status}):\n{}",
+                    self.log()
+                ));
             }
             if std::net::TcpStream::connect(self.admin).is_ok()
                 && std::net::TcpStream::connect(self.grpc).is_ok()
                 && std::net::TcpStream::connect(self.http).is_ok()
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("auditrail did not start within 30s:\n{}", self.log());
+        Err(format!(
+            "auditrail did not start within 30s:\n{}",
+            self.log()
+        ))
     }
 
     pub fn admin_url(&self) -> String {
@@ -177,16 +242,31 @@ impl Server {
             .unwrap_or_else(|| panic!("no events in {page}"))
     }
 
-    /// One sample's value from `/metrics`, e.g. `auditrail_stored_events_total`
-    /// or `auditrail_rejected_events_total{reason="invalid_trace_id"}`.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin_url()))
+    /// `GET /readyz`: the status code and the JSON body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("{}/readyz", self.admin_url()))
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("readyz is JSON"))
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
+            .expect("metrics text")
+    }
+
+    /// One sample's value from `/metrics`, e.g. `auditrail_stored_events_total`
+    /// or `auditrail_rejected_events_total{reason="invalid_trace_id"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|line| {
                 line.strip_prefix(sample)?
                     .strip_prefix(' ')?
@@ -249,17 +329,118 @@ pub fn cli(args: &[&str]) -> Output {
 }
 
 /// Waits until `check` returns true, or panics with `what`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    eventually_within(Duration::from_secs(20), what, check).await
+}
+
+/// [`eventually`] with a deadline of `within`.
+pub async fn eventually_within<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("timed out waiting for: {what}");
+    panic!("timed out after {within:?} waiting for: {what}");
+}
+
+/// OTLP log requests built by hand, for tests that need exact control over
+/// uids, trace ids and sizes (the SDK tests cover what real clients send).
+pub mod otlp {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    pub fn string(value: impl Into<String>) -> AnyValue {
+        AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }
+    }
+
+    pub fn int(value: i64) -> AnyValue {
+        AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }
+    }
+
+    pub fn array(values: Vec<AnyValue>) -> AnyValue {
+        AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue { values })),
+        }
+    }
+
+    pub fn attr(key: &str, value: AnyValue) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(value),
+            key_strindex: 0,
+        }
+    }
+
+    /// A distinct, valid (non-zero) trace id for each `n`, and its hex.
+    pub fn trace_id(n: u64) -> ([u8; 16], String) {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&0x5eed_0000_0000_0001u64.to_be_bytes());
+        id[8..].copy_from_slice(&(n + 1).to_be_bytes());
+        (id, hex::encode(id))
+    }
+
+    pub fn now_unix_nano() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64
+    }
+
+    /// A record with `log.record.uid` = `uid` (so its event_id is `uid`),
+    /// the given trace context, body and further attributes, timed now.
+    pub fn record(
+        uid: &str,
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        body: &str,
+        mut attributes: Vec<KeyValue>,
+    ) -> LogRecord {
+        attributes.push(attr("log.record.uid", string(uid)));
+        LogRecord {
+            time_unix_nano: now_unix_nano(),
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: Some(string(body)),
+            attributes,
+            trace_id: trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            flags: 1,
+            ..Default::default()
+        }
+    }
+
+    /// One request holding `records`, from service `service_name`.
+    pub fn request(service_name: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![attr("service.name", string(service_name))],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
 }

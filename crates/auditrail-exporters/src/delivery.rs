@@ -28,13 +28,16 @@ use crate::{
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("sink {name:?} ({kind}): {source}")]
+    // Not `source`: the message already holds the error, and a source would
+    // print it a second time in `{:#}` chains (`error: ...: X: X`).
+    #[error("sink {name:?} ({kind}): {error}")]
     Sink {
         name: String,
         kind: &'static str,
-        source: ExportError,
+        error: ExportError,
     },
-    #[error("sink cursors: {0}")]
+    /// The spool error is the source, so `{:#}` shows it once.
+    #[error("sink cursors")]
     Spool(#[from] SpoolError),
 }
 
@@ -69,10 +72,10 @@ impl Pipeline {
                 name: config.name.clone(),
                 retention,
             };
-            let sink_error = |source| StartError::Sink {
+            let sink_error = |error| StartError::Sink {
                 name: config.name.clone(),
                 kind,
-                source,
+                error,
             };
             let exporter = config.kind.build(&context).map_err(sink_error)?;
             let ready = match tokio::time::timeout(config.delivery.timeout, exporter.prepare())
@@ -184,6 +187,9 @@ impl SinkShared {
                 Ok(()) => ready = true,
                 Err(e) => {
                     self.record_error(&e);
+                    // Events wait while the sink cannot even be prepared:
+                    // the lag has to say so.
+                    self.publish_waiting(cursor).await;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -397,6 +403,23 @@ impl SinkShared {
         metrics::gauge!("auditrail_sink_dead_letters", "sink" => sink).set(dead as f64);
         self.health
             .progress(progress.acked, lag_events, lag_seconds, dead);
+    }
+
+    /// Publishes the lag of a sink whose delivery has not started yet.
+    async fn publish_waiting(&self, cursor: u64) {
+        let durable = self.spool.durable_seq();
+        let oldest = self.read(cursor, 1).await.unwrap_or_default();
+        let progress = Progress {
+            acked: cursor,
+            read: cursor,
+            confirmed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            pending: oldest.into(),
+            pending_bytes: 0,
+            pending_since: None,
+            replaying: false,
+        };
+        self.publish_progress(&progress, durable);
     }
 
     /// Delivers one batch, whatever it takes: retries what is transient,

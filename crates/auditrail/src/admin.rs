@@ -63,13 +63,11 @@ struct SinkParam {
 
 async fn dead_letters(State(state): State<AdminState>, Query(param): Query<SinkParam>) -> Response {
     let spool = state.spool.clone();
-    let result =
-        tokio::task::spawn_blocking(move || spool.dead_letters(param.sink.as_deref())).await;
-    match result {
-        Ok(Ok(letters)) => Json(serde_json::json!({ "dead_letters": letters })).into_response(),
-        Ok(Err(e)) => internal_error(e.to_string()),
-        Err(e) => internal_error(e.to_string()),
-    }
+    on_spool(move || spool.dead_letters(param.sink.as_deref()))
+        .await
+        .map_or_else(internal_error, |letters| {
+            Json(serde_json::json!({ "dead_letters": letters })).into_response()
+        })
 }
 
 async fn replay_dead_letters(
@@ -77,12 +75,20 @@ async fn replay_dead_letters(
     Query(param): Query<SinkParam>,
 ) -> Response {
     let spool = state.spool.clone();
-    let result =
-        tokio::task::spawn_blocking(move || spool.request_replay(param.sink.as_deref())).await;
-    match result {
-        Ok(Ok(marked)) => Json(serde_json::json!({ "marked": marked })).into_response(),
-        Ok(Err(e)) => internal_error(e.to_string()),
-        Err(e) => internal_error(e.to_string()),
+    on_spool(move || spool.request_replay(param.sink.as_deref()))
+        .await
+        .map_or_else(internal_error, |marked| {
+            Json(serde_json::json!({ "marked": marked })).into_response()
+        })
+}
+
+/// Runs a (blocking) spool call off the async workers.
+async fn on_spool<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, auditrail_spool::SpoolError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -115,7 +121,7 @@ async fn events(
         Err(message) => return bad_request(message),
     };
     let spool = state.spool.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = on_spool(move || {
         // Read before querying: everything up to it is covered by the query.
         let last_seq = spool.stats().last_seq;
         spool
@@ -124,15 +130,14 @@ async fn events(
     })
     .await;
     match result {
-        Ok(Ok((events, last_seq, limit))) => Json(EventsPage::new(
+        Ok((events, last_seq, limit)) => Json(EventsPage::new(
             events,
             last_seq,
             limit,
             state.trace_url.as_deref(),
         ))
         .into_response(),
-        Ok(Err(e)) => internal_error(e.to_string()),
-        Err(e) => internal_error(e.to_string()),
+        Err(e) => internal_error(e),
     }
 }
 

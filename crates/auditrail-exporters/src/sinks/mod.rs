@@ -2,6 +2,8 @@
 //! `[[sinks]]` table besides `name`, `type` and `[sinks.delivery]`) and an
 //! [`Exporter`] built from it.
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 
@@ -17,6 +19,8 @@ use crate::{ExportError, Exporter, SinkContext};
 pub enum SinkKind {
     #[cfg(feature = "mysql")]
     Mysql(mysql::MysqlConfig),
+    #[cfg(feature = "clickhouse")]
+    Clickhouse(clickhouse::ClickhouseConfig),
 }
 
 impl SinkKind {
@@ -25,6 +29,10 @@ impl SinkKind {
         match self {
             #[cfg(feature = "mysql")]
             SinkKind::Mysql(_) => "mysql",
+            #[cfg(feature = "clickhouse")]
+            SinkKind::Clickhouse(_) => "clickhouse",
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            _ => unreachable!("no sink type is compiled in"),
         }
     }
 
@@ -34,6 +42,13 @@ impl SinkKind {
         match self {
             #[cfg(feature = "mysql")]
             SinkKind::Mysql(config) => Ok(Arc::new(mysql::MysqlSink::new(config, context)?)),
+            #[cfg(feature = "clickhouse")]
+            SinkKind::Clickhouse(config) => {
+                Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
+            }
+            // Built without sink features, no config can name a sink type.
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
 }

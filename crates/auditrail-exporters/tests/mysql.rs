@@ -1,0 +1,314 @@
+//! The MySQL sink as a library, against the real MariaDB (a database of the
+//! test's own on 127.0.0.1:3306, see `auditrail_tests::mysql`): daily
+//! partitions across simulated day changes, exports that are idempotent,
+//! and the error classes the delivery loop acts on.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auditrail_exporters::sinks::mysql::{MysqlConfig, MysqlSink};
+use auditrail_exporters::{ErrorClass, Exporter, SinkContext};
+use auditrail_model::AuditEvent;
+use auditrail_tests::mysql::{text, Database};
+use sqlx::Row;
+
+const DAY_NS: u64 = 86_400 * 1_000_000_000;
+
+/// A sink on `db`'s `audit_events`, with more TOML keys in `extra`.
+fn sink(db: &Database, extra: &str) -> MysqlSink {
+    let toml = format!("url = \"{}\"\n{extra}", db.url());
+    let config: MysqlConfig = toml::from_str(&toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    let context = SinkContext {
+        name: "warehouse".into(),
+        retention: Duration::from_secs(7 * 86_400),
+    };
+    MysqlSink::new(&config, &context).expect("sink")
+}
+
+/// An event as the spool would hand it over, at `time_unix_nano`.
+fn event(seq: u64, time_unix_nano: u64) -> AuditEvent {
+    AuditEvent {
+        node: "lib-node".into(),
+        seq,
+        event_id: format!("ev-{seq}"),
+        time_unix_nano,
+        observed_time_unix_nano: time_unix_nano,
+        received_time_unix_nano: time_unix_nano,
+        tenant: "default".into(),
+        service_name: "imagegen-ui".into(),
+        event_name: "image.generate".into(),
+        actor_id: format!("user-{}", seq % 3),
+        body: format!("prompt {seq}"),
+        attributes: format!(r#"{{"n":{seq}}}"#),
+        resource_attributes: r#"{"service.name":"imagegen-ui"}"#.into(),
+        trace_id: format!("{seq:032x}"),
+        span_id: format!("{seq:016x}"),
+        trace_flags: 1,
+        hash: [seq as u8; 32],
+        ..AuditEvent::default()
+    }
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// `pYYYYMMDD` of a day counted from the Unix epoch.
+fn day_partition(day: u64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp((day * 86_400) as i64)
+        .unwrap()
+        .date();
+    format!(
+        "p{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// (name, upper bound) of each partition of `audit_events`, in order.
+async fn partitions(db: &Database) -> Vec<(String, String)> {
+    db.rows(
+        "SELECT CAST(PARTITION_NAME AS CHAR) AS name, CAST(PARTITION_DESCRIPTION AS CHAR) AS bound \
+         FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'audit_events' \
+         ORDER BY PARTITION_ORDINAL_POSITION",
+    )
+    .await
+    .iter()
+    .map(|row| {
+        (
+            text(row, "name").expect("a partitioned table"),
+            text(row, "bound").unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+/// The seqs stored in one partition.
+async fn seqs_in(db: &Database, partition: &str) -> Vec<u64> {
+    db.rows(&format!(
+        "SELECT seq FROM audit_events PARTITION (`{partition}`) ORDER BY seq"
+    ))
+    .await
+    .iter()
+    .map(|row| row.get::<u64, _>("seq"))
+    .collect()
+}
+
+async fn all_seqs(db: &Database) -> Vec<u64> {
+    db.rows("SELECT seq FROM audit_events ORDER BY seq")
+        .await
+        .iter()
+        .map(|row| row.get::<u64, _>("seq"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daily_partitions_across_a_day_change() {
+    let db = Database::create().await;
+    let sink = sink(&db, "[partitions]\ndays_ahead = 2\nretention = \"3d\"");
+    let now = SystemTime::now();
+    let today = now_unix_nano() / DAY_NS;
+    sink.prepare()
+        .await
+        .expect("prepare creates the partitioned table");
+
+    let names = |parts: &[(String, String)]| -> Vec<String> {
+        parts.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let parts = partitions(&db).await;
+    assert_eq!(
+        names(&parts),
+        [
+            "p_before".to_string(),
+            day_partition(today),
+            day_partition(today + 1),
+            day_partition(today + 2),
+            "p_future".to_string(),
+        ],
+        "{parts:?}"
+    );
+    assert_eq!(parts[0].1, (today * DAY_NS).to_string(), "{parts:?}");
+    assert_eq!(parts[1].1, ((today + 1) * DAY_NS).to_string(), "{parts:?}");
+    assert_eq!(parts[4].1, "MAXVALUE", "{parts:?}");
+    // Preparing again (a restart) keeps the table as it is.
+    sink.prepare().await.expect("prepare again");
+    assert_eq!(partitions(&db).await, parts);
+
+    // A day later: the next day's partition is split off p_future.
+    let done = sink
+        .maintain_partitions(now + Duration::from_secs(86_400))
+        .await
+        .expect("maintenance");
+    assert_eq!(done.created, [day_partition(today + 3)]);
+    assert!(done.dropped.is_empty(), "{done:?}");
+    let again = sink
+        .maintain_partitions(now + Duration::from_secs(86_400))
+        .await
+        .expect("maintenance");
+    assert!(
+        again.created.is_empty() && again.dropped.is_empty(),
+        "{again:?}"
+    );
+    let parts = partitions(&db).await;
+    assert_eq!(parts.len(), 6, "{parts:?}");
+    assert_eq!(parts[4].0, day_partition(today + 3));
+    assert_eq!(parts[4].1, ((today + 4) * DAY_NS).to_string());
+
+    // Events of every day, including the edges of a day, 1970 and 2100,
+    // all have a partition.
+    let year_2100 = 4_102_444_800 * 1_000_000_000 + 5;
+    let events = vec![
+        event(1, DAY_NS + 1),
+        event(2, (today - 1) * DAY_NS + DAY_NS / 2),
+        event(3, today * DAY_NS),
+        event(4, (today + 1) * DAY_NS - 1),
+        event(5, (today + 1) * DAY_NS + DAY_NS / 2),
+        event(6, (today + 2) * DAY_NS + 7),
+        event(7, (today + 3) * DAY_NS),
+        event(8, (today + 4) * DAY_NS + 123_456_789),
+        event(9, year_2100),
+    ];
+    sink.export(&events)
+        .await
+        .expect("every time has a partition");
+    sink.export(&events)
+        .await
+        .expect("the same batch again (a retry)");
+    assert_eq!(
+        all_seqs(&db).await,
+        (1..=9).collect::<Vec<_>>(),
+        "stored once"
+    );
+    assert_eq!(seqs_in(&db, "p_before").await, [1, 2]);
+    assert_eq!(seqs_in(&db, &day_partition(today)).await, [3, 4]);
+    assert_eq!(seqs_in(&db, &day_partition(today + 1)).await, [5]);
+    assert_eq!(seqs_in(&db, &day_partition(today + 2)).await, [6]);
+    assert_eq!(seqs_in(&db, &day_partition(today + 3)).await, [7]);
+    assert_eq!(seqs_in(&db, "p_future").await, [8, 9]);
+    let times = db
+        .rows(
+            "SELECT seq, time_unix_nano, TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', `time`) AS us \
+             FROM audit_events ORDER BY seq",
+        )
+        .await;
+    for (row, event) in times.iter().zip(&events) {
+        assert_eq!(row.get::<u64, _>("time_unix_nano"), event.time_unix_nano);
+        assert_eq!(
+            row.get::<i64, _>("us"),
+            (event.time_unix_nano / 1000) as i64,
+            "`time` of seq {}",
+            event.seq
+        );
+    }
+
+    // Then day by day, as the hourly maintenance sees it: each day the
+    // next one is split off p_future (taking its rows along), and days
+    // wholly older than 3 days are dropped with their rows.
+    let mut created = Vec::new();
+    let mut dropped = Vec::new();
+    for days in 2..=5 {
+        let done = sink
+            .maintain_partitions(now + Duration::from_secs(days * 86_400))
+            .await
+            .expect("maintenance");
+        created.push(done.created);
+        dropped.push(done.dropped);
+    }
+    assert_eq!(
+        created,
+        (today + 4..=today + 7)
+            .map(|day| vec![day_partition(day)])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        dropped,
+        [
+            vec![],
+            vec!["p_before".to_string()],
+            vec![day_partition(today)],
+            vec![day_partition(today + 1)],
+        ]
+    );
+    let parts = partitions(&db).await;
+    let mut expected: Vec<String> = (today + 2..=today + 7).map(day_partition).collect();
+    expected.push("p_future".into());
+    assert_eq!(names(&parts), expected, "{parts:?}");
+    assert_eq!(all_seqs(&db).await, [6, 7, 8, 9], "kept rows stay");
+    assert_eq!(seqs_in(&db, &day_partition(today + 4)).await, [8]);
+    assert_eq!(seqs_in(&db, "p_future").await, [9]);
+
+    // Old and new times still insert after the drop: an event older than
+    // every partition goes to the first one that is left.
+    sink.export(&[event(10, DAY_NS), event(11, (today + 6) * DAY_NS + 1)])
+        .await
+        .expect("inserts after maintenance");
+    assert_eq!(seqs_in(&db, &day_partition(today + 2)).await, [6, 10]);
+    assert_eq!(seqs_in(&db, &day_partition(today + 6)).await, [11]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exporting_the_same_events_twice_stores_them_once() {
+    let db = Database::create().await;
+    let sink = sink(&db, "");
+    sink.prepare().await.expect("prepare creates the table");
+    let now = now_unix_nano();
+    let events: Vec<AuditEvent> = (1..=60).map(|seq| event(seq, now + seq)).collect();
+    sink.export(&events[..50]).await.expect("first export");
+    sink.export(&events[..50]).await.expect("the same again");
+    // Overlapping: a retry of a batch split differently.
+    sink.export(&events[40..])
+        .await
+        .expect("overlapping export");
+    assert_eq!(all_seqs(&db).await, (1..=60).collect::<Vec<_>>());
+    let row = &db
+        .rows("SELECT event_id, body, attributes, hash FROM audit_events WHERE seq = 42")
+        .await[0];
+    assert_eq!(text(row, "event_id").as_deref(), Some("ev-42"));
+    assert_eq!(text(row, "body").as_deref(), Some("prompt 42"));
+    assert_eq!(text(row, "attributes").as_deref(), Some(r#"{"n":42}"#));
+    assert_eq!(text(row, "hash"), Some(hex::encode([42u8; 32])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_rows_are_permanent_and_a_missing_table_is_misconfigured() {
+    let db = Database::create().await;
+    let sink = sink(&db, "");
+    sink.prepare().await.expect("prepare creates the table");
+    let now = now_unix_nano();
+
+    // A target longer than TEXT holds: strict mode refuses it, and the
+    // whole batch (one transaction) is left out.
+    let mut poison = event(2, now);
+    poison.target = "x".repeat(70_000);
+    let batch = [event(1, now), poison, event(3, now)];
+    let error = sink.export(&batch).await.expect_err("a value too long");
+    assert_eq!(error.class, ErrorClass::Permanent, "{error}");
+    assert_eq!(error.kind, "data", "{error}");
+    assert!(error.message.contains("1406"), "{error}");
+    assert_eq!(
+        db.count("audit_events").await,
+        0,
+        "the batch is rolled back"
+    );
+    // The rest of the batch on its own is fine (what splitting finds).
+    sink.export(&[event(1, now), event(3, now)])
+        .await
+        .expect("the good records");
+    assert_eq!(all_seqs(&db).await, [1, 3]);
+
+    // Attributes that are not JSON: MariaDB's JSON check refuses them.
+    let mut bad_json = event(4, now);
+    bad_json.attributes = "{not json".into();
+    let error = sink.export(&[bad_json]).await.expect_err("invalid JSON");
+    assert_eq!(error.class, ErrorClass::Permanent, "{error}");
+
+    // No table: no record is to blame.
+    db.execute("DROP TABLE audit_events").await;
+    let error = sink.export(&[event(5, now)]).await.expect_err("no table");
+    assert_eq!(error.class, ErrorClass::Misconfigured, "{error}");
+    assert_eq!(error.kind, "schema", "{error}");
+    assert!(error.message.contains("1146"), "{error}");
+}
