@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::sinks::SinkKind;
 
@@ -24,7 +24,8 @@ use crate::sinks::SinkKind;
 ///
 /// `name` and `[sinks.delivery]` are the same for every sink; every other
 /// key belongs to the sink `type` (see [`SinkKind`]), and unknown keys are
-/// errors.
+/// errors. Keys left out of `[sinks.delivery]` take the sink type's
+/// defaults ([`SinkKind::default_delivery`]).
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     /// Names the sink's cursor in the spool, its metrics and its dead
@@ -55,16 +56,13 @@ impl<'de> Deserialize<'de> for SinkConfig {
                 "sink name {name:?} must be non-empty and contain no '/' or NUL"
             )));
         }
-        let delivery = match table.remove("delivery") {
-            Some(value) => DeliveryConfig::deserialize(value)
-                .map_err(|e| D::Error::custom(format!("sink {name:?}, [delivery]: {e}")))?,
-            None => DeliveryConfig::default(),
-        };
-        delivery
-            .validate()
-            .map_err(|e| D::Error::custom(format!("sink {name:?}, [delivery]: {e}")))?;
+        let delivery = table.remove("delivery");
         let kind = SinkKind::deserialize(toml::Value::Table(table))
             .map_err(|e| D::Error::custom(format!("sink {name:?}: {e}")))?;
+        let delivery = kind
+            .default_delivery()
+            .with_overrides(delivery)
+            .map_err(|e| D::Error::custom(format!("sink {name:?}, [delivery]: {e}")))?;
         Ok(SinkConfig {
             name,
             delivery,
@@ -74,7 +72,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
 }
 
 /// How the delivery loop feeds one sink (`[sinks.delivery]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// A batch is sent once it holds this many events...
@@ -112,6 +110,22 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    /// These settings with the keys of a `[sinks.delivery]` table on top.
+    pub fn with_overrides(self, table: Option<toml::Value>) -> Result<DeliveryConfig, String> {
+        let Some(table) = table else {
+            return Ok(self);
+        };
+        let toml::Value::Table(overrides) = table else {
+            return Err(format!("must be a table, not {}", table.type_str()));
+        };
+        let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
+        merged.extend(overrides);
+        let config =
+            DeliveryConfig::deserialize(toml::Value::Table(merged)).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=100_000).contains(&self.max_events) {
             return Err(format!(

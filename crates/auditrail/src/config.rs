@@ -274,7 +274,10 @@ table = "audit_events"
             config.sinks[0].kind
         );
         assert_eq!(config.sinks[0].name, "warehouse");
-        assert_eq!(config.sinks[0].delivery, Default::default());
+        assert_eq!(
+            config.sinks[0].delivery.concurrency, 4,
+            "the mysql sink's own default"
+        );
     }
 
     #[test]
@@ -297,6 +300,10 @@ table = "audit_events"
         let ok = sink("type = \"mysql\"\nurl = \"mysql://u@h/db\"\n[sinks.delivery]\nmax_events = 100\nlinger = \"1s\"\n[sinks.columns]\nuser_name = \"actor_name\"\n")
             .unwrap();
         assert_eq!(ok.sinks[0].delivery.max_events, 100);
+        assert_eq!(
+            ok.sinks[0].delivery.concurrency, 4,
+            "keys left out keep the sink's defaults"
+        );
         assert_eq!(ok.sinks[0].delivery.linger, Duration::from_secs(1));
     }
 

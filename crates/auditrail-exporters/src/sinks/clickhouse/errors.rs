@@ -162,7 +162,14 @@ pub(super) fn classify(status: u16, header_code: Option<u32>, body: &str) -> Exp
 }
 
 /// A request that got no answer from ClickHouse.
-pub(super) fn transport(error: reqwest::Error) -> ExportError {
+pub(super) fn transport(mut error: reqwest::Error) -> ExportError {
+    // An insert's URL carries the whole statement and the deduplication
+    // token, which bury the cause in /readyz and the logs: keep the
+    // server's address only (and never a password written into `url`).
+    if let Some(url) = error.url_mut() {
+        url.set_query(None);
+        let _ = url.set_password(None);
+    }
     // The chain has the useful part ("connection refused", "dns error").
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);

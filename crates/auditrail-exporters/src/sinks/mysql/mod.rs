@@ -60,8 +60,10 @@ fn default_table() -> String {
     "audit_events".into()
 }
 
+/// The default delivery concurrency (4), plus one for partition upkeep and
+/// one to spare.
 fn default_max_connections() -> u32 {
-    4
+    6
 }
 
 /// `[sinks.tls]`.
