@@ -2,6 +2,7 @@
 //! free ports with its own spool directory, and talks to it the ways users
 //! do (OTel SDKs, OTLP requests, the admin API and the CLI).
 
+pub mod clickhouse;
 pub mod mysql;
 
 use std::net::{SocketAddr, TcpListener};

@@ -8,7 +8,8 @@
 //! - [`PrivateMariaDb`]: a MariaDB server of the test's own, on a temporary
 //!   data dir and a free port, that the test may stop, hang (SIGSTOP) and
 //!   restart.
-//! - [`SinkToml`]: the `[[sinks]]` table of a mysql sink.
+//! - [`SinkToml`]: the `[[sinks]]` table of a mysql sink (or, with
+//!   [`SinkToml::of_type`], of another type: see `crate::clickhouse::sink`).
 //!
 //! A test fails loudly when the shared server is unreachable: skipping would
 //! let a broken setup pass as green.
@@ -495,6 +496,7 @@ fn mariadb_tool(name: &str) -> PathBuf {
 /// ```
 #[derive(Debug, Clone)]
 pub struct SinkToml {
+    kind: &'static str,
     name: String,
     keys: Vec<(String, String)>,
     tables: Vec<(&'static str, Vec<(String, String)>)>,
@@ -502,7 +504,13 @@ pub struct SinkToml {
 
 impl SinkToml {
     pub fn new(name: &str, url: &str) -> SinkToml {
+        SinkToml::of_type("mysql", name, url)
+    }
+
+    /// A sink of type `kind` (`type = "<kind>"`).
+    pub fn of_type(kind: &'static str, name: &str, url: &str) -> SinkToml {
         SinkToml {
+            kind,
             name: name.to_owned(),
             keys: vec![("url".into(), toml_string(url))],
             tables: Vec::new(),
@@ -547,7 +555,7 @@ impl fmt::Display for SinkToml {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "[[sinks]]")?;
         writeln!(f, "name = {}", toml_string(&self.name))?;
-        writeln!(f, "type = \"mysql\"")?;
+        writeln!(f, "type = {}", toml_string(self.kind))?;
         for (key, value) in &self.keys {
             writeln!(f, "{key} = {value}")?;
         }

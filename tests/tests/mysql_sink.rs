@@ -497,6 +497,39 @@ async fn exactly_once_through_kill_9_mid_delivery() {
     assert_exactly_once(&db, &sent).await;
 }
 
+/// A crash while ingest is quiet does not make the sink start over: the
+/// delivery loop flushes its cursor, which the spool otherwise writes only
+/// with the next commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn cursor_survives_kill_9_while_ingest_is_quiet() {
+    let db = Database::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = sink("warehouse", &db.url()).to_string();
+    let mut server = Server::start_in(dir.path(), "", &sinks);
+    let (request, ids) = numbered_batch("quiet", 50);
+    send(&mut client(&server).await, request).await;
+    wait_caught_up(&server, "warehouse", ids.len()).await;
+    // Idle for longer than the loop's one-second flush, then crash.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.kill9();
+
+    let server = Server::start_in(dir.path(), "", &sinks);
+    let (_, status) = sink_status(&server, "warehouse").await;
+    assert_eq!(
+        status["cursor"], 50,
+        "the cursor survived the crash: {status}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server
+            .metric("auditrail_sink_delivered_events_total{sink=\"warehouse\"}")
+            .await,
+        0.0,
+        "nothing is delivered again after the restart"
+    );
+    wait_rows(&db, TABLE, ids.len(), &server).await;
+}
+
 // ---------------------------------------------------------------------------
 
 /// Sends `requests` requests of 40 new events each, adding them to `sent`;

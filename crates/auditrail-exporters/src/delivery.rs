@@ -167,6 +167,8 @@ struct BatchDone {
 struct Progress {
     /// Everything up to here is confirmed and acked in the spool.
     acked: u64,
+    /// The cursor as last flushed to disk.
+    flushed: u64,
     /// Everything up to here has been read into a batch.
     read: u64,
     /// Confirmed ranges that cannot be acked until the ones before them are.
@@ -217,6 +219,7 @@ impl SinkShared {
         let mut tasks: JoinSet<BatchDone> = JoinSet::new();
         let mut progress = Progress {
             acked: cursor,
+            flushed: cursor,
             read: cursor,
             confirmed: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -296,6 +299,7 @@ impl SinkShared {
                 _ = tokio::time::sleep_until(linger_deadline.unwrap_or_else(tokio::time::Instant::now)), if slot_free && linger_deadline.is_some() => {}
                 _ = tick.tick() => {
                     self.publish_progress(&progress, *durable.borrow());
+                    self.flush_cursor(&mut progress).await;
                     if slot_free && !progress.replaying {
                         self.start_replay(&mut progress, &mut tasks).await;
                     }
@@ -346,6 +350,25 @@ impl SinkShared {
         if progress.acked != before {
             if let Err(e) = self.spool.ack(&self.name, progress.acked) {
                 tracing::error!(sink = %self.name, error = %e, "moving the sink cursor failed");
+            }
+        }
+    }
+
+    /// Makes the cursor durable when it moved: the spool flushes cursor
+    /// moves with its next commit, which never comes while ingest is quiet,
+    /// and a crash would then redeliver everything since.
+    async fn flush_cursor(&self, progress: &mut Progress) {
+        if progress.acked == progress.flushed {
+            return;
+        }
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.flush()).await {
+            Ok(Ok(())) => progress.flushed = progress.acked,
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "flushing the sink cursor failed")
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "flushing the sink cursor failed")
             }
         }
     }
@@ -411,6 +434,7 @@ impl SinkShared {
         let oldest = self.read(cursor, 1).await.unwrap_or_default();
         let progress = Progress {
             acked: cursor,
+            flushed: cursor,
             read: cursor,
             confirmed: BTreeMap::new(),
             in_flight: BTreeMap::new(),

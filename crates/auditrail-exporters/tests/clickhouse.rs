@@ -6,178 +6,21 @@
 //!   HTTP interface in front of the in-process engine; each test starts its
 //!   own on a free port with a temporary data directory.
 //!
+//! Both are started by `auditrail_tests::clickhouse`, which the end-to-end
+//! tests (tests/tests/clickhouse_sink.rs) share.
+//!
 //! A test that cannot start an engine fails with the reason; none is
 //! skipped. Every test works in its own database (or its own chdb), so they
 //! run in parallel.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use auditrail_exporters::sinks::clickhouse::{ClickhouseConfig, ClickhouseSink};
 use auditrail_exporters::{ErrorClass, ExportError, Exporter, SinkContext, SinkKind};
 use auditrail_model::{AuditEvent, Outcome};
+use auditrail_tests::clickhouse::{count, legacy_url, num, query, select, unique_name, Chdb};
 use serde_json::{json, Value};
-
-// ---------------------------------------------------------------------------
-// Engines
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root")
-}
-
-/// Runs a repo script and returns the last line of its stdout.
-fn run_script(script: &str) -> String {
-    let output = Command::new(repo_root().join(script))
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        panic!(
-            "{script} failed ({}), so the test cannot run:\n{}\n{}",
-            output.status,
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("{script} printed nothing"))
-        .trim()
-        .to_owned()
-}
-
-/// The 18.16 server's URL, started once per test run.
-fn legacy_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| run_script("scripts/clickhouse-server"))
-}
-
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| run_script("scripts/python-venv"))
-}
-
-/// A modern engine (chdb behind chdb_http.py), stopped on drop.
-struct Chdb {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Chdb {
-    fn start() -> Chdb {
-        let data = tempfile::tempdir().expect("a temporary directory");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log_path = data.path().join("chdb_http.log");
-        let log = std::fs::File::create(&log_path).expect("a log file");
-        let mut child = Command::new(python())
-            .arg(repo_root().join("tests/python/chdb_http.py"))
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--data")
-            .arg(data.path().join("db"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tests/python/chdb_http.py: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.trim() == "ready" => break,
-                Ok(_) => continue,
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "chdb_http.py did not become ready ({e}); the modern ClickHouse engine is needed:\n{}",
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                }
-            }
-        }
-        Chdb {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _data: data,
-        }
-    }
-}
-
-impl Drop for Chdb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A database name no other test uses.
-fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs `sql` over HTTP, outside the sink; panics on an error.
-async fn query(url: &str, sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let status = response.status();
-    let text = response.text().await.expect("a response body");
-    assert!(status.is_success(), "{sql}: HTTP {status}: {text}");
-    text
-}
-
-/// Rows of a query, as JSON objects.
-async fn select(url: &str, sql: &str) -> Vec<Value> {
-    query(url, &format!("{sql} FORMAT JSONEachRow"))
-        .await
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON row"))
-        .collect()
-}
-
-async fn count(url: &str, sql: &str) -> u64 {
-    query(url, sql).await.trim().parse().expect("a count")
-}
-
-/// A UInt64 from JSON output (quoted by default) or a number.
-fn num(value: &Value) -> u64 {
-    match value {
-        Value::String(s) => s.parse().expect("a number in a string"),
-        other => other.as_u64().expect("a number"),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Sinks and events
@@ -304,8 +147,9 @@ fn assert_misconfigured(result: Result<(), ExportError>, kind: &str, needles: &[
 #[tokio::test(flavor = "multi_thread")]
 async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
     let ch = Chdb::start();
-    let url = ch.url.as_str();
-    let db = unique_name("audit");
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
     query(url, &format!("CREATE DATABASE {db}")).await;
     let config =
         format!("type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"400d\"\n");
@@ -449,8 +293,9 @@ async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
 #[tokio::test(flavor = "multi_thread")]
 async fn otel_schema_fills_otel_logs_tables() {
     let ch = Chdb::start();
-    let url = ch.url.as_str();
-    let db = unique_name("otel");
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
     query(url, &format!("CREATE DATABASE {db}")).await;
     let sink = build(&format!(
         "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\ntable = \"otel_logs\"\nschema = \"otel\"\ncompression = \"none\"\n"
@@ -582,7 +427,7 @@ async fn legacy_server_gets_the_legacy_mapping_and_retries_collapse() {
     let url = legacy_url();
     let version = query(url, "SELECT version()").await;
     assert!(version.starts_with("18.16"), "{version}");
-    let db = unique_name("legacy");
+    let db = unique_name();
     query(url, &format!("CREATE DATABASE {db}")).await;
     let config =
         format!("type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"30d\"\n");
@@ -691,8 +536,9 @@ async fn legacy_server_gets_the_legacy_mapping_and_retries_collapse() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_of_another_shape_is_reported() {
     let ch = Chdb::start();
-    let url = ch.url.as_str();
-    let db = unique_name("drift");
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
     query(url, &format!("CREATE DATABASE {db}")).await;
     query(
         url,
@@ -736,7 +582,7 @@ async fn a_table_of_another_shape_is_reported() {
 
     // The same on the legacy server.
     let legacy = legacy_url();
-    let db = unique_name("drift");
+    let db = unique_name();
     query(legacy, &format!("CREATE DATABASE {db}")).await;
     query(
         legacy,
@@ -765,7 +611,8 @@ async fn a_table_of_another_shape_is_reported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_database_and_bad_credentials_are_misconfigured() {
     let ch = Chdb::start();
-    for url in [ch.url.as_str(), legacy_url()] {
+    let modern = ch.url();
+    for url in [modern.as_str(), legacy_url()] {
         let sink = build(&format!(
             "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"no_such_db_for_auditrail\"\n"
         ));
@@ -823,8 +670,9 @@ async fn rows_the_server_rejects_are_permanent() {
     // Modern: a time past DateTime64(9)'s range (2262) is a valid u64 of
     // nanoseconds but no storable time.
     let ch = Chdb::start();
-    let url = ch.url.as_str();
-    let db = unique_name("poison");
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
     query(url, &format!("CREATE DATABASE {db}")).await;
     let sink = build(&format!(
         "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\n"
@@ -857,7 +705,7 @@ async fn rows_the_server_rejects_are_permanent() {
     // 18.16 sends no exception-code header, and a parse error with HTTP
     // 500: the code in the body decides.
     let legacy = legacy_url();
-    let db = unique_name("poison");
+    let db = unique_name();
     query(legacy, &format!("CREATE DATABASE {db}")).await;
     let sink = concrete(&format!("url = \"{legacy}\"\ndatabase = \"{db}\"\n"));
     sink.prepare().await.expect("prepare");

@@ -9,7 +9,9 @@
 //! Tree `cursors`: sink name → acknowledged seq (u64, big-endian). A cursor
 //! lost in a crash only means redelivery, which sinks absorb because their
 //! writes are idempotent by `(node, seq)`; so cursor moves are not flushed on
-//! their own but with the next commit.
+//! their own but with the next commit, or by the sink's delivery loop about
+//! once a second ([`crate::Spool::flush`]), which bounds the redelivery after
+//! a crash while ingest is quiet.
 
 use crate::{seq_from_bytes, Shared, SpoolError};
 

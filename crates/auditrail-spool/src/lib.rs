@@ -431,9 +431,18 @@ impl Spool {
     }
 
     /// Moves a sink's cursor to `seq` once the sink has confirmed every event
-    /// up to it. Never moves a cursor back; returns the cursor.
+    /// up to it. Never moves a cursor back; returns the cursor. The move is
+    /// durable with the next commit or [`Spool::flush`].
     pub fn ack(&self, sink: &str, seq: u64) -> Result<u64, SpoolError> {
         cursors::ack(&self.shared, sink, seq)
+    }
+
+    /// Makes cursor moves (and everything else written so far) durable now.
+    /// Sinks call it about once a second, so that a crash while ingest is
+    /// quiet redelivers at most that much.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        self.shared.db.flush()?;
+        Ok(())
     }
 
     /// Up to `limit` durable events after `after_seq`, in seq order: what a
