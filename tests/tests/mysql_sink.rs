@@ -874,6 +874,17 @@ async fn startup_errors_are_clear() {
     assert_eq!(log.matches("Unknown database").count(), 1, "{log}");
     assert!(log.contains(&missing), "{log}");
 
+    // (b2) A TLS mode the server cannot meet (the test server has no TLS).
+    let sinks = format!(
+        "{}\n[sinks.tls]\nmode = \"verify_identity\"\n",
+        SinkToml::new("warehouse", &db.url())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (status, log) = Server::start_expecting_exit(dir.path(), "", &sinks, &[], QUICKLY);
+    eprintln!("tls required:\n{log}");
+    assert!(!status.success(), "{log}");
+    assert_eq!(log.matches("does not support TLS").count(), 1, "{log}");
+
     // (c) A table of another shape: named, and left as it is.
     let sinks = sink("warehouse", &db.url()).to_string();
     db.execute("DROP TABLE audit_events").await;

@@ -75,7 +75,9 @@ pub(super) fn classify(error: sqlx::Error) -> ExportError {
             }
         }
         sqlx::Error::Io(e) => ExportError::retryable("connection", e.to_string()),
-        sqlx::Error::Tls(e) => ExportError::retryable("tls", e.to_string()),
+        // A TLS mode the server cannot meet, or a certificate that does not
+        // verify, is a setup problem, not a passing one.
+        sqlx::Error::Tls(e) => ExportError::misconfigured("tls", e.to_string()),
         sqlx::Error::PoolTimedOut => ExportError::retryable(
             "connection",
             "no connection to the server within the timeout",
