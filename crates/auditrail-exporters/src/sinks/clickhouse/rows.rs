@@ -155,6 +155,16 @@ impl Plan {
             out.extend_from_slice(key);
             match *write {
                 Write::Field(field) => write_field(out, field, e),
+                Write::Time(TimeFormat::Seconds)
+                    if e.time_unix_nano / 1_000_000_000 > u64::from(u32::MAX) =>
+                {
+                    // A `DateTime` is 32-bit seconds: ClickHouse would store
+                    // a later time wrapped around, silently wrong.
+                    return Err(format!(
+                        "time_unix_nano {} is past 2106-02-07T06:28:15Z, the end of the `DateTime` column's range",
+                        e.time_unix_nano
+                    ));
+                }
                 Write::Time(format) => write_time(out, e.time_unix_nano, format),
                 Write::Map(field) => {
                     out.push(b'{');
@@ -456,6 +466,23 @@ mod tests {
         let row = row(&plan, &e);
         assert_eq!(row["time"], "2024-01-02 03:04:05");
         assert_eq!(row["attributes"], e.attributes.as_str());
+    }
+
+    #[test]
+    fn a_time_past_the_datetime_range_is_refused_not_wrapped() {
+        let plan = Plan::new(vec![("time".into(), Write::Time(TimeFormat::Seconds))]);
+        let mut e = event(1);
+        // 2554: fits u64 nanoseconds, not a 32-bit DateTime.
+        e.time_unix_nano = 18_446_744_000_000_000_000;
+        let error = plan.encode(&[e]).unwrap_err();
+        assert_eq!(error.class, crate::ErrorClass::Permanent);
+        assert!(error.message.contains("past 2106-02-07"), "{error}");
+        let mut e = event(2);
+        e.time_unix_nano = u64::from(u32::MAX) * 1_000_000_000;
+        assert!(
+            plan.encode(&[e]).is_ok(),
+            "the last second of the range fits"
+        );
     }
 
     #[test]
