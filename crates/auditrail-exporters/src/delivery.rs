@@ -181,6 +181,23 @@ struct Progress {
     replaying: bool,
 }
 
+impl Progress {
+    /// Nothing read or in flight yet; everything up to `cursor` confirmed.
+    fn starting_at(cursor: u64) -> Self {
+        Progress {
+            acked: cursor,
+            flushed: cursor,
+            read: cursor,
+            confirmed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            replaying: false,
+        }
+    }
+}
+
 impl SinkShared {
     async fn run(self: Arc<Self>, cursor: u64, mut ready: bool) {
         let mut backoff = self.backoff();
@@ -217,27 +234,13 @@ impl SinkShared {
     async fn deliver_from(self: Arc<Self>, cursor: u64) -> Result<(), u64> {
         let mut durable = self.spool.subscribe_durable();
         let mut tasks: JoinSet<BatchDone> = JoinSet::new();
-        let mut progress = Progress {
-            acked: cursor,
-            flushed: cursor,
-            read: cursor,
-            confirmed: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            pending_since: None,
-            replaying: false,
-        };
+        let mut progress = Progress::starting_at(cursor);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_bytes = self.config.max_bytes.as_u64();
         loop {
             let durable_seq = *durable.borrow_and_update();
-            let room = self
-                .config
-                .max_events
-                .saturating_sub(progress.pending.len())
-                > 0
+            let room = progress.pending.len() < self.config.max_events
                 && progress.pending_bytes < max_bytes;
             if room && progress.read < durable_seq {
                 let want = self.config.max_events - progress.pending.len();
@@ -432,17 +435,8 @@ impl SinkShared {
     async fn publish_waiting(&self, cursor: u64) {
         let durable = self.spool.durable_seq();
         let oldest = self.read(cursor, 1).await.unwrap_or_default();
-        let progress = Progress {
-            acked: cursor,
-            flushed: cursor,
-            read: cursor,
-            confirmed: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
-            pending: oldest.into(),
-            pending_bytes: 0,
-            pending_since: None,
-            replaying: false,
-        };
+        let mut progress = Progress::starting_at(cursor);
+        progress.pending = oldest.into();
         self.publish_progress(&progress, durable);
     }
 
