@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 pub mod mysql;
+pub mod sinks;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

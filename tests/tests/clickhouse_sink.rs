@@ -14,115 +14,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_tests::clickhouse::{self, legacy_url, num, query, select, Chdb, Database};
 use auditrail_tests::mysql::SinkToml;
-use auditrail_tests::{free_port, otlp, Server};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use auditrail_tests::sinks::{
+    assert_all_once, assert_no_dead_letters, client, emit_sink_event, numbered_batch,
+    resend_unacked, send, send_batch, sink_counter, sink_status, start_sending, tail,
+    wait_caught_up, Load,
+};
+use auditrail_tests::{free_port, Server};
+use opentelemetry::logs::AnyValue;
 use serde_json::Value;
 
 const TABLE: &str = "audit_events";
 const OTEL_TABLE: &str = "otel_logs";
 /// How long a sink may take to catch up, on a loaded two-core machine.
 const CATCH_UP: Duration = Duration::from_secs(90);
-
-type Client = LogsServiceClient<tonic::transport::Channel>;
-
-async fn client(server: &Server) -> Client {
-    LogsServiceClient::connect(server.grpc_url())
-        .await
-        .expect("connecting over gRPC")
-}
-
-/// Sends `request`; returns how long the acknowledgement took. Panics
-/// unless every record was accepted.
-async fn send(client: &mut Client, request: ExportLogsServiceRequest) -> Duration {
-    let started = Instant::now();
-    let response = client
-        .export(request)
-        .await
-        .expect("export is acknowledged")
-        .into_inner();
-    if let Some(partial) = response.partial_success {
-        assert_eq!(
-            partial.rejected_log_records, 0,
-            "rejected: {}",
-            partial.error_message
-        );
-    }
-    started.elapsed()
-}
-
-/// A trace id no other event of this test process has.
-fn next_trace_id() -> ([u8; 16], String) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    otlp::trace_id(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// `n` events with uids `{prefix}-{i}`, each with its own trace id.
-/// Returns the request and (uid, trace id hex) of each event.
-fn numbered_batch(prefix: &str, n: usize) -> (ExportLogsServiceRequest, Vec<(String, String)>) {
-    let mut ids = Vec::with_capacity(n);
-    let records = (0..n)
-        .map(|i| {
-            let uid = format!("{prefix}-{i}");
-            let (trace, trace_hex) = next_trace_id();
-            let record = otlp::record(
-                &uid,
-                trace,
-                [0xcd, 0, 0, 0, 0, 0, 0, (i % 250) as u8 + 1],
-                &format!("prompt for {uid}: a banana in a spacesuit"),
-                vec![
-                    otlp::attr("event.name", otlp::string("image.generate")),
-                    otlp::attr("user.id", otlp::string(format!("user-{}", i % 7))),
-                    otlp::attr("audit.outcome", otlp::string("success")),
-                ],
-            );
-            ids.push((uid, trace_hex));
-            record
-        })
-        .collect();
-    (otlp::request("imagegen-ui", records), ids)
-}
-
-fn tail(log: &str) -> &str {
-    let start = log.len().saturating_sub(6000);
-    let start = (start..log.len())
-        .find(|i| log.is_char_boundary(*i))
-        .unwrap_or(log.len());
-    &log[start..]
-}
-
-/// The `/readyz` status code and this sink's entry.
-async fn sink_status(server: &Server, sink: &str) -> (u16, Value) {
-    let (code, body) = server.readyz().await;
-    let status = body["sinks"]
-        .as_array()
-        .and_then(|sinks| sinks.iter().find(|s| s["name"] == sink))
-        .cloned()
-        .unwrap_or_else(|| panic!("no sink {sink:?} in /readyz: {body}"));
-    (code, status)
-}
-
-/// Waits until the sink is healthy and has confirmed `events` events.
-async fn wait_caught_up(server: &Server, sink: &str, events: usize) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let (code, status) = sink_status(server, sink).await;
-        assert_eq!(code, 200, "{status}");
-        if status["healthy"] == true
-            && status["cursor"] == events as u64
-            && status["lag_events"] == 0
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sink {sink} did not catch up with {events} events within {CATCH_UP:?}: {status}\n{}",
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// The first byte of the span ids of this file's batches.
+const SPAN: u8 = 0xcd;
 
 /// Waits until `table` holds `want` rows (`modifiers`: e.g. `FINAL`); panics
 /// at once if it ever holds more, and with the server's log if it takes
@@ -145,31 +51,6 @@ async fn wait_rows(db: &Database, table: &str, modifiers: &str, want: u64, serve
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The sum of a counter over every label set that has `sink="<sink>"`.
-async fn sink_counter(server: &Server, metric: &str, sink: &str) -> (f64, Vec<String>) {
-    let text = server.metrics_text().await;
-    let label = format!("sink=\"{sink}\"");
-    let samples: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
-        .map(str::to_owned)
-        .collect();
-    let sum = samples
-        .iter()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (sum, samples)
-}
-
-/// Nothing was dead-lettered: a re-sent row must be a no-op, not an error.
-async fn assert_no_dead_letters(server: &Server, sink: &str) {
-    let (_, status) = sink_status(server, sink).await;
-    assert_eq!(status["dead_letters"], 0, "{status}");
-    let (dead, samples) =
-        sink_counter(server, "auditrail_sink_dead_lettered_events_total", sink).await;
-    assert_eq!(dead, 0.0, "{samples:?}");
 }
 
 /// Raw `count()` and distinct `(node, seq)` of the table, as stored now
@@ -214,28 +95,7 @@ async fn assert_exactly_once(db: &Database, sent: &HashMap<String, String>) {
         );
         seqs.push(num(&row["seq"]));
     }
-    let missing: Vec<_> = sent
-        .keys()
-        .filter(|id| !seen.contains(*id))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} events missing, e.g. {missing:?}",
-        sent.len() - seen.len(),
-        sent.len()
-    );
-    let expected: Vec<u64> = (1..=sent.len() as u64).collect();
-    assert!(
-        seqs == expected,
-        "seqs are not exactly 1..={}: first differences {:?}",
-        sent.len(),
-        seqs.iter()
-            .zip(&expected)
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_all_once(sent, &seen, &seqs);
 }
 
 /// The sink table, with the delivery settings the tests share.
@@ -279,53 +139,6 @@ fn as_text(value: &Value) -> String {
 
 // ---------------------------------------------------------------------------
 
-/// Emits one `image.generate` event through the real Rust OTel SDK, inside
-/// a span; returns (trace id, span id) of the span.
-fn emit_in_span(grpc_url: String, time: SystemTime) -> (String, String) {
-    use opentelemetry::logs::{
-        AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity,
-    };
-    use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
-    use opentelemetry_otlp::{LogExporter, WithExportConfig};
-    use opentelemetry_sdk::logs::SdkLoggerProvider;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-    use opentelemetry_sdk::Resource;
-
-    let exporter = LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(grpc_url)
-        .build()
-        .expect("OTLP log exporter");
-    let logs = SdkLoggerProvider::builder()
-        .with_resource(Resource::builder().with_service_name("imagegen-ui").build())
-        .with_simple_exporter(exporter)
-        .build();
-    let logger = logs.logger("audit");
-    let tracer = SdkTracerProvider::builder().build().tracer("test");
-    let ids = tracer.in_span("generate-image", |cx| {
-        let mut record = logger.create_log_record();
-        record.set_event_name("image.generate");
-        record.set_timestamp(time);
-        record.set_severity_number(Severity::Info);
-        record.set_severity_text("INFO");
-        record.set_body(AnyValue::from("a lighthouse in a storm, in ClickHouse"));
-        record.add_attribute("zoom", 3_i64);
-        record.add_attribute("user.id", "alice");
-        record.add_attribute("user.name", "Alice Liddell");
-        record.add_attribute("audit.outcome", "success");
-        record.add_attribute("audit.target", "model/sdxl");
-        record.add_attribute("client.address", "198.51.100.4");
-        record.add_attribute("image.count", 2_i64);
-        record.add_attribute("nsfw", false);
-        logger.emit(record);
-        let span = cx.span().span_context().clone();
-        (span.trace_id().to_string(), span.span_id().to_string())
-    });
-    logs.force_flush().expect("flushing logs");
-    logs.shutdown().expect("shutting down the logger provider");
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn events_reach_clickhouse_with_trace_context() {
     let ch = Chdb::start();
@@ -345,16 +158,23 @@ async fn events_reach_clickhouse_with_trace_context() {
     let time_ns = (now.as_secs() - 3600) * 1_000_000_000 + 123_456_789;
     let time = UNIX_EPOCH + Duration::from_nanos(time_ns);
     let grpc = server.grpc_url();
-    let (trace_id, span_id) = tokio::task::spawn_blocking(move || emit_in_span(grpc, time))
-        .await
-        .unwrap();
+    let (trace_id, span_id) = tokio::task::spawn_blocking(move || {
+        emit_sink_event(
+            grpc,
+            time,
+            "a lighthouse in a storm, in ClickHouse",
+            ("nsfw", AnyValue::from(false)),
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(trace_id.len(), 32);
     assert_eq!(span_id.len(), 16);
 
     wait_rows(&db, TABLE, "", 1, &server).await;
     wait_rows(&db, OTEL_TABLE, "", 1, &server).await;
-    wait_caught_up(&server, "warehouse", 1).await;
-    wait_caught_up(&server, "grafana", 1).await;
+    wait_caught_up(&server, "warehouse", 1, CATCH_UP).await;
+    wait_caught_up(&server, "grafana", 1, CATCH_UP).await;
     let spooled = server.events(&format!("trace_id={trace_id}")).await;
     assert_eq!(spooled.len(), 1, "{spooled:?}");
     let spooled = &spooled[0];
@@ -478,19 +298,6 @@ async fn events_reach_clickhouse_with_trace_context() {
 
 // ---------------------------------------------------------------------------
 
-/// What a test sent, across kills and restarts.
-#[derive(Default)]
-struct Load {
-    /// uid → trace id (hex) of every event sent.
-    trace_of: HashMap<String, String>,
-    acked: HashSet<String>,
-    /// Requests without an answer (the server died): a client sends them
-    /// again, as OTLP clients do.
-    unacked: Vec<(Vec<String>, ExportLogsServiceRequest)>,
-}
-
-const PER_REQUEST: usize = 20;
-
 /// Sends `events` new events (after what is unacknowledged from before)
 /// and `kill -9`s the server once the sink has written some of them but
 /// not all that was acknowledged, i.e. in the middle of delivery. Returns
@@ -506,33 +313,7 @@ async fn kill_mid_delivery(
     // here is which events are in.
     let stored = async || db.try_count(TABLE, "FINAL").await.unwrap_or(0);
     let before = stored().await;
-    let mut work = std::mem::take(&mut load.lock().unwrap().unacked);
-    for k in 0..events / PER_REQUEST {
-        let (request, ids) = numbered_batch(&format!("r{round}-{k}"), PER_REQUEST);
-        let uids = ids.iter().map(|(uid, _)| uid.clone()).collect();
-        load.lock().unwrap().trace_of.extend(ids);
-        work.push((uids, request));
-    }
-    let sender = tokio::spawn({
-        let load = load.clone();
-        let url = server.grpc_url();
-        async move {
-            let mut client = LogsServiceClient::connect(url).await.expect("connect");
-            let mut work = work.into_iter();
-            while let Some((uids, request)) = work.next() {
-                match client.export(request.clone()).await {
-                    Ok(_) => load.lock().unwrap().acked.extend(uids),
-                    Err(_) => {
-                        // The server is gone: everything left is resent later.
-                        let mut load = load.lock().unwrap();
-                        load.unacked.push((uids, request));
-                        load.unacked.extend(work);
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let sender = start_sending(server, load, SPAN, round, events);
     let deadline = Instant::now() + CATCH_UP;
     let killed_at = loop {
         let rows = stored().await;
@@ -560,16 +341,6 @@ async fn kill_mid_delivery(
     // in flight may still arrive after the kill, unconfirmed (so they are
     // sent again).
     killed_at
-}
-
-/// Resends what was never acknowledged, as a client would.
-async fn resend_unacked(server: &Server, load: &Arc<Mutex<Load>>) {
-    let unacked = std::mem::take(&mut load.lock().unwrap().unacked);
-    let mut client = client(server).await;
-    for (uids, request) in unacked {
-        send(&mut client, request).await;
-        load.lock().unwrap().acked.extend(uids);
-    }
 }
 
 /// Prints where the sink resumes after a start and how many events the
@@ -636,10 +407,10 @@ async fn exactly_once_through_kill_9(engine: Engine) {
     assert_eq!(load.lock().unwrap().acked.len(), sent.len());
     assert!(sent.len() >= 4000);
     let n = sent.len() as u64;
-    wait_caught_up(&server, "warehouse", sent.len()).await;
+    wait_caught_up(&server, "warehouse", sent.len(), CATCH_UP).await;
     assert_no_dead_letters(&server, "warehouse").await;
     if engine == Engine::Modern {
-        wait_caught_up(&server, "grafana", sent.len()).await;
+        wait_caught_up(&server, "grafana", sent.len(), CATCH_UP).await;
         assert_no_dead_letters(&server, "grafana").await;
         assert_otel_at_least_once(&db, &sent).await;
     }
@@ -728,29 +499,6 @@ async fn exactly_once_through_kill_9_mid_delivery_legacy_18_16() {
 
 // ---------------------------------------------------------------------------
 
-/// Sends `requests` requests of 40 new events each, adding them to `sent`;
-/// every acknowledgement must come promptly, whatever the sink does.
-async fn send_batch(
-    client: &mut Client,
-    sent: &mut HashMap<String, String>,
-    name: &str,
-    requests: usize,
-) -> usize {
-    let mut slowest = Duration::ZERO;
-    for k in 0..requests {
-        let (request, ids) = numbered_batch(&format!("{name}-{k}"), 40);
-        sent.extend(ids);
-        slowest = slowest.max(send(client, request).await);
-    }
-    // Generous for a loaded machine; a sink holding ingest back would take
-    // the sink's timeout (2s) or forever.
-    assert!(
-        slowest < Duration::from_secs(2),
-        "batch {name}: an acknowledgement took {slowest:?}; ingest must not wait on the sink"
-    );
-    sent.len()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn clickhouse_outage_then_catch_up() {
     let mut ch = Chdb::start();
@@ -765,15 +513,15 @@ async fn clickhouse_outage_then_catch_up() {
     let mut sent = HashMap::new();
 
     // A: delivered while all is well.
-    let total = send_batch(&mut client, &mut sent, "A", 5).await;
-    wait_caught_up(&server, "warehouse", total).await;
+    let total = send_batch(&mut client, &mut sent, SPAN, "A", 5).await;
+    wait_caught_up(&server, "warehouse", total, CATCH_UP).await;
     assert_eq!(db.count(TABLE, "FINAL").await, total as u64);
 
     // B: ClickHouse is gone (kill -9, so whatever it was doing is cut
     // short). Ingest goes on promptly, /readyz stays ready and names the
     // failing sink, and its lag shows.
     ch.kill9();
-    let total = send_batch(&mut client, &mut sent, "B", 10).await;
+    let total = send_batch(&mut client, &mut sent, SPAN, "B", 10).await;
     eventually_within_status(&server, "/readyz reports the sink unhealthy", |status| {
         status["healthy"] == false
             && status["last_error"].is_string()
@@ -811,7 +559,7 @@ async fn clickhouse_outage_then_catch_up() {
 
     // Back on the same data and port: B arrives, once.
     ch.restart();
-    wait_caught_up(&server, "warehouse", total).await;
+    wait_caught_up(&server, "warehouse", total, CATCH_UP).await;
     let (raw, distinct) = raw_counts(&db).await;
     eprintln!("after catching up: count() = {raw}, uniqExact(node, seq) = {distinct}");
     assert_eq!(distinct, total as u64);
@@ -887,7 +635,7 @@ async fn startup_errors_are_clear() {
     let port = free_port();
     let sinks = sink("warehouse", &format!("http://127.0.0.1:{port}"), "audit").to_string();
     let server = Server::start_with("", &sinks);
-    let (request, ids) = numbered_batch("unreachable", 3);
+    let (request, ids) = numbered_batch(SPAN, "unreachable", 3);
     send(&mut client(&server).await, request).await;
     eventually_within_status(
         &server,

@@ -11,75 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_tests::mysql::{text, Database, PrivateMariaDb, SinkToml};
+use auditrail_tests::sinks::{
+    assert_all_once, assert_no_dead_letters, client, emit_sink_event, next_trace_id,
+    numbered_batch, resend_unacked, send, send_batch, sink_counter, sink_status, start_sending,
+    tail, wait_caught_up, Load,
+};
 use auditrail_tests::{cli, eventually_within, free_port, otlp, Server};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry::logs::AnyValue;
 use serde_json::Value;
 use sqlx::Row;
 
 const TABLE: &str = "audit_events";
 /// How long a sink may take to catch up, on a loaded two-core machine.
 const CATCH_UP: Duration = Duration::from_secs(60);
-
-type Client = LogsServiceClient<tonic::transport::Channel>;
-
-async fn client(server: &Server) -> Client {
-    LogsServiceClient::connect(server.grpc_url())
-        .await
-        .expect("connecting over gRPC")
-}
-
-/// Sends `request`; returns how long the acknowledgement took. Panics
-/// unless every record was accepted.
-async fn send(client: &mut Client, request: ExportLogsServiceRequest) -> Duration {
-    let started = Instant::now();
-    let response = client
-        .export(request)
-        .await
-        .expect("export is acknowledged")
-        .into_inner();
-    if let Some(partial) = response.partial_success {
-        assert_eq!(
-            partial.rejected_log_records, 0,
-            "rejected: {}",
-            partial.error_message
-        );
-    }
-    started.elapsed()
-}
-
-/// A trace id no other event of this test has.
-fn next_trace_id() -> ([u8; 16], String) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    otlp::trace_id(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// `n` events with uids `{prefix}-{i}`, each with its own trace id.
-/// Returns the request and (uid, trace id hex) of each event.
-fn numbered_batch(prefix: &str, n: usize) -> (ExportLogsServiceRequest, Vec<(String, String)>) {
-    let mut ids = Vec::with_capacity(n);
-    let records = (0..n)
-        .map(|i| {
-            let uid = format!("{prefix}-{i}");
-            let (trace, trace_hex) = next_trace_id();
-            let record = otlp::record(
-                &uid,
-                trace,
-                [0xab, 0, 0, 0, 0, 0, 0, (i % 250) as u8 + 1],
-                &format!("prompt for {uid}: a banana in a spacesuit"),
-                vec![
-                    otlp::attr("event.name", otlp::string("image.generate")),
-                    otlp::attr("user.id", otlp::string(format!("user-{}", i % 7))),
-                    otlp::attr("audit.outcome", otlp::string("success")),
-                ],
-            );
-            ids.push((uid, trace_hex));
-            record
-        })
-        .collect();
-    (otlp::request("imagegen-ui", records), ids)
-}
+/// The first byte of the span ids of this file's batches.
+const SPAN: u8 = 0xab;
 
 /// Waits until `table` holds exactly `want` rows; panics at once if it
 /// ever holds more, and with the server's log if it takes too long.
@@ -101,55 +47,6 @@ async fn wait_rows(db: &Database, table: &str, want: usize, server: &Server) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn tail(log: &str) -> &str {
-    let start = log.len().saturating_sub(6000);
-    let start = (start..log.len())
-        .find(|i| log.is_char_boundary(*i))
-        .unwrap_or(log.len());
-    &log[start..]
-}
-
-/// The `/readyz` status code and this sink's entry.
-async fn sink_status(server: &Server, sink: &str) -> (u16, Value) {
-    let (code, body) = server.readyz().await;
-    let status = body["sinks"]
-        .as_array()
-        .and_then(|sinks| sinks.iter().find(|s| s["name"] == sink))
-        .cloned()
-        .unwrap_or_else(|| panic!("no sink {sink:?} in /readyz: {body}"));
-    (code, status)
-}
-
-/// Waits until the sink is healthy and has confirmed `events` events.
-async fn wait_caught_up(server: &Server, sink: &str, events: usize) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let (code, status) = sink_status(server, sink).await;
-        assert_eq!(code, 200, "{status}");
-        if status["healthy"] == true
-            && status["cursor"] == events as u64
-            && status["lag_events"] == 0
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sink {sink} did not catch up with {events} events within {CATCH_UP:?}: {status}\n{}",
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Nothing was dead-lettered: a re-sent row must be a no-op, not an error.
-async fn assert_no_dead_letters(server: &Server, sink: &str) {
-    let (_, status) = sink_status(server, sink).await;
-    assert_eq!(status["dead_letters"], 0, "{status}");
-    let (dead, samples) =
-        sink_counter(server, "auditrail_sink_dead_lettered_events_total", sink).await;
-    assert_eq!(dead, 0.0, "{samples:?}");
 }
 
 /// Every event in `sent` (uid → trace id) is in the canonical table exactly
@@ -176,28 +73,7 @@ async fn assert_exactly_once(db: &Database, sent: &HashMap<String, String>) {
         }
         seqs.push(row.get::<u64, _>("seq"));
     }
-    let missing: Vec<_> = sent
-        .keys()
-        .filter(|id| !seen.contains(*id))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} events missing, e.g. {missing:?}",
-        sent.len() - seen.len(),
-        sent.len()
-    );
-    let expected: Vec<u64> = (1..=sent.len() as u64).collect();
-    assert!(
-        seqs == expected,
-        "seqs are not exactly 1..={}: first differences {:?}",
-        sent.len(),
-        seqs.iter()
-            .zip(&expected)
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_all_once(sent, &seen, &seqs);
 }
 
 /// The sink table, with the delivery settings the tests share.
@@ -210,54 +86,6 @@ fn sink(name: &str, url: &str) -> SinkToml {
 
 // ---------------------------------------------------------------------------
 
-/// Emits one `image.generate` event through the real Rust OTel SDK, inside
-/// a span; returns (trace id, span id) of the span.
-fn emit_in_span(grpc_url: String, time: SystemTime) -> (String, String) {
-    use opentelemetry::logs::{
-        AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity,
-    };
-    use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
-    use opentelemetry_otlp::{LogExporter, WithExportConfig};
-    use opentelemetry_sdk::logs::SdkLoggerProvider;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-    use opentelemetry_sdk::Resource;
-
-    let exporter = LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(grpc_url)
-        .build()
-        .expect("OTLP log exporter");
-    let logs = SdkLoggerProvider::builder()
-        .with_resource(Resource::builder().with_service_name("imagegen-ui").build())
-        .with_simple_exporter(exporter)
-        .build();
-    let logger = logs.logger("audit");
-    let tracer = SdkTracerProvider::builder().build().tracer("test");
-    let ids = tracer.in_span("generate-image", |cx| {
-        let mut record = logger.create_log_record();
-        record.set_event_name("image.generate");
-        record.set_timestamp(time);
-        record.set_severity_number(Severity::Info);
-        record.set_severity_text("INFO");
-        record.set_body(AnyValue::from("a lighthouse in a storm, in MySQL"));
-        // Out of order on purpose: the JSON column has them sorted.
-        record.add_attribute("zoom", 3_i64);
-        record.add_attribute("user.id", "alice");
-        record.add_attribute("user.name", "Alice Liddell");
-        record.add_attribute("audit.outcome", "success");
-        record.add_attribute("audit.target", "model/sdxl");
-        record.add_attribute("client.address", "198.51.100.4");
-        record.add_attribute("image.count", 2_i64);
-        record.add_attribute("a.first", "yes");
-        logger.emit(record);
-        let span = cx.span().span_context().clone();
-        (span.trace_id().to_string(), span.span_id().to_string())
-    });
-    logs.force_flush().expect("flushing logs");
-    logs.shutdown().expect("shutting down the logger provider");
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn events_reach_mysql_with_trace_context() {
     let db = Database::create().await;
@@ -269,9 +97,16 @@ async fn events_reach_mysql_with_trace_context() {
     let time_ns = (now.as_secs() - 3600) * 1_000_000_000 + 123_456_789;
     let time = UNIX_EPOCH + Duration::from_nanos(time_ns);
     let url = server.grpc_url();
-    let (trace_id, span_id) = tokio::task::spawn_blocking(move || emit_in_span(url, time))
-        .await
-        .unwrap();
+    let (trace_id, span_id) = tokio::task::spawn_blocking(move || {
+        emit_sink_event(
+            url,
+            time,
+            "a lighthouse in a storm, in MySQL",
+            ("a.first", AnyValue::from("yes")),
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(trace_id.len(), 32);
 
     wait_rows(&db, TABLE, 1, &server).await;
@@ -358,19 +193,6 @@ async fn events_reach_mysql_with_trace_context() {
 
 // ---------------------------------------------------------------------------
 
-/// What a test sent, across kills and restarts.
-#[derive(Default)]
-struct Load {
-    /// uid → trace id (hex) of every event sent.
-    trace_of: HashMap<String, String>,
-    acked: HashSet<String>,
-    /// Requests without an answer (the server died): a client sends them
-    /// again, as OTLP clients do.
-    unacked: Vec<(Vec<String>, ExportLogsServiceRequest)>,
-}
-
-const PER_REQUEST: usize = 20;
-
 /// Sends `events` new events (after what is unacknowledged from before)
 /// and `kill -9`s the server once the sink has written some of them but
 /// not all that was acknowledged, i.e. in the middle of delivery. Returns
@@ -384,33 +206,7 @@ async fn kill_mid_delivery(
     load: &Arc<Mutex<Load>>,
 ) -> i64 {
     let rows_before = db.try_count(table).await.unwrap_or(0);
-    let mut work = std::mem::take(&mut load.lock().unwrap().unacked);
-    for k in 0..events / PER_REQUEST {
-        let (request, ids) = numbered_batch(&format!("r{round}-{k}"), PER_REQUEST);
-        let uids = ids.iter().map(|(uid, _)| uid.clone()).collect();
-        load.lock().unwrap().trace_of.extend(ids);
-        work.push((uids, request));
-    }
-    let sender = tokio::spawn({
-        let load = load.clone();
-        let url = server.grpc_url();
-        async move {
-            let mut client = LogsServiceClient::connect(url).await.expect("connect");
-            let mut work = work.into_iter();
-            while let Some((uids, request)) = work.next() {
-                match client.export(request.clone()).await {
-                    Ok(_) => load.lock().unwrap().acked.extend(uids),
-                    Err(_) => {
-                        // The server is gone: everything left is resent later.
-                        let mut load = load.lock().unwrap();
-                        load.unacked.push((uids, request));
-                        load.unacked.extend(work);
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let sender = start_sending(server, load, SPAN, round, events);
     let deadline = Instant::now() + CATCH_UP;
     loop {
         let rows = db.try_count(table).await.unwrap_or(0);
@@ -440,16 +236,6 @@ async fn kill_mid_delivery(
     rows
 }
 
-/// Resends what was never acknowledged, as a client would.
-async fn resend_unacked(server: &Server, load: &Arc<Mutex<Load>>) {
-    let unacked = std::mem::take(&mut load.lock().unwrap().unacked);
-    let mut client = client(server).await;
-    for (uids, request) in unacked {
-        send(&mut client, request).await;
-        load.lock().unwrap().acked.extend(uids);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_once_through_kill_9_mid_delivery() {
     let db = Database::create().await;
@@ -470,7 +256,7 @@ async fn exactly_once_through_kill_9_mid_delivery() {
     assert_eq!(load.lock().unwrap().acked.len(), sent.len());
     assert!(sent.len() >= 6000);
     wait_rows(&db, TABLE, sent.len(), &server).await;
-    wait_caught_up(&server, "warehouse", sent.len()).await;
+    wait_caught_up(&server, "warehouse", sent.len(), CATCH_UP).await;
     assert_no_dead_letters(&server, "warehouse").await;
     assert_eq!(
         server.events("limit=0").await.len(),
@@ -485,7 +271,7 @@ async fn exactly_once_through_kill_9_mid_delivery() {
     drop(server);
     let sinks = sinks.replace("name = \"warehouse\"", "name = \"warehouse-again\"");
     let server = Server::start_in(dir.path(), "", &sinks);
-    wait_caught_up(&server, "warehouse-again", sent.len()).await;
+    wait_caught_up(&server, "warehouse-again", sent.len(), CATCH_UP).await;
     assert_no_dead_letters(&server, "warehouse-again").await;
     assert_eq!(
         server
@@ -506,9 +292,9 @@ async fn cursor_survives_kill_9_while_ingest_is_quiet() {
     let dir = tempfile::tempdir().unwrap();
     let sinks = sink("warehouse", &db.url()).to_string();
     let mut server = Server::start_in(dir.path(), "", &sinks);
-    let (request, ids) = numbered_batch("quiet", 50);
+    let (request, ids) = numbered_batch(SPAN, "quiet", 50);
     send(&mut client(&server).await, request).await;
-    wait_caught_up(&server, "warehouse", ids.len()).await;
+    wait_caught_up(&server, "warehouse", ids.len(), CATCH_UP).await;
     // Idle for longer than the loop's one-second flush, then crash.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     server.kill9();
@@ -532,45 +318,6 @@ async fn cursor_survives_kill_9_while_ingest_is_quiet() {
 
 // ---------------------------------------------------------------------------
 
-/// Sends `requests` requests of 40 new events each, adding them to `sent`;
-/// every acknowledgement must come promptly, whatever the sink does.
-async fn send_batch(
-    client: &mut Client,
-    sent: &mut HashMap<String, String>,
-    name: &str,
-    requests: usize,
-) -> usize {
-    let mut slowest = Duration::ZERO;
-    for k in 0..requests {
-        let (request, ids) = numbered_batch(&format!("{name}-{k}"), 40);
-        sent.extend(ids);
-        slowest = slowest.max(send(client, request).await);
-    }
-    // Generous for a loaded machine; a sink holding ingest back would take
-    // the sink's timeout (2s) or forever.
-    assert!(
-        slowest < Duration::from_secs(2),
-        "batch {name}: an acknowledgement took {slowest:?}; ingest must not wait on the sink"
-    );
-    sent.len()
-}
-
-/// The sum of a counter over every label set that has `sink="<sink>"`.
-async fn sink_counter(server: &Server, metric: &str, sink: &str) -> (f64, Vec<String>) {
-    let text = server.metrics_text().await;
-    let label = format!("sink=\"{sink}\"");
-    let samples: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
-        .map(str::to_owned)
-        .collect();
-    let sum = samples
-        .iter()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (sum, samples)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn database_outage_and_hang_then_catch_up() {
     let mut mariadb = PrivateMariaDb::start().await;
@@ -584,14 +331,14 @@ async fn database_outage_and_hang_then_catch_up() {
     let mut sent = HashMap::new();
 
     // A: delivered while all is well.
-    let total = send_batch(&mut client, &mut sent, "A", 5).await;
+    let total = send_batch(&mut client, &mut sent, SPAN, "A", 5).await;
     wait_rows(&db, TABLE, total, &server).await;
-    wait_caught_up(&server, "warehouse", total).await;
+    wait_caught_up(&server, "warehouse", total, CATCH_UP).await;
 
     // B: the database hangs. Ingest goes on, /readyz stays ready and names
     // the failing sink, and its lag shows.
     mariadb.hang();
-    let total = send_batch(&mut client, &mut sent, "B", 10).await;
+    let total = send_batch(&mut client, &mut sent, SPAN, "B", 10).await;
     eventually_within(
         Duration::from_secs(30),
         "/readyz reports the hung sink unhealthy",
@@ -626,14 +373,14 @@ async fn database_outage_and_hang_then_catch_up() {
     // The hang ends: B arrives, once.
     mariadb.resume();
     wait_rows(&db, TABLE, total, &server).await;
-    wait_caught_up(&server, "warehouse", total).await;
+    wait_caught_up(&server, "warehouse", total, CATCH_UP).await;
     assert_exactly_once(&db, &sent).await;
 
     // C: the database is down altogether.
     let (_, status) = sink_status(&server, "warehouse").await;
     assert_eq!(status["healthy"], true, "{status}");
     mariadb.stop().await;
-    let total = send_batch(&mut client, &mut sent, "C", 10).await;
+    let total = send_batch(&mut client, &mut sent, SPAN, "C", 10).await;
     eventually_within(
         Duration::from_secs(30),
         "/readyz reports the stopped database",
@@ -662,7 +409,7 @@ async fn database_outage_and_hang_then_catch_up() {
     // Back: everything arrives, once.
     mariadb.restart().await;
     wait_rows(&db, TABLE, total, &server).await;
-    wait_caught_up(&server, "warehouse", total).await;
+    wait_caught_up(&server, "warehouse", total, CATCH_UP).await;
     assert_exactly_once(&db, &sent).await;
     let (errors, samples) = sink_counter(&server, "auditrail_sink_errors_total", "warehouse").await;
     eprintln!("errors: {samples:?}");
@@ -690,7 +437,7 @@ async fn poison_record_is_dead_lettered_then_replayed() {
     // One request of 20; the 8th has an `audit.target` the TEXT column
     // cannot hold (65,535 bytes at most; the session is strict).
     let big_target = "t".repeat(70_000);
-    let (mut request, ids) = numbered_batch("poison", 20);
+    let (mut request, ids) = numbered_batch(SPAN, "poison", 20);
     let poison_uid = ids[7].0.clone();
     request.resource_logs[0].scope_logs[0].log_records[7]
         .attributes
@@ -860,7 +607,7 @@ async fn startup_errors_are_clear() {
         &sinks,
         &[("AUDITRAIL_TEST_MYSQL_PASSWORD", "right")],
     );
-    wait_caught_up(&server, "warehouse", 0).await;
+    wait_caught_up(&server, "warehouse", 0, CATCH_UP).await;
     assert_eq!(db.count(TABLE).await, 0, "the table was created");
     assert!(server.terminate().success());
 
@@ -890,7 +637,7 @@ async fn startup_errors_are_clear() {
     db.execute("DROP TABLE audit_events").await;
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), "", &sinks);
-    wait_caught_up(&server, "warehouse", 0).await;
+    wait_caught_up(&server, "warehouse", 0, CATCH_UP).await;
     assert!(server.terminate().success());
     db.execute("ALTER TABLE audit_events MODIFY seq VARCHAR(20) NOT NULL, DROP COLUMN actor_id")
         .await;
@@ -915,7 +662,7 @@ async fn startup_errors_are_clear() {
     let port = free_port();
     let sinks = sink("warehouse", &format!("mysql://root@127.0.0.1:{port}/audit")).to_string();
     let server = Server::start_with("", &sinks);
-    let (uid_request, ids) = numbered_batch("unreachable", 3);
+    let (uid_request, ids) = numbered_batch(SPAN, "unreachable", 3);
     send(&mut client(&server).await, uid_request).await;
     eventually_within(
         Duration::from_secs(30),
@@ -1100,7 +847,7 @@ async fn legacy_table_mapping() {
         &legacy_sink("legacy2", &db.url()).to_string(),
     );
     wait_rows(&db, LEGACY_TABLE, 4, &server).await;
-    wait_caught_up(&server, "legacy2", 2).await;
+    wait_caught_up(&server, "legacy2", 2, CATCH_UP).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1126,7 +873,7 @@ async fn legacy_table_with_a_unique_event_id_is_exactly_once() {
     resend_unacked(&server, &load).await;
     let sent: HashSet<String> = load.lock().unwrap().trace_of.keys().cloned().collect();
     wait_rows(&db, LEGACY_TABLE, sent.len(), &server).await;
-    wait_caught_up(&server, "legacy", sent.len()).await;
+    wait_caught_up(&server, "legacy", sent.len(), CATCH_UP).await;
     assert_no_dead_letters(&server, "legacy").await;
     drop(server);
 
@@ -1134,7 +881,7 @@ async fn legacy_table_with_a_unique_event_id_is_exactly_once() {
     // is added.
     let sinks = sinks.replace("name = \"legacy\"", "name = \"legacy-again\"");
     let server = Server::start_in(dir.path(), "", &sinks);
-    wait_caught_up(&server, "legacy-again", sent.len()).await;
+    wait_caught_up(&server, "legacy-again", sent.len(), CATCH_UP).await;
     assert_no_dead_letters(&server, "legacy-again").await;
     assert_eq!(
         server

@@ -2,27 +2,14 @@
 //! over gRPC, HTTP/protobuf and HTTP/JSON from inside a span; each event is
 //! found again by its trace id with the canonical fields filled in.
 
-use auditrail_tests::Server;
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
+use auditrail_tests::{sinks, Server};
+use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
 use opentelemetry_otlp::{LogExporter, Protocol, WithExportConfig};
-use opentelemetry_sdk::logs::SdkLoggerProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
 
 /// Emits one `image.generate` event inside a fresh span and returns the
 /// span's (trace id, span id) in hex.
 fn emit_in_span(exporter: LogExporter, actor: &'static str, prompt: &str) -> (String, String) {
-    let resource = Resource::builder().with_service_name("imagegen-ui").build();
-    let logs = SdkLoggerProvider::builder()
-        .with_resource(resource)
-        .with_simple_exporter(exporter)
-        .build();
-    let logger = logs.logger("audit");
-    let tracer = SdkTracerProvider::builder().build().tracer("test");
-    let ids = tracer.in_span("generate-image", |cx| {
-        let mut record = logger.create_log_record();
-        record.set_event_name("image.generate");
+    sinks::emit_in_span(exporter, |record| {
         record.set_severity_number(Severity::Info);
         record.set_body(AnyValue::from(prompt.to_owned()));
         record.add_attribute("user.id", actor);
@@ -30,13 +17,7 @@ fn emit_in_span(exporter: LogExporter, actor: &'static str, prompt: &str) -> (St
         record.add_attribute("audit.outcome", "success");
         record.add_attribute("audit.target", "model/sdxl");
         record.add_attribute("image.count", 2_i64);
-        logger.emit(record);
-        let span = cx.span().span_context().clone();
-        (span.trace_id().to_string(), span.span_id().to_string())
-    });
-    logs.force_flush().expect("flushing logs");
-    logs.shutdown().expect("shutting down the logger provider");
-    ids
+    })
 }
 
 async fn assert_found(server: &Server, trace_id: &str, span_id: &str, actor: &str, prompt: &str) {
