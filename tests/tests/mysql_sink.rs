@@ -208,12 +208,12 @@ async fn kill_mid_delivery(
     let rows_before = db.try_count(table).await.unwrap_or(0);
     let sender = start_sending(server, load, SPAN, round, events);
     let deadline = Instant::now() + CATCH_UP;
-    loop {
+    let (rows_at_kill, acked_at_kill) = loop {
         let rows = db.try_count(table).await.unwrap_or(0);
         let acked = load.lock().unwrap().acked.len() as i64;
         if rows > rows_before && rows < acked {
             server.kill9();
-            break;
+            break (rows, acked);
         }
         assert!(
             !(sender.is_finished() && rows >= acked),
@@ -225,15 +225,16 @@ async fn kill_mid_delivery(
             tail(&server.log())
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     sender.await.unwrap();
+    // A transaction the server had already received may still commit after
+    // the kill, so the count now can reach what was acknowledged; the kill
+    // itself came while rows were missing.
     let rows = db.try_count(table).await.unwrap_or(0);
-    let acked = load.lock().unwrap().acked.len() as i64;
-    assert!(
-        rows > 0 && rows < acked,
-        "round {round}: killed with {rows} rows of {acked} acknowledged events"
+    eprintln!(
+        "round {round}: killed at {rows_at_kill} of {acked_at_kill} acknowledged rows; {rows} rows after the kill"
     );
-    rows
+    rows_at_kill
 }
 
 #[tokio::test(flavor = "multi_thread")]
