@@ -16,29 +16,36 @@ mod batch;
 mod cursors;
 mod dead_letter;
 mod dedup;
+mod durable;
+mod failstop;
 mod index;
+mod opening;
 mod query;
 mod retention;
 mod verify;
+mod watermark;
 mod writer;
 
+use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use dead_letter::DeadLetter;
+pub use failstop::FailedOp;
 pub use query::{Filter, QueryStats};
 pub use retention::GcStats;
 pub use verify::VerifyReport;
 
 use batch::BatchView;
 use dedup::DedupSet;
+use durable::SyncBarrier;
+use failstop::{lock, FailStop};
 use writer::AppendJob;
 
 /// How a spool is opened.
@@ -78,6 +85,10 @@ pub enum SpoolError {
     Storage(String),
     #[error("spool data is corrupt: {0}")]
     Corrupt(String),
+    #[error("spool file {path} is damaged: {reason}")]
+    CorruptFile { path: PathBuf, reason: String },
+    #[error("spool stopped after a failed {op}: {cause}; it refuses appends until auditrail is restarted (check the disk and the logs first)")]
+    Failed { op: FailedOp, cause: String },
     #[error("spool is shutting down")]
     Closed,
     #[error("sink {0:?} is not registered")]
@@ -140,6 +151,10 @@ pub(crate) struct Shared {
     pub(crate) unmeasured_bytes: AtomicU64,
     disk_checked: Mutex<Instant>,
     initial_last_hash: Hash,
+    /// Makes what sled wrote durable (see `durable.rs`).
+    barrier: Mutex<SyncBarrier>,
+    /// Set once a sync fails or a spool thread panics (see `failstop.rs`).
+    pub(crate) failure: FailStop,
 }
 
 /// sled's segment size. sled records it in the spool on creation and
@@ -177,7 +192,7 @@ impl Shared {
     /// while over quota, to notice freed space soon): it walks sled's files,
     /// which is too slow to do for every commit.
     fn refresh_disk_usage(&self) {
-        let mut checked = self.disk_checked.lock().expect("disk check lock");
+        let mut checked = lock(&self.disk_checked);
         let every = if self.over_quota() {
             Duration::from_millis(100)
         } else {
@@ -238,16 +253,26 @@ impl Shared {
 
 /// A node's durable spool. Cheap to share behind an `Arc`.
 pub struct Spool {
-    shared: Arc<Shared>,
+    /// Dropped by hand in `Drop`, where a panic in sled's own drop (its
+    /// final `sync_all().unwrap()`) is caught.
+    shared: ManuallyDrop<Arc<Shared>>,
     jobs: Mutex<Option<mpsc::Sender<AppendJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Appends waiting for the writer; `append` waits for room beyond this.
+const JOB_QUEUE: usize = 256;
+/// Group commits written but not yet synced; the writer waits beyond this.
+const FLUSH_QUEUE: usize = 16;
+/// Index digests waiting; beyond this the indexer reads batches from sled.
+const INDEX_QUEUE: usize = 256;
 
 impl Spool {
     /// Opens (or creates) the spool and recovers its state: the last seq and
     /// hash, how far it is indexed, and the dedup set (from the `ids` tree).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
-        let db = sled::Config::new()
+        let created = durable::missing_dirs(&config.dir);
+        let sled_config = sled::Config::new()
             .path(&config.dir)
             .cache_capacity(config.cache_bytes)
             // Larger segments than sled's default 512 KiB: fewer, larger
@@ -259,17 +284,19 @@ impl Spool {
             // Index and retention writes are flushed with the next commit, by
             // `gc`, or by `close`; losing them in a crash only means redoing
             // them, since both are derived from the batches.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    SpoolError::Locked(config.dir.clone())
-                }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    SpoolError::Locked(config.dir.clone())
-                }
-                other => SpoolError::from(other),
-            })?;
+            // Durability comes from the barrier after each flush, not
+            // from this timer: sled's flush alone is not an fsync.
+            .flush_every_ms(None);
+        let seen = opening::Inspection::of(&config.dir);
+        let db = opening::open_sled(sled_config, &seen)?;
+        // Before anything is read or written: the spool's files (and the
+        // directories created for it) are synced once, then watched.
+        let barrier = SyncBarrier::open(&config.dir, &created).map_err(|e| {
+            SpoolError::Storage(format!(
+                "cannot make spool {} durable: {e}",
+                config.dir.display()
+            ))
+        })?;
         let batches = db.open_tree("batches")?;
         let idx = db.open_tree("idx")?;
         let ids = db.open_tree("ids")?;
@@ -290,6 +317,7 @@ impl Spool {
             Some((key, _)) => seq_from_bytes(&key),
             None => last_seq + 1,
         };
+        opening::check_recovered(&seen, barrier.previous_watermark(), last_seq)?;
         let indexed = idx
             .get(index::WATERMARK_KEY)?
             .map(|v| seq_from_bytes(&v))
@@ -316,29 +344,31 @@ impl Spool {
             unmeasured_bytes: AtomicU64::new(0),
             disk_checked: Mutex::new(Instant::now()),
             initial_last_hash: last_hash,
+            barrier: Mutex::new(barrier),
+            failure: FailStop::default(),
         });
         shared.measure_disk_usage();
         shared.publish_gauges();
 
-        let (job_tx, job_rx) = mpsc::channel();
-        let (flush_tx, flush_rx) = mpsc::channel();
-        let (index_tx, index_rx) = mpsc::channel();
+        let (job_tx, job_rx) = mpsc::channel(JOB_QUEUE);
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
+        let (index_tx, index_rx) = std::sync::mpsc::sync_channel(INDEX_QUEUE);
         let threads = vec![
-            spawn("spool-writer", {
+            spawn("spool-writer", &shared, {
                 let shared = shared.clone();
                 move || writer::run_writer(shared, job_rx, flush_tx, index_tx)
             }),
-            spawn("spool-flusher", {
+            spawn("spool-flusher", &shared, {
                 let shared = shared.clone();
                 move || writer::run_flusher(shared, flush_rx)
             }),
-            spawn("spool-indexer", {
+            spawn("spool-indexer", &shared, {
                 let shared = shared.clone();
                 move || index::run_indexer(shared, index_rx)
             }),
         ];
         Ok(Spool {
-            shared,
+            shared: ManuallyDrop::new(shared),
             jobs: Mutex::new(Some(job_tx)),
             threads: Mutex::new(threads),
         })
@@ -350,16 +380,41 @@ impl Spool {
         if events.is_empty() {
             return Ok(Appended::default());
         }
+        self.shared.failure.check()?;
         self.check_quota()?;
         let (reply, answer) = oneshot::channel();
+        let sender = lock(&self.jobs).clone().ok_or(SpoolError::Closed)?;
+        // Waits while the writer's queue is full: backpressure, not memory.
+        // The writer only goes away with every sender, so a failed send or
+        // an unanswered reply means a spool thread died.
+        if sender
+            .send(AppendJob {
+                events,
+                reply: writer::Reply::new(reply),
+            })
+            .await
+            .is_err()
         {
-            let jobs = self.jobs.lock().expect("jobs lock");
-            let sender = jobs.as_ref().ok_or(SpoolError::Closed)?;
-            sender
-                .send(AppendJob { events, reply })
-                .map_err(|_| SpoolError::Closed)?;
+            return Err(self.thread_died());
         }
-        answer.await.map_err(|_| SpoolError::Closed)?
+        drop(sender);
+        answer.await.map_err(|_| self.thread_died())?
+    }
+
+    fn thread_died(&self) -> SpoolError {
+        self.shared.failure.error().unwrap_or(SpoolError::Failed {
+            op: FailedOp::Panic {
+                thread: "spool-writer".into(),
+            },
+            cause: "the writer thread stopped".into(),
+        })
+    }
+
+    /// `Err` when appends are refused: the spool stopped after a failure
+    /// (until a restart), or the disk quota is reached. What `/readyz` asks.
+    pub fn check_accepting(&self) -> Result<(), SpoolError> {
+        self.shared.failure.check()?;
+        self.check_quota()
     }
 
     /// Whether appends are currently refused for lack of disk quota.
@@ -441,8 +496,7 @@ impl Spool {
     /// Sinks call it about once a second, so that a crash while ingest is
     /// quiet redelivers at most that much.
     pub fn flush(&self) -> Result<(), SpoolError> {
-        self.shared.db.flush()?;
-        Ok(())
+        self.shared.sync()
     }
 
     /// Up to `limit` durable events after `after_seq`, in seq order: what a
@@ -487,8 +541,7 @@ impl Spool {
         now_unix_nano: u64,
     ) -> Result<(), SpoolError> {
         dead_letter::put(&self.shared, sink, event, reason, now_unix_nano)?;
-        self.shared.db.flush()?;
-        Ok(())
+        self.shared.sync()
     }
 
     /// Dead letters, of one sink or of all, in (sink, seq) order.
@@ -505,7 +558,7 @@ impl Spool {
     /// pick them up. Returns how many were marked.
     pub fn request_replay(&self, sink: Option<&str>) -> Result<usize, SpoolError> {
         let marked = dead_letter::mark_for_replay(&self.shared, sink)?;
-        self.shared.db.flush()?;
+        self.shared.sync()?;
         Ok(marked)
     }
 
@@ -533,24 +586,51 @@ impl Spool {
     /// Stops the writer, flusher and indexer after the work already queued,
     /// and flushes. Appends after this return [`SpoolError::Closed`].
     pub fn close(&self) -> Result<(), SpoolError> {
-        self.jobs.lock().expect("jobs lock").take();
-        for handle in self.threads.lock().expect("threads lock").drain(..) {
+        lock(&self.jobs).take();
+        for handle in lock(&self.threads).drain(..) {
+            // A panic was caught inside the thread (see `spawn`).
             let _ = handle.join();
         }
-        self.shared.db.flush()?;
-        Ok(())
+        self.shared.sync()
     }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = self.close();
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the spool");
+        }
+        // SAFETY: `shared` is taken once, here, and never used after.
+        let shared = unsafe { ManuallyDrop::take(&mut self.shared) };
+        // The threads are joined, so this is normally the last reference and
+        // drops sled, whose log calls `sync_all().unwrap()` on drop.
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(shared)));
+        if let Err(panic) = dropped {
+            tracing::error!(
+                panic = %failstop::panic_message(&*panic),
+                "sled failed its final sync while closing the spool"
+            );
+        }
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+/// Starts a spool thread. A panic in it stops the spool (see `failstop.rs`)
+/// instead of leaving appends waiting on a thread that is gone.
+fn spawn(name: &str, shared: &Arc<Shared>, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let shared = Arc::downgrade(shared);
+    let thread = name.to_owned();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let message = failstop::panic_message(&*panic);
+                match shared.upgrade() {
+                    Some(shared) => {
+                        shared.failure.fail(FailedOp::Panic { thread }, message);
+                    }
+                    None => tracing::error!(thread, panic = %message, "spool thread panicked"),
+                }
+            }
+        })
         .expect("spawning a spool thread")
 }

@@ -61,7 +61,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         IndexDigest::of_batch(&view)?.apply(&mut removals, true);
         shared.idx.apply_batch(removals)?;
         if let Some(run) = shared.ids.remove(&key)? {
-            shared.dedup.lock().expect("dedup lock").remove_run(&run);
+            crate::failstop::lock(&shared.dedup).remove_run(&run);
         }
         let mut tail = view.last_seq().to_be_bytes().to_vec();
         tail.extend_from_slice(&view.last_hash()?);
@@ -75,7 +75,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         debug_assert_eq!(crate::seq_from_bytes(&key), view.first_seq);
     }
     if stats.events > 0 {
-        shared.db.flush()?;
+        shared.sync()?;
         metrics::counter!("auditrail_spool_expired_events_total").increment(stats.events);
         tracing::info!(events = stats.events, "removed events past retention");
     }

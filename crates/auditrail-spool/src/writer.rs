@@ -5,17 +5,23 @@
 //! every batch that is waiting, fsyncs once, and only then answers all of
 //! their appends. While one fsync runs the writer prepares the next batch, so
 //! concurrent requests share fsyncs and the disk is never idle for CPU work.
+//!
+//! Every queue between them is bounded: appends wait for room in the
+//! writer's queue, the writer waits when the flusher is behind, and index
+//! digests that find the indexer's queue full are left for the indexer to
+//! read back from sled.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
 use auditrail_model::AuditEvent;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::BatchBuilder;
 use crate::dedup::event_key;
+use crate::failstop::{lock, FailedOp};
 use crate::index::IndexDigest;
 use crate::{seq_key, Appended, Shared, SpoolError};
 
@@ -23,25 +29,54 @@ use crate::{seq_key, Appended, Shared, SpoolError};
 /// does not wait for the encoding of everything queued behind it.
 const MAX_EVENTS_PER_COMMIT: usize = 8192;
 
+/// Where an append's answer goes. Dropped unanswered (its thread panicked
+/// while holding it), it answers with an error itself, so no append waits
+/// on a thread that is gone.
+pub(crate) struct Reply(Option<oneshot::Sender<Result<Appended, SpoolError>>>);
+
+impl Reply {
+    pub(crate) fn new(sender: oneshot::Sender<Result<Appended, SpoolError>>) -> Self {
+        Reply(Some(sender))
+    }
+
+    fn send(mut self, result: Result<Appended, SpoolError>) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(result);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(sender) = self.0.take() {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            let _ = sender.send(Err(SpoolError::Failed {
+                op: FailedOp::Panic { thread },
+                cause: "the thread stopped before this append was made durable".into(),
+            }));
+        }
+    }
+}
+
 pub(crate) struct AppendJob {
     pub(crate) events: Vec<AuditEvent>,
-    pub(crate) reply: oneshot::Sender<Result<Appended, SpoolError>>,
+    pub(crate) reply: Reply,
 }
 
 pub(crate) struct FlushJob {
-    reply: oneshot::Sender<Result<Appended, SpoolError>>,
+    reply: Reply,
     appended: Appended,
     queued_at: Instant,
 }
 
 pub(crate) fn run_writer(
     shared: Arc<Shared>,
-    jobs: Receiver<AppendJob>,
-    flushes: Sender<FlushJob>,
-    index_feed: Sender<IndexDigest>,
+    mut jobs: mpsc::Receiver<AppendJob>,
+    flushes: SyncSender<Vec<FlushJob>>,
+    index_feed: SyncSender<IndexDigest>,
 ) {
     let mut last_hash = shared.initial_last_hash;
-    while let Ok(first) = jobs.recv() {
+    while let Some(first) = jobs.blocking_recv() {
         let mut taken = vec![first];
         let mut n = taken[0].events.len();
         while n < MAX_EVENTS_PER_COMMIT {
@@ -54,26 +89,37 @@ pub(crate) fn run_writer(
             }
         }
         let started = Instant::now();
-        if shared.over_quota() {
+        // A stopped spool writes nothing more, not even a duplicate's
+        // acknowledgement (see `failstop.rs`).
+        if let Err(refusal) = shared.failure.check().and_then(|()| {
+            if shared.over_quota() {
+                Err(shared.quota_error())
+            } else {
+                Ok(())
+            }
+        }) {
             for job in taken {
-                let _ = job.reply.send(Err(shared.quota_error()));
+                job.reply.send(Err(refusal.clone()));
             }
             continue;
         }
         match write_batch(&shared, &mut last_hash, taken) {
             Ok((done, digests)) => {
-                for job in done {
-                    let _ = flushes.send(job);
-                }
+                // Blocks while the flusher is FLUSH_QUEUE commits behind;
+                // fails only when the flusher is gone, and then the
+                // replies answer for themselves as they drop.
+                let _ = flushes.send(done);
                 for digest in digests {
-                    let _ = index_feed.send(digest);
+                    // When the queue is full, the indexer digests the batch
+                    // from sled instead.
+                    let _ = index_feed.try_send(digest);
                 }
             }
             Err((error, taken_back)) => {
                 tracing::error!(%error, "spool write failed");
                 metrics::counter!("auditrail_spool_errors_total", "op" => "write").increment(1);
                 for reply in taken_back {
-                    let _ = reply.send(Err(error.clone()));
+                    reply.send(Err(error.clone()));
                 }
             }
         }
@@ -81,7 +127,7 @@ pub(crate) fn run_writer(
     }
 }
 
-type Replies = Vec<oneshot::Sender<Result<Appended, SpoolError>>>;
+type Replies = Vec<Reply>;
 
 fn write_batch(
     shared: &Shared,
@@ -95,7 +141,7 @@ fn write_batch(
         .map(encoded_size_hint)
         .sum();
     let mut values = BatchValues::new(first_seq, *last_hash, expected_bytes);
-    let mut dedup = shared.dedup.lock().expect("dedup lock");
+    let mut dedup = lock(&shared.dedup);
     let queued_at = Instant::now();
     let mut replies: Replies = Vec::with_capacity(taken.len());
     let mut done = Vec::with_capacity(taken.len());
@@ -255,14 +301,13 @@ impl BatchValues {
     }
 }
 
-pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<FlushJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut waiting = vec![first];
-        while let Ok(job) = jobs.try_recv() {
-            waiting.push(job);
+pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<Vec<FlushJob>>) {
+    while let Ok(mut waiting) = jobs.recv() {
+        while let Ok(more) = jobs.try_recv() {
+            waiting.extend(more);
         }
         let started = Instant::now();
-        let flushed = shared.db.flush();
+        let flushed = shared.sync();
         metrics::histogram!("auditrail_spool_fsync_seconds").record(started.elapsed());
         shared.refresh_disk_usage();
         match flushed {
@@ -287,18 +332,16 @@ pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<FlushJob>) {
                     duplicates += job.appended.duplicates;
                     metrics::histogram!("auditrail_spool_commit_wait_seconds")
                         .record(job.queued_at.elapsed());
-                    let _ = job.reply.send(Ok(job.appended));
+                    job.reply.send(Ok(job.appended));
                 }
                 metrics::counter!("auditrail_stored_events_total").increment(stored as u64);
                 metrics::counter!("auditrail_duplicate_events_total").increment(duplicates as u64);
                 shared.publish_gauges();
             }
-            Err(e) => {
-                let error = SpoolError::from(e);
-                tracing::error!(%error, "spool fsync failed; appends answered with an error");
-                metrics::counter!("auditrail_spool_errors_total", "op" => "fsync").increment(1);
+            Err(error) => {
+                // `sync` has stopped the spool, logged and counted it.
                 for job in waiting {
-                    let _ = job.reply.send(Err(error.clone()));
+                    job.reply.send(Err(error.clone()));
                 }
             }
         }

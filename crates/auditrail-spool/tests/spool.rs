@@ -666,3 +666,80 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
     );
     assert!(spool.verify().unwrap().is_intact());
 }
+
+/// Opens a spool that this process closed a moment ago (see [`reopen`]),
+/// returning whatever else the open says.
+fn reopen_result(dir: &std::path::Path) -> Result<Spool, SpoolError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Spool::open(SpoolConfig::new(dir, "node-a")) {
+            Err(SpoolError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A spool holding one append of ~3 MiB: more than a quarter of sled's
+/// segment, so sled keeps its batch value in a file under `blobs/`.
+/// Returns the non-empty blob files.
+async fn spool_with_a_blob(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let spool = open(dir);
+    let events: Vec<AuditEvent> = (0..3000)
+        .map(|i| {
+            let mut e = event(&format!("big{i}"), i, "u", "x");
+            e.body = "b".repeat(1024);
+            e
+        })
+        .collect();
+    spool.append(events).await.unwrap();
+    spool.close().unwrap();
+    drop(spool);
+    let blobs: Vec<_> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    assert!(!blobs.is_empty(), "a 3 MiB value must be a blob file");
+    blobs
+}
+
+#[tokio::test]
+async fn a_spool_with_an_emptied_blob_fails_to_open_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = spool_with_a_blob(dir.path()).await;
+    // What a power cut leaves of a blob file that was never fsync'd.
+    for blob in &blobs {
+        std::fs::File::create(blob).unwrap();
+    }
+    match reopen_result(dir.path()) {
+        Err(SpoolError::CorruptFile { path, reason }) => {
+            assert!(blobs.contains(&path), "{path:?} is not one of {blobs:?}");
+            assert!(reason.contains("0 bytes"), "{reason}");
+        }
+        Err(other) => panic!("expected CorruptFile naming a blob, got {other:?}"),
+        Ok(spool) => panic!(
+            "a spool whose data is gone must not open; it holds {} events",
+            spool.stats().events
+        ),
+    }
+}
+
+#[tokio::test]
+async fn an_empty_conf_is_rewritten_and_the_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    spool_with_a_blob(dir.path()).await;
+    // sled writes `conf` without fsync; a power cut can leave it empty.
+    std::fs::File::create(dir.path().join("conf")).unwrap();
+    let spool = reopen_result(dir.path()).unwrap();
+    assert_eq!(spool.stats().events, 3000);
+    assert_eq!(all(&spool).len(), 3000);
+    assert!(spool.verify().unwrap().problems.is_empty());
+    drop(spool);
+    assert!(
+        std::fs::metadata(dir.path().join("conf")).unwrap().len() > 8,
+        "sled wrote the parameters again"
+    );
+    reopen_result(dir.path()).unwrap();
+}

@@ -35,21 +35,23 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Ready means events are accepted: 503 only over the disk quota. A failing
-/// sink does not make the node unready (ingest goes on and the sink catches
-/// up later, which is the point); it shows in `sinks`, with its error.
+/// Ready means events are accepted: 503 over the disk quota, or once the
+/// spool has stopped after a failed fsync or a crashed spool thread (until a
+/// restart; `spool.error` says which). A failing sink does not make the node
+/// unready (ingest goes on and the sink catches up later, which is the
+/// point); it shows in `sinks`, with its error.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let quota = state.spool.check_quota();
-    let status = if quota.is_ok() {
+    let accepting = state.spool.check_accepting();
+    let status = if accepting.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
-        "ready": quota.is_ok(),
+        "ready": accepting.is_ok(),
         "spool": {
-            "accepting": quota.is_ok(),
-            "error": quota.err().map(|e| e.to_string()),
+            "accepting": accepting.is_ok(),
+            "error": accepting.err().map(|e| e.to_string()),
         },
         "sinks": state.pipeline.statuses(),
     });
