@@ -3,6 +3,8 @@
 //! do (OTel SDKs, OTLP requests, the admin API and the CLI).
 
 pub mod clickhouse;
+pub mod cutfs;
+pub mod load;
 pub mod mysql;
 pub mod sinks;
 
@@ -16,45 +18,48 @@ use serde_json::Value;
 
 /// The auditrail binary, built once per test process with the tests'
 /// profile, so a test never runs a stale binary.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("auditrail", "auditrail"))
+}
+
+/// Builds `bin` of `package` with the tests' profile and returns its path.
 ///
 /// It is built into its own target dir (`target/e2e`): a `cargo build -p
 /// auditrail` in the shared target dir can resolve features differently from
 /// the workspace build and relink `target/debug/auditrail` while another
 /// test process is running it.
-pub fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile> → target
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-        let target = profile_dir.parent().expect("target dir");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let e2e = target.join("e2e");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "auditrail",
-            "--bin",
-            "auditrail",
-            "--target-dir",
-        ]);
-        build.arg(&e2e);
-        if release {
-            build.arg("--release");
-        }
-        let status = build
-            .status()
-            .expect("running cargo build for the auditrail binary");
-        assert!(status.success(), "building the auditrail binary failed");
-        let bin = e2e
-            .join(if release { "release" } else { "debug" })
-            .join("auditrail");
-        assert!(bin.exists(), "no binary at {}", bin.display());
-        bin
-    })
+pub fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile> → target
+    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+    let target = profile_dir.parent().expect("target dir");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let e2e = target.join("e2e");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--target-dir",
+    ]);
+    build.arg(&e2e);
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    let path = e2e
+        .join(if release { "release" } else { "debug" })
+        .join(bin);
+    assert!(path.exists(), "no binary at {}", path.display());
+    path
 }
 
 /// A port that was free a moment ago.
@@ -69,6 +74,7 @@ pub fn free_port() -> u16 {
 pub struct Server {
     child: Option<Child>,
     pub dir: PathBuf,
+    spool: PathBuf,
     pub config_path: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -104,17 +110,31 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Server::try_start_at(dir, &dir.join("spool"), spool_keys, extra_tables, env)
+            .unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Starts a server whose config and log are in `dir` and whose spool is
+    /// `spool` (e.g. on a cutfs mount, whose contents a cut may drop); the
+    /// reason and the server's log if it does not come up.
+    pub fn try_start_at(
+        dir: &Path,
+        spool: &Path,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         // A port free a moment ago may be taken by another test process
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+            let mut server = Server::spawn(dir, spool, spool_keys, extra_tables, env);
             match server.wait_ready() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(log) if log.contains("Address already in use") && attempts < 3 => {
                     attempts += 1;
                 }
-                Err(log) => panic!("{log}"),
+                Err(log) => return Err(log),
             }
         }
     }
@@ -129,7 +149,7 @@ impl Server {
         env: &[(&str, &str)],
         within: Duration,
     ) -> (ExitStatus, String) {
-        let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+        let mut server = Server::spawn(dir, &dir.join("spool"), spool_keys, extra_tables, env);
         let mut child = server.child.take().expect("just spawned");
         let deadline = Instant::now() + within;
         loop {
@@ -149,10 +169,15 @@ impl Server {
     }
 
     /// Writes the config and starts the binary without waiting for it.
-    fn spawn(dir: &Path, spool_keys: &str, extra_tables: &str, env: &[(&str, &str)]) -> Server {
+    fn spawn(
+        dir: &Path,
+        spool: &Path,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
-        let spool = dir.join("spool");
         let config = format!(
             "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
@@ -171,6 +196,7 @@ impl Server {
         Server {
             child: Some(child),
             dir: dir.to_owned(),
+            spool: spool.to_owned(),
             config_path,
             grpc: ([127, 0, 0, 1], grpc).into(),
             http: ([127, 0, 0, 1], http).into(),
@@ -181,7 +207,7 @@ impl Server {
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.dir.join("spool")
+        self.spool.clone()
     }
 
     pub fn log(&self) -> String {
