@@ -38,7 +38,7 @@ pub enum DecodeError {
 impl AuditEvent {
     /// The event's canonical bytes (see the module docs for the rule).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.canonical_len_hint());
+        let mut out = Vec::with_capacity(self.canonical_len());
         self.write_canonical_bytes(&mut out);
         out
     }
@@ -72,12 +72,32 @@ impl AuditEvent {
         put_str(out, &self.scope_name);
     }
 
-    fn canonical_len_hint(&self) -> usize {
-        128 + self.body.len()
-            + self.attributes.len()
-            + self.resource_attributes.len()
-            + self.event_id.len()
-            + self.service_name.len()
+    /// The exact length of [`AuditEvent::canonical_bytes`], without
+    /// encoding: what the receiver's `max_event_bytes` limit measures.
+    pub fn canonical_len(&self) -> usize {
+        const FIXED: usize = 1 // version
+            + 8 * 4 // seq and the three times
+            + 4 * 2; // severity_number, trace_flags
+        let strings = [
+            &self.node,
+            &self.event_id,
+            &self.tenant,
+            &self.service_name,
+            &self.event_name,
+            &self.severity_text,
+            &self.actor_id,
+            &self.actor_name,
+            &self.client_address,
+            self.outcome.as_str(),
+            &self.target,
+            &self.trace_id,
+            &self.span_id,
+            &self.body,
+            &self.attributes,
+            &self.resource_attributes,
+            &self.scope_name,
+        ];
+        FIXED + strings.iter().map(|s| 4 + s.len()).sum::<usize>()
     }
 
     /// Reads canonical bytes back. `hash` and `prev_hash` are left zero: they
@@ -126,6 +146,9 @@ impl AuditEvent {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Unreachable from input: `map_request` rejects every event whose
+    // canonical bytes exceed `otlp::MAX_EVENT_BYTES` (1 GiB), so only an
+    // event built by hand with a 4 GiB field can get here.
     let len = u32::try_from(s.len()).expect("a field is far smaller than 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -206,6 +229,7 @@ mod tests {
     fn round_trips() {
         let event = sample();
         let bytes = event.canonical_bytes();
+        assert_eq!(bytes.len(), event.canonical_len());
         assert_eq!(bytes[0], VERSION);
         assert_eq!(AuditEvent::from_canonical_bytes(&bytes).unwrap(), event);
     }

@@ -17,4 +17,7 @@ pub mod otlp;
 pub use canonical::DecodeError;
 pub use chain::{chain_hash, Hash, GENESIS_HASH};
 pub use event::{AuditEvent, Outcome};
-pub use otlp::{map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord};
+pub use otlp::{
+    map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord, RequestCost,
+    MAX_EVENT_BYTES,
+};

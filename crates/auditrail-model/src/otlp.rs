@@ -1,5 +1,7 @@
 //! OTLP log records to [`AuditEvent`]s.
 
+use prost::Message;
+
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{any_value::Value, InstrumentationScope, KeyValue},
@@ -18,6 +20,68 @@ pub struct ReceiveContext {
     pub tenant: String,
     /// The receiver's clock when the request arrived.
     pub received_time_unix_nano: u64,
+    /// The largest event accepted, as [`AuditEvent::canonical_len`]; a record
+    /// whose event would be larger is rejected (`event_too_large`). Capped at
+    /// [`MAX_EVENT_BYTES`] whatever is asked.
+    pub max_event_bytes: usize,
+}
+
+/// The hard ceiling on one event's canonical bytes: far below the 4 GiB a
+/// canonical field's u32 length can frame, so no mapped event can make
+/// [`AuditEvent::canonical_bytes`] fail.
+pub const MAX_EVENT_BYTES: usize = 1 << 30;
+
+/// What mapping a request will cost, computed from the decoded request
+/// before any event is built (prost's `encoded_len` walks the message
+/// without allocating).
+///
+/// Every event carries its own copy of its resource's and scope's
+/// attributes, so a request with one large resource and many tiny records
+/// expands far past its own size. `expanded_bytes` counts each record with
+/// its resource and scope, as protobuf: the receiver compares it with the
+/// request's size to refuse such requests before they cost anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCost {
+    /// Log records in the request.
+    pub records: usize,
+    /// The sum over records of (resource + scope + record) encoded lengths.
+    pub expanded_bytes: u64,
+    /// The request's own encoded length.
+    pub request_bytes: u64,
+}
+
+impl RequestCost {
+    pub fn of(request: &ExportLogsServiceRequest) -> RequestCost {
+        let mut cost = RequestCost {
+            request_bytes: request.encoded_len() as u64,
+            ..RequestCost::default()
+        };
+        for resource_logs in &request.resource_logs {
+            let resource = resource_logs
+                .resource
+                .as_ref()
+                .map_or(0, Message::encoded_len) as u64;
+            for scope_logs in &resource_logs.scope_logs {
+                let scope = scope_logs.scope.as_ref().map_or(0, Message::encoded_len) as u64;
+                cost.records += scope_logs.log_records.len();
+                for record in &scope_logs.log_records {
+                    cost.expanded_bytes = cost
+                        .expanded_bytes
+                        .saturating_add(resource + scope + record.encoded_len() as u64);
+                }
+            }
+        }
+        cost
+    }
+
+    /// `expanded_bytes / request_bytes` (an empty request expands by 0).
+    pub fn expansion(&self) -> f64 {
+        if self.request_bytes == 0 {
+            0.0
+        } else {
+            self.expanded_bytes as f64 / self.request_bytes as f64
+        }
+    }
 }
 
 /// Why one record was not accepted.
@@ -73,7 +137,7 @@ pub fn map_request(request: &ExportLogsServiceRequest, ctx: &ReceiveContext) -> 
         for (scope_index, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
             let scope = ScopeView::new(&resource, scope_logs.scope.as_ref());
             for (record_index, record) in scope_logs.log_records.iter().enumerate() {
-                match map_record(&resource, &scope, record, ctx) {
+                match map_record(&resource, &scope, record, ctx).and_then(|e| check_size(e, ctx)) {
                     Ok(event) => mapped.events.push(event),
                     Err(rejected) => mapped.rejected.push(RejectedRecord {
                         resource_index,
@@ -99,8 +163,26 @@ impl AuditEvent {
     ) -> Result<AuditEvent, Rejected> {
         let resource_view = ResourceView::new(resource);
         let scope_view = ScopeView::new(&resource_view, scope);
-        map_record(&resource_view, &scope_view, record, ctx)
+        map_record(&resource_view, &scope_view, record, ctx).and_then(|e| check_size(e, ctx))
     }
+}
+
+/// Refuses an event over `max_event_bytes` (and always over
+/// [`MAX_EVENT_BYTES`]): one huge record must not spoil its request, and no
+/// field may outgrow what canonical bytes can frame.
+fn check_size(event: AuditEvent, ctx: &ReceiveContext) -> Result<AuditEvent, Rejected> {
+    let limit = ctx.max_event_bytes.min(MAX_EVENT_BYTES);
+    let len = event.canonical_len();
+    if len > limit {
+        return Err(Rejected::new(
+            "event_too_large",
+            format!(
+                "the event would be {len} bytes (with its resource and scope attributes), \
+                 over max_event_bytes ({limit} bytes)"
+            ),
+        ));
+    }
+    Ok(event)
 }
 
 struct ResourceView<'a> {
@@ -260,6 +342,7 @@ mod tests {
         ReceiveContext {
             tenant: "default".into(),
             received_time_unix_nano: 999,
+            max_event_bytes: 1 << 20,
         }
     }
 
@@ -419,5 +502,58 @@ mod tests {
             "resource_logs[0].scope_logs[0].log_records[0]: trace_id must be 16 bytes, got 15"
         );
         assert_eq!(mapped.events[1].trace_id, "", "all-zero id means no trace");
+    }
+
+    #[test]
+    fn cost_counts_each_record_with_its_resource_and_scope() {
+        let records = vec![LogRecord::default(); 3];
+        let req = request(records);
+        let cost = RequestCost::of(&req);
+        let resource = req.resource_logs[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .encoded_len() as u64;
+        let scope = req.resource_logs[0].scope_logs[0]
+            .scope
+            .as_ref()
+            .unwrap()
+            .encoded_len() as u64;
+        assert_eq!(cost.records, 3);
+        assert_eq!(cost.expanded_bytes, 3 * (resource + scope));
+        assert_eq!(cost.request_bytes, req.encoded_len() as u64);
+        assert!(cost.expansion() > 1.0);
+        assert_eq!(RequestCost::of(&Default::default()).expansion(), 0.0);
+    }
+
+    #[test]
+    fn an_event_over_max_event_bytes_is_rejected_alone() {
+        let big = LogRecord {
+            body: Some(AnyValue {
+                value: Some(Value::StringValue("x".repeat(2000))),
+            }),
+            ..Default::default()
+        };
+        let small = LogRecord::default();
+        let limited = ReceiveContext {
+            max_event_bytes: 1500,
+            ..ctx()
+        };
+        let mapped = map_request(&request(vec![small, big]), &limited);
+        assert_eq!(mapped.events.len(), 1);
+        assert_eq!(mapped.rejected.len(), 1);
+        let rejected = &mapped.rejected[0];
+        assert_eq!(rejected.record_index, 1);
+        assert_eq!(rejected.rejected.reason, "event_too_large");
+        assert!(
+            rejected
+                .rejected
+                .message
+                .contains("max_event_bytes (1500 bytes)"),
+            "{}",
+            rejected.rejected.message
+        );
+        let event = &mapped.events[0];
+        assert_eq!(event.canonical_len(), event.canonical_bytes().len());
     }
 }

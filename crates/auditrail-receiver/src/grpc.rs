@@ -37,19 +37,28 @@ impl LogsService for Logs {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let request = request.into_inner();
+        // tonic decoded it from the (decompressed) frame, so the frame's
+        // size is the message's encoded length.
         let size = request.encoded_len();
-        match self.0.export(request, Transport::Grpc, size).await {
+        match self.0.export(request, Transport::Grpc, size, size).await {
             Ok(response) => Ok(Response::new(response)),
-            Err(e @ IngestError::QuotaExceeded(_)) => Err(Status::with_error_details(
-                Code::ResourceExhausted,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
-            )),
-            Err(e @ IngestError::Unavailable(_)) => Err(Status::with_error_details(
-                Code::Unavailable,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
-            )),
+            Err(e) => {
+                let code = match e {
+                    IngestError::Unavailable(_) => Code::Unavailable,
+                    IngestError::QuotaExceeded(_)
+                    | IngestError::TooLarge { .. }
+                    | IngestError::Busy { .. } => Code::ResourceExhausted,
+                };
+                Err(if e.retryable() {
+                    Status::with_error_details(
+                        code,
+                        e.to_string(),
+                        ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
+                    )
+                } else {
+                    Status::new(code, e.to_string())
+                })
+            }
         }
     }
 }
@@ -101,11 +110,21 @@ pub async fn serve_grpc(
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let config = ingest.config().clone();
     tonic::transport::Server::builder()
+        // The deadline of the whole call, reading the body included: a
+        // client that sends half a frame and stalls is answered CANCELLED
+        // and its stream closed (a shorter `grpc-timeout` from the client wins).
+        .timeout(config.body_read_timeout)
+        // A connection whose peer stops answering pings is closed.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_routes(grpc_routes(ingest))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(config.keepalive_interval)),
             shutdown,
         )
         .await

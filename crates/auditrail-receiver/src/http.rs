@@ -33,19 +33,70 @@ pub fn http_router(ingest: Arc<Ingest>) -> Router {
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then finishes
 /// the requests in flight.
+///
+/// hyper's server is driven directly, not through `axum::serve`, because
+/// only hyper's own builder can bound how long a client may take to send
+/// its headers (`header_read_timeout`): without it, a client that opens
+/// connections and sends half a request line holds them forever.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, http_router(ingest))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let config = ingest.config().clone();
+    let service = hyper_util::service::TowerToHyperService::new(http_router(ingest));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to
+                    // close instead of spinning.
+                    tracing::warn!(error = %e, "OTLP/HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tune_socket(&stream, config.keepalive_interval);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// TCP_NODELAY (without it an ack can sit out a delayed-ACK timer, ~40 ms)
+/// and TCP keepalive (so the connection of a peer that vanished is closed).
+fn tune_socket(stream: &tokio::net::TcpStream, keepalive: std::time::Duration) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,6 +112,8 @@ struct Refusal {
     message: String,
     encoding: Encoding,
     retry_after: Option<u64>,
+    /// Refusals from [`Ingest::export`] are counted and logged there.
+    counted: bool,
 }
 
 impl Refusal {
@@ -76,6 +129,7 @@ impl Refusal {
             message: message.into(),
             encoding,
             retry_after: None,
+            counted: false,
         }
     }
 
@@ -91,16 +145,14 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let reason = match self.http {
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::TOO_MANY_REQUESTS => "quota",
-            StatusCode::SERVICE_UNAVAILABLE => "storage",
-            StatusCode::NOT_FOUND => "not_served",
-            _ => "malformed",
-        };
-        if !matches!(reason, "quota" | "storage") {
-            // Quota and storage refusals are counted and logged where they happen.
+        if !self.counted {
+            let reason = match self.http {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                StatusCode::NOT_FOUND => "not_served",
+                StatusCode::REQUEST_TIMEOUT => "timeout",
+                _ => "malformed",
+            };
             metrics::counter!("auditrail_refused_requests_total", "reason" => reason).increment(1);
             tracing::warn!(status = %self.http, reason, message = %self.message, "OTLP/HTTP request refused");
         }
@@ -178,7 +230,21 @@ async fn read_and_export(
             encoding,
         )
     };
-    let wire = axum::body::to_bytes(body, max).await.map_err(|e| {
+    let timeout = ingest.config().body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                code::DEADLINE_EXCEEDED,
+                format!(
+                    "the request body did not arrive within body_read_timeout ({})",
+                    humantime::format_duration(timeout)
+                ),
+                encoding,
+            )
+        })?;
+    let wire = read.map_err(|e| {
         let over_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over_limit {
@@ -206,23 +272,28 @@ async fn read_and_export(
             )
         })?,
     };
+    let plain_len = plain.len();
     drop(plain);
     let transport = match encoding {
         Encoding::Protobuf => Transport::HttpProtobuf,
         Encoding::Json => Transport::HttpJson,
     };
     let retry_after = ingest.config().retry_after.as_secs().max(1);
-    match ingest.export(request, transport, wire_len).await {
+    match ingest.export(request, transport, wire_len, plain_len).await {
         Ok(response) => Ok(encode(&response, encoding, StatusCode::OK)),
         Err(e) => {
             let (http, grpc_code) = match e {
-                IngestError::QuotaExceeded(_) => {
+                IngestError::QuotaExceeded(_) | IngestError::Busy { .. } => {
                     (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED)
+                }
+                IngestError::TooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED)
                 }
                 IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
             };
             Err(Refusal {
-                retry_after: Some(retry_after),
+                retry_after: e.retryable().then_some(retry_after),
+                counted: true,
                 ..Refusal::new(http, grpc_code, e.to_string(), encoding)
             })
         }
@@ -271,7 +342,13 @@ fn decompress(
         .to_ascii_lowercase();
     let mut reader: Box<dyn Read + '_> = match name.as_str() {
         "" | "identity" => return Ok(wire),
-        "gzip" => Box::new(flate2::read::GzDecoder::new(wire.as_ref())),
+        // RFC 1952: a gzip file is a series of members, each a whole gzip
+        // stream; they decompress to the concatenation. GzDecoder would stop
+        // after the first and ignore the rest. Bytes after the last member
+        // that do not start another one are an error, not ignored.
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(wire.as_ref())),
+        // zstd's decoder reads every frame (concatenated frames are legal)
+        // and fails on trailing bytes that are not a frame.
         "zstd" => Box::new(
             zstd::stream::read::Decoder::new(wire.as_ref()).map_err(|e| {
                 Decompress::Refused(Refusal::bad_request(format!("zstd body: {e}"), encoding))
@@ -301,4 +378,54 @@ fn decompress(
         return Err(Decompress::TooLarge);
     }
     Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(bytes, 1).unwrap()
+    }
+
+    fn run(encoding: &str, body: Vec<u8>) -> Result<Bytes, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
+        decompress(&headers, body.into(), 1 << 20, Encoding::Json).map_err(|e| match e {
+            Decompress::TooLarge => "too large".to_string(),
+            Decompress::Refused(r) => r.message,
+        })
+    }
+
+    #[test]
+    fn every_gzip_member_is_read() {
+        let body = [gzip(b"first,"), gzip(b"second")].concat();
+        assert_eq!(run("gzip", body).unwrap().as_ref(), b"first,second");
+    }
+
+    #[test]
+    fn bytes_after_the_gzip_stream_are_refused() {
+        let mut body = gzip(b"{}");
+        body.extend_from_slice(b"trailing junk");
+        let err = run("gzip", body).unwrap_err();
+        assert!(err.contains("gzip body does not decompress"), "{err}");
+    }
+
+    #[test]
+    fn every_zstd_frame_is_read_and_trailing_bytes_refused() {
+        let body = [zstd(b"first,"), zstd(b"second")].concat();
+        assert_eq!(run("zstd", body).unwrap().as_ref(), b"first,second");
+        let mut body = zstd(b"{}");
+        body.extend_from_slice(b"trailing junk");
+        let err = run("zstd", body).unwrap_err();
+        assert!(err.contains("zstd body does not decompress"), "{err}");
+    }
 }

@@ -3,17 +3,45 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auditrail_model::{map_request, ReceiveContext};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use auditrail_model::{map_request, ReceiveContext, RequestCost};
 use auditrail_spool::{Spool, SpoolError};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 
 /// Limits and identity shared by both transports.
+///
+/// Together the limits bound what one request, and all requests at once,
+/// can cost: a request is at most `max_request_bytes` decompressed, expands
+/// into events of at most `max_request_expansion` times its size, and is
+/// admitted only while the bytes held by requests being mapped and stored
+/// stay under `max_in_flight_bytes` (see [`Ingest::export`]).
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
     /// Largest request accepted, after decompression.
     pub max_request_bytes: usize,
+    /// Most log records in one request.
+    pub max_records_per_request: usize,
+    /// Refuse a request whose records, each counted with its resource and
+    /// scope, add up to more than this many times the request's size.
+    pub max_request_expansion: u32,
+    /// Largest event (canonical bytes); a larger record is rejected alone.
+    pub max_event_bytes: usize,
+    /// Bytes that all requests being mapped and stored may hold at once;
+    /// above it requests are answered 429 / RESOURCE_EXHAUSTED with a retry hint.
+    pub max_in_flight_bytes: usize,
+    /// OTLP/HTTP: how long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body (OTLP/HTTP:
+    /// 408; OTLP/gRPC: the request's deadline, CANCELLED).
+    pub body_read_timeout: Duration,
+    /// OTLP/gRPC: HTTP/2 ping interval; a client that does not answer within
+    /// `keepalive_timeout` is disconnected. Both listeners also set TCP
+    /// keepalive to this interval, so a vanished peer's connection is closed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     /// The tenant recorded for every event (until auth assigns one per token).
     pub tenant: String,
     /// How long a client is told to wait when the spool is full.
@@ -24,11 +52,29 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             max_request_bytes: 16 << 20,
+            max_records_per_request: 65_536,
+            max_request_expansion: 32,
+            max_event_bytes: 1 << 20,
+            max_in_flight_bytes: 256 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
             tenant: "default".into(),
             retry_after: Duration::from_secs(5),
         }
     }
 }
+
+/// What one mapped event costs in memory beyond its strings' bytes (the
+/// struct, allocator slack, the spool's batch buffer entry), for the
+/// in-flight account. An estimate; it keeps requests of many tiny records
+/// from looking free.
+const EVENT_OVERHEAD_BYTES: u64 = 512;
+
+/// The in-flight account counts in KiB, so that a u32 permit count covers
+/// any byte budget that fits in memory.
+const PERMIT_BYTES: u64 = 1024;
 
 /// Which receiver a request came through, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +101,62 @@ pub enum IngestError {
     QuotaExceeded(SpoolError),
     #[error("events could not be stored durably: {0}")]
     Unavailable(SpoolError),
+    /// Over a per-request limit: sending it again will not help (HTTP 413,
+    /// gRPC RESOURCE_EXHAUSTED without a retry hint).
+    #[error("{message}")]
+    TooLarge {
+        /// The config key that refused it, e.g. `max_records_per_request`.
+        limit: &'static str,
+        message: String,
+    },
+    /// Requests in flight hold `max_in_flight_bytes` already: backpressure
+    /// (HTTP 429, gRPC RESOURCE_EXHAUSTED, both with a retry hint).
+    #[error(
+        "the server is busy: this request needs {needed} bytes of the \
+         max_in_flight_bytes ({limit} bytes) held by requests in flight; retry later"
+    )]
+    Busy { needed: u64, limit: u64 },
+}
+
+impl IngestError {
+    /// The `reason` label of `auditrail_refused_requests_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::QuotaExceeded(_) => "quota",
+            IngestError::Unavailable(_) => "storage",
+            IngestError::TooLarge { limit, .. } => limit,
+            IngestError::Busy { .. } => "max_in_flight_bytes",
+        }
+    }
+
+    /// Whether the client should retry later (a retry hint goes with it).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            IngestError::QuotaExceeded(_) | IngestError::Unavailable(_) | IngestError::Busy { .. }
+        )
+    }
 }
 
 /// Maps, stores and acknowledges export requests.
 pub struct Ingest {
     spool: Arc<Spool>,
     config: ReceiverConfig,
+    /// The in-flight account, in KiB (`PERMIT_BYTES`).
+    in_flight: Arc<Semaphore>,
+    in_flight_permits: u32,
 }
 
 impl Ingest {
     pub fn new(spool: Arc<Spool>, config: ReceiverConfig) -> Arc<Ingest> {
-        Arc::new(Ingest { spool, config })
+        let in_flight_permits =
+            u32::try_from(config.max_in_flight_bytes as u64 / PERMIT_BYTES).unwrap_or(u32::MAX);
+        Arc::new(Ingest {
+            spool,
+            in_flight: Arc::new(Semaphore::new(in_flight_permits as usize)),
+            in_flight_permits,
+            config,
+        })
     }
 
     pub fn config(&self) -> &ReceiverConfig {
@@ -74,22 +165,111 @@ impl Ingest {
 
     /// Stores the acceptable records of `request` and says which were not.
     /// Returns only after every accepted record is fsync'd in the spool.
+    ///
+    /// `wire_bytes` is the request as it arrived (for the size histogram),
+    /// `decoded_bytes` its decompressed body, which it holds in memory.
     pub async fn export(
         &self,
         request: ExportLogsServiceRequest,
         transport: Transport,
         wire_bytes: usize,
+        decoded_bytes: usize,
+    ) -> Result<ExportLogsServiceResponse, IngestError> {
+        let result = self
+            .admit_and_store(request, transport, wire_bytes, decoded_bytes)
+            .await;
+        if let Err(e) = &result {
+            let reason = e.reason();
+            metrics::counter!("auditrail_refused_requests_total", "reason" => reason).increment(1);
+            match e {
+                IngestError::Unavailable(_) => {
+                    tracing::error!(error = %e, "request refused: events could not be stored")
+                }
+                _ => tracing::warn!(error = %e, reason, "request refused"),
+            }
+        }
+        result
+    }
+
+    /// Checks the request against the limits, in the order of their cost to
+    /// check: all of them before a single event is built.
+    fn admit(
+        &self,
+        cost: &RequestCost,
+        decoded_bytes: usize,
+    ) -> Result<OwnedSemaphorePermit, IngestError> {
+        let config = &self.config;
+        if cost.records > config.max_records_per_request {
+            return Err(IngestError::TooLarge {
+                limit: "max_records_per_request",
+                message: format!(
+                    "the request holds {} log records, over max_records_per_request ({}); \
+                     send smaller batches",
+                    cost.records, config.max_records_per_request
+                ),
+            });
+        }
+        let allowed = cost
+            .request_bytes
+            .saturating_mul(u64::from(config.max_request_expansion));
+        if cost.expanded_bytes > allowed {
+            return Err(IngestError::TooLarge {
+                limit: "max_request_expansion",
+                message: format!(
+                    "the request's {} records, each with its resource and scope, come to {} bytes: \
+                     {:.0} times the request's {} bytes, over max_request_expansion ({}); \
+                     send fewer records per resource or a smaller resource",
+                    cost.records,
+                    cost.expanded_bytes,
+                    cost.expansion(),
+                    cost.request_bytes,
+                    config.max_request_expansion
+                ),
+            });
+        }
+        let needed = (decoded_bytes as u64)
+            .saturating_add(cost.expanded_bytes)
+            .saturating_add(EVENT_OVERHEAD_BYTES.saturating_mul(cost.records as u64));
+        let limit = config.max_in_flight_bytes as u64;
+        let permits = needed.div_ceil(PERMIT_BYTES);
+        if permits > u64::from(self.in_flight_permits) {
+            return Err(IngestError::TooLarge {
+                limit: "max_in_flight_bytes",
+                message: format!(
+                    "the request needs {needed} bytes to map and store, more than \
+                     max_in_flight_bytes ({limit} bytes) allows at all; send smaller batches"
+                ),
+            });
+        }
+        // Never wait for room: a client told to retry later frees its
+        // connection, a queue of waiting requests would hold their bodies.
+        self.in_flight
+            .clone()
+            .try_acquire_many_owned(permits as u32)
+            .map_err(|_| IngestError::Busy { needed, limit })
+    }
+
+    async fn admit_and_store(
+        &self,
+        request: ExportLogsServiceRequest,
+        transport: Transport,
+        wire_bytes: usize,
+        decoded_bytes: usize,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         let label = transport.label();
         metrics::histogram!("auditrail_request_bytes", "transport" => label)
             .record(wire_bytes as f64);
+        let cost = RequestCost::of(&request);
+        // Held until the events are stored (or refused) and dropped.
+        let _in_flight = self.admit(&cost, decoded_bytes)?;
         // Refuse before mapping, so a full spool costs no CPU per record.
-        if let Err(e) = self.spool.check_quota() {
-            return Err(refused_for_quota(e));
-        }
+        self.spool
+            .check_quota()
+            .map_err(IngestError::QuotaExceeded)?;
         let ctx = ReceiveContext {
             tenant: self.config.tenant.clone(),
             received_time_unix_nano: now_unix_nano(),
+            max_event_bytes: self.config.max_event_bytes,
         };
         let mapped = map_request(&request, &ctx);
         drop(request);
@@ -104,13 +284,8 @@ impl Ingest {
         let started = std::time::Instant::now();
         match self.spool.append(mapped.events).await {
             Ok(_) => {}
-            Err(e @ SpoolError::QuotaExceeded { .. }) => return Err(refused_for_quota(e)),
-            Err(e) => {
-                metrics::counter!("auditrail_refused_requests_total", "reason" => "storage")
-                    .increment(1);
-                tracing::error!(error = %e, "request refused: events could not be stored");
-                return Err(IngestError::Unavailable(e));
-            }
+            Err(e @ SpoolError::QuotaExceeded { .. }) => return Err(IngestError::QuotaExceeded(e)),
+            Err(e) => return Err(IngestError::Unavailable(e)),
         }
         metrics::histogram!("auditrail_append_latency_seconds").record(started.elapsed());
 
@@ -137,12 +312,6 @@ impl Ingest {
         });
         Ok(ExportLogsServiceResponse { partial_success })
     }
-}
-
-fn refused_for_quota(e: SpoolError) -> IngestError {
-    metrics::counter!("auditrail_refused_requests_total", "reason" => "quota").increment(1);
-    tracing::warn!(error = %e, "request refused: spool disk quota reached");
-    IngestError::QuotaExceeded(e)
 }
 
 /// What both transports answer to traces and metrics: a plain refusal

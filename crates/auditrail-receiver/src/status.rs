@@ -19,6 +19,7 @@ pub(crate) struct Status {
 /// the code that gRPC would have given).
 pub(crate) mod code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const UNIMPLEMENTED: i32 = 12;
     pub const UNAVAILABLE: i32 = 14;

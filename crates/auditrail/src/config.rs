@@ -59,9 +59,51 @@ pub struct ReceiverSection {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub max_request_bytes: ByteSize,
+    /// Most log records in one request (more: 413 / RESOURCE_EXHAUSTED).
+    pub max_records_per_request: usize,
+    /// Refuse a request whose records, each counted with its resource and
+    /// scope, come to more than this many times the request's size.
+    pub max_request_expansion: u32,
+    /// Largest event; a record whose event would be larger is rejected in
+    /// `partial_success`.
+    pub max_event_bytes: ByteSize,
+    /// Bytes all requests being mapped and stored may hold at once; above it
+    /// 429 / RESOURCE_EXHAUSTED with a retry hint.
+    pub max_in_flight_bytes: ByteSize,
+    /// OTLP/HTTP: time allowed for a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request body (gRPC: the whole call).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// HTTP/2 ping and TCP keepalive interval.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A connection whose peer does not answer an HTTP/2 ping within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// What a refused client is told to wait before retrying.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+}
+
+impl ReceiverSection {
+    /// The receiver's limits (the tenant is the receiver's default).
+    pub fn receiver_config(&self) -> auditrail_receiver::ReceiverConfig {
+        auditrail_receiver::ReceiverConfig {
+            max_request_bytes: self.max_request_bytes.as_u64() as usize,
+            max_records_per_request: self.max_records_per_request,
+            max_request_expansion: self.max_request_expansion,
+            max_event_bytes: self.max_event_bytes.as_u64() as usize,
+            max_in_flight_bytes: self.max_in_flight_bytes.as_u64() as usize,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            retry_after: self.retry_after,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for ReceiverSection {
@@ -70,6 +112,14 @@ impl Default for ReceiverSection {
             grpc_addr: ([127, 0, 0, 1], 4317).into(),
             http_addr: ([127, 0, 0, 1], 4318).into(),
             max_request_bytes: ByteSize::mib(16),
+            max_records_per_request: 65_536,
+            max_request_expansion: 32,
+            max_event_bytes: ByteSize::mib(1),
+            max_in_flight_bytes: ByteSize::mib(256),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
             retry_after: Duration::from_secs(5),
         }
     }
@@ -156,6 +206,33 @@ impl Config {
         let max_request = self.receiver.max_request_bytes.as_u64();
         if !(1024..=1 << 30).contains(&max_request) {
             return Err("receiver.max_request_bytes must be between 1KiB and 1GiB".into());
+        }
+        let r = &self.receiver;
+        if !(1024..=auditrail_model::MAX_EVENT_BYTES as u64).contains(&r.max_event_bytes.as_u64()) {
+            return Err("receiver.max_event_bytes must be between 1KiB and 1GiB".into());
+        }
+        if r.max_records_per_request == 0 {
+            return Err("receiver.max_records_per_request must be at least 1".into());
+        }
+        if r.max_request_expansion == 0 {
+            return Err("receiver.max_request_expansion must be at least 1".into());
+        }
+        if r.max_in_flight_bytes < r.max_request_bytes {
+            return Err(
+                "receiver.max_in_flight_bytes must be at least receiver.max_request_bytes \
+                 (or the largest requests could never be taken)"
+                    .into(),
+            );
+        }
+        for (key, value) in [
+            ("header_read_timeout", r.header_read_timeout),
+            ("body_read_timeout", r.body_read_timeout),
+            ("keepalive_interval", r.keepalive_interval),
+            ("keepalive_timeout", r.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("receiver.{key} must be longer than 0s"));
+            }
         }
         if self.receiver.grpc_addr == self.receiver.http_addr
             || self.receiver.grpc_addr == self.admin.addr
@@ -350,7 +427,46 @@ table = "audit_events"
             .unwrap_err()
             .to_string();
         assert!(err.contains("between 1KiB and 1GiB"), "{err}");
-        assert!(parse("[receiver]\nmax_request_bytes = \"1GiB\"\n").is_ok());
+        assert!(parse(
+            "[receiver]\nmax_request_bytes = \"1GiB\"\nmax_in_flight_bytes = \"4GiB\"\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn receiver_limits_have_defaults_and_bounds() {
+        let config = parse("").unwrap().receiver.receiver_config();
+        assert_eq!(config.max_records_per_request, 65_536);
+        assert_eq!(config.max_request_expansion, 32);
+        assert_eq!(config.max_event_bytes, 1 << 20);
+        assert_eq!(config.max_in_flight_bytes, 256 << 20);
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(30));
+        let set = parse(
+            "[receiver]\nmax_records_per_request = 10\nmax_request_expansion = 4\n\
+             max_event_bytes = \"64KiB\"\nmax_in_flight_bytes = \"1GiB\"\nbody_read_timeout = \"2s\"\n",
+        )
+        .unwrap()
+        .receiver
+        .receiver_config();
+        assert_eq!(
+            (set.max_records_per_request, set.max_request_expansion),
+            (10, 4)
+        );
+        assert_eq!(set.max_event_bytes, 64 << 10);
+        assert_eq!(set.body_read_timeout, Duration::from_secs(2));
+        for (bad, named) in [
+            ("max_records_per_request = 0", "max_records_per_request"),
+            ("max_request_expansion = 0", "max_request_expansion"),
+            ("max_event_bytes = \"2GiB\"", "max_event_bytes"),
+            ("max_in_flight_bytes = \"1MiB\"", "max_in_flight_bytes"),
+            ("header_read_timeout = \"0s\"", "header_read_timeout"),
+        ] {
+            let err = parse(&format!("[receiver]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]

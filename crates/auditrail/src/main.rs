@@ -1,13 +1,6 @@
-//! The `auditrail` binary: command line, config, and wiring of the spool,
-//! receivers and admin API into one process.
-
-mod admin;
-mod client;
-mod config;
-mod dead_letters;
-mod output;
-mod query_args;
-mod serve;
+//! The `auditrail` binary: the command line. Config, wiring of the spool,
+//! receivers and admin API into one process, and the commands themselves
+//! live in the `auditrail` library (`lib.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use auditrail::config::Config;
+use auditrail::{client, dead_letters, serve};
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use auditrail_exporters::Pipeline;
-use auditrail_receiver::{serve_grpc, serve_http, Ingest, ReceiverConfig};
+use auditrail_receiver::{serve_grpc, serve_http, Ingest};
 use auditrail_spool::{Spool, SpoolConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -31,14 +31,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("starting the sinks")?,
     );
 
-    let ingest = Ingest::new(
-        spool.clone(),
-        ReceiverConfig {
-            max_request_bytes: config.receiver.max_request_bytes.as_u64() as usize,
-            tenant: "default".into(),
-            retry_after: config.receiver.retry_after,
-        },
-    );
+    let ingest = Ingest::new(spool.clone(), config.receiver.receiver_config());
     let bind = |addr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await

@@ -1,0 +1,14 @@
+//! The `auditrail` binary's library: config, CLI pieces, pipeline wiring,
+//! the admin API and metrics.
+//!
+//! `main.rs` is only the command line; everything it runs lives here, so
+//! that the fuzz targets (`fuzz/`) and tests can drive the same config
+//! parser and query filters the binary uses.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod dead_letters;
+pub mod output;
+pub mod query_args;
+pub mod serve;
