@@ -657,7 +657,7 @@ async fn unknown_database_and_bad_credentials_are_misconfigured() {
     ));
     let error = down.prepare().await.unwrap_err();
     assert_eq!(
-        (error.class.clone(), error.kind),
+        (error.class, error.kind),
         (ErrorClass::Retryable, "connection"),
         "{error}"
     );
@@ -730,7 +730,7 @@ async fn rows_the_server_rejects_are_permanent() {
         .await
         .expect_err("an unknown table");
     assert_eq!(
-        (error.class.clone(), error.kind),
+        (error.class, error.kind),
         (ErrorClass::Misconfigured, "schema"),
         "{error}"
     );
