@@ -452,7 +452,7 @@ impl SinkShared {
         let mut work = vec![events];
         while let Some(mut chunk) = work.pop() {
             let mut backoff = self.backoff();
-            let mut attempts = Attempts::new(&self, &chunk);
+            let mut attempts = Attempts::new(&self.health, self.config.stuck_after, &chunk);
             loop {
                 let started = Instant::now();
                 match self.attempt(self.exporter.export(&chunk)).await {
@@ -499,7 +499,11 @@ impl SinkShared {
     async fn dead_letter(&self, event: &AuditEvent, reason: &str) {
         tracing::warn!(sink = %self.name, seq = event.seq, event_id = %event.event_id, reason, "sink rejected an event; it is dead-lettered and delivery goes on");
         let mut backoff = self.backoff();
-        let mut attempts = Attempts::new(self, std::slice::from_ref(event));
+        let mut attempts = Attempts::new(
+            &self.health,
+            self.config.stuck_after,
+            std::slice::from_ref(event),
+        );
         loop {
             let spool = self.spool.clone();
             let name = self.name.clone();
@@ -629,11 +633,11 @@ struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    fn new(sink: &'a SinkShared, events: &[AuditEvent]) -> Self {
+    fn new(health: &'a Health, stuck_after: u32, events: &[AuditEvent]) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Attempts {
-            health: &sink.health,
-            stuck_after: sink.config.stuck_after,
+            health,
+            stuck_after,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             first_seq: events.first().map_or(0, |e| e.seq),
             last_seq: events.last().map_or(0, |e| e.seq),
@@ -702,4 +706,60 @@ fn now_unix_nano() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(first: u64, last: u64) -> Vec<AuditEvent> {
+        (first..=last)
+            .map(|seq| AuditEvent {
+                seq,
+                ..AuditEvent::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_stuck_after_the_same_error_n_times_and_clears_when_it_goes_through() {
+        let health = Health::new("s", "mysql", 0);
+        let timeout = ExportError::retryable("timeout", "no answer within 30s");
+        let refused = ExportError::retryable("connection", "Connection refused");
+        let batch = events(11, 20);
+        let mut attempts = Attempts::new(&health, 3, &batch);
+        attempts.failed(&timeout);
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck, None);
+        // Another kind of error starts the count again.
+        attempts.failed(&refused);
+        attempts.failed(&timeout);
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck, None);
+        attempts.failed(&timeout);
+        let status = health.snapshot();
+        assert_eq!(status.state, "stuck");
+        let stuck = status.stuck.expect("stuck");
+        assert_eq!(
+            (stuck.first_seq, stuck.last_seq, stuck.attempts),
+            (11, 20, 3)
+        );
+        assert_eq!(stuck.error, "timeout: no answer within 30s");
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck.expect("still stuck").attempts, 4);
+
+        // A second stuck batch: the one with the lower seqs is shown.
+        let earlier = events(1, 10);
+        let mut other = Attempts::new(&health, 1, &earlier);
+        other.failed(&refused);
+        assert_eq!(health.snapshot().stuck.expect("stuck").first_seq, 1);
+        drop(other);
+        assert_eq!(health.snapshot().stuck.expect("stuck").first_seq, 11);
+
+        // The batch goes through (its tracker ends): not stuck any more.
+        drop(attempts);
+        health.succeeded();
+        let status = health.snapshot();
+        assert_eq!((status.state, status.stuck), ("delivering", None));
+    }
 }
