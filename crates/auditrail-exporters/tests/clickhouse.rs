@@ -756,3 +756,97 @@ async fn rows_the_server_rejects_are_permanent() {
     );
     query(legacy, &format!("DROP DATABASE {db}")).await;
 }
+
+/// `count` events of `node` from seq 1, `step_days` apart from 2000-01-01:
+/// an honest backfill spanning more partitions than one INSERT may touch
+/// (ClickHouse's `max_partitions_per_insert_block`, 100 by default).
+fn spread(node: &str, count: u64, step_days: u64) -> Vec<AuditEvent> {
+    const Y2000: u64 = 946_684_800_000_000_000;
+    let mut batch = events(node, 1..=count);
+    for e in &mut batch {
+        e.time_unix_nano = Y2000 + (e.seq - 1) * step_days * 86_400_000_000_000 + e.seq;
+        e.observed_time_unix_nano = e.time_unix_nano;
+    }
+    batch
+}
+
+/// (7) A batch whose times span more than 100 partitions (months in the
+/// `auditrail` table, days in `otel_logs`) goes through, once, and a retry
+/// of it adds nothing: each INSERT the sink sends touches at most 100
+/// partitions and carries a token naming its own events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_more_partitions_than_an_insert_may_touch_goes_through() {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    // The engine's own limit, so the test proves what it claims.
+    let limit = select(
+        url,
+        "SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'",
+    )
+    .await;
+    assert_eq!(limit[0]["value"], "100", "{limit:?}");
+
+    for (table, schema, step_days, partitions) in [
+        ("audit_events", "auditrail", 31, "uniqExact(toYYYYMM(time))"),
+        ("otel_logs", "otel", 1, "uniqExact(toDate(TimestampTime))"),
+    ] {
+        let sink = build(&format!(
+            "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\ntable = \"{table}\"\nschema = \"{schema}\"\n"
+        ));
+        sink.prepare().await.expect("prepare");
+        query(url, &format!("SYSTEM STOP MERGES {db}.{table}")).await;
+        let batch = spread("node-p", 250, step_days);
+        tokio::time::timeout(Duration::from_secs(120), sink.export(&batch))
+            .await
+            .expect("an answer")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{schema}: a batch over 250 partitions must go through: {e} ({:?})",
+                    e.class
+                )
+            });
+        let stats = select(
+            url,
+            &format!("SELECT count() AS rows, {partitions} AS partitions FROM {db}.{table}"),
+        )
+        .await;
+        assert_eq!(num(&stats[0]["rows"]), 250, "{schema}: {stats:?}");
+        assert_eq!(num(&stats[0]["partitions"]), 250, "{schema}: {stats:?}");
+        sink.export(&batch).await.expect("retry");
+        assert_eq!(
+            count(url, &format!("SELECT count() FROM {db}.{table}")).await,
+            250,
+            "{schema}: a retry of the split batch adds nothing"
+        );
+    }
+}
+
+/// (8) The same backfill on 18.16, whose monthly partitions the legacy
+/// table uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_many_months_goes_through_on_the_legacy_server() {
+    let url = legacy_url();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    let sink = build(&format!(
+        "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\n"
+    ));
+    sink.prepare().await.expect("prepare");
+    let batch = spread("node-p", 250, 31);
+    sink.export(&batch)
+        .await
+        .unwrap_or_else(|e| panic!("a batch over 250 months must go through: {e}"));
+    let stats = select(
+        url,
+        &format!(
+            "SELECT count() AS rows, uniqExact(toYYYYMM(time)) AS partitions FROM {db}.audit_events FINAL"
+        ),
+    )
+    .await;
+    assert_eq!(num(&stats[0]["rows"]), 250, "{stats:?}");
+    assert_eq!(num(&stats[0]["partitions"]), 250, "{stats:?}");
+    query(url, &format!("DROP DATABASE {db}")).await;
+}

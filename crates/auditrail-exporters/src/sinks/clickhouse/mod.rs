@@ -546,6 +546,19 @@ impl Exporter for ClickhouseSink {
                     .ok_or_else(|| ExportError::retryable("schema", "not prepared"))?
             }
         };
+        // Each piece touches few enough partitions for one INSERT; a retry
+        // of the batch resends every piece, and the ones stored already are
+        // dropped by their tokens (or collapse in the ReplacingMergeTree).
+        for piece in rows::split_by_day(events) {
+            self.insert(&prepared, &piece).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ClickhouseSink {
+    /// One `INSERT` of `events`, with a token naming exactly them.
+    async fn insert(&self, prepared: &Prepared, events: &[AuditEvent]) -> Result<(), ExportError> {
         let compress = self.compression == Compression::Gzip;
         let body = cpu(|| {
             let rows = prepared.plan.encode(events)?;
