@@ -173,7 +173,7 @@ async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
         "INDEX idx_actor_id actor_id TYPE bloom_filter GRANULARITY 4",
         "ENGINE = ReplacingMergeTree",
         "ORDER BY (service_name, event_name, time, node, seq)",
-        "TTL toDateTime(time) + toIntervalSecond(34560000)",
+        "TTL toDateTime(intDiv(received_time_unix_nano, 1000000000)) + toIntervalSecond(34560000)",
         "non_replicated_deduplication_window = 1000",
     ] {
         assert!(ddl.contains(needle), "{needle:?} in {ddl}");
@@ -849,4 +849,54 @@ async fn a_batch_spanning_many_months_goes_through_on_the_legacy_server() {
     assert_eq!(num(&stats[0]["rows"]), 250, "{stats:?}");
     assert_eq!(num(&stats[0]["partitions"]), 250, "{stats:?}");
     query(url, &format!("DROP DATABASE {db}")).await;
+}
+
+/// (9) `ttl` counts from when auditrail received an event, as the spool's
+/// retention does: an event its sender stamped a year ago, received today,
+/// outlives a 30-day TTL's merge; one received 40 days ago does not. The
+/// otel table has no receive time, so `ttl` is refused there.
+#[tokio::test(flavor = "multi_thread")]
+async fn ttl_counts_from_receive_time() {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    let sink = build(&format!(
+        "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"30d\"\n"
+    ));
+    sink.prepare().await.expect("prepare");
+    const DAY: u64 = 86_400_000_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut batch = events("node-t", 1..=2);
+    // Stamped a year ago by its sender, received now: kept.
+    batch[0].time_unix_nano = now - 365 * DAY;
+    batch[0].received_time_unix_nano = now;
+    // Stamped now, received 40 days ago (it waited in the spool): expired.
+    batch[1].time_unix_nano = now;
+    batch[1].received_time_unix_nano = now - 40 * DAY;
+    sink.export(&batch).await.expect("export");
+    query(url, &format!("OPTIMIZE TABLE {db}.audit_events FINAL")).await;
+    let seqs = select(
+        url,
+        &format!("SELECT seq FROM {db}.audit_events ORDER BY seq"),
+    )
+    .await;
+    assert_eq!(
+        seqs.iter().map(|r| num(&r["seq"])).collect::<Vec<_>>(),
+        vec![1],
+        "the TTL counts from received_time_unix_nano"
+    );
+
+    let config: Result<ClickhouseConfig, _> = toml::from_str(&format!(
+        "url = \"{url}\"\ndatabase = \"{db}\"\ntable = \"otel_logs\"\nschema = \"otel\"\nttl = \"30d\"\n"
+    ));
+    let error = ClickhouseSink::new(&config.expect("parses"), &context())
+        .err()
+        .expect("ttl with the otel schema is refused");
+    assert_eq!(error.class, ErrorClass::Misconfigured, "{error}");
+    assert!(error.message.contains("sender's clock"), "{error}");
 }
