@@ -82,7 +82,7 @@ pub struct DeliveryConfig {
     /// ...or once its first event has waited this long.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Batches in flight at once. Sinks that need seq order get 1.
+    /// Batches in flight at once.
     pub concurrency: usize,
     /// An export that has not answered within this is retried.
     #[serde(with = "humantime_serde")]
@@ -93,6 +93,9 @@ pub struct DeliveryConfig {
     /// ...up to this.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// A batch that has failed this many times in a row with the same kind
+    /// of error shows as stuck (`/readyz`, `auditrail_sink_stuck`).
+    pub stuck_after: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -105,6 +108,9 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            // With the default backoff, about a minute and a half of the
+            // same error: longer than a restart of the destination.
+            stuck_after: 10,
         }
     }
 }
@@ -147,6 +153,9 @@ impl DeliveryConfig {
         }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return Err("backoff_initial must be above 0 and at most backoff_max".into());
+        }
+        if self.stuck_after == 0 {
+            return Err("stuck_after must be at least 1".into());
         }
         Ok(())
     }

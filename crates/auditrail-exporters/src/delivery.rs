@@ -19,7 +19,8 @@ use auditrail_model::AuditEvent;
 use auditrail_spool::{Spool, SpoolError};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::health::Health;
+use crate::cursor::AckWindow;
+use crate::health::{Health, StuckBatch};
 use crate::retry::Backoff;
 use crate::{
     DeliveryConfig, ErrorClass, ExportError, Exporter, SinkConfig, SinkContext, SinkStatus,
@@ -107,10 +108,7 @@ impl Pipeline {
         for (config, exporter, ready) in prepared {
             let cursor = spool.register_sink(&config.name)?;
             let health = Arc::new(Health::new(&config.name, config.kind.type_name(), cursor));
-            let mut delivery = config.delivery.clone();
-            if exporter.keeps_order() {
-                delivery.concurrency = 1;
-            }
+            let delivery = config.delivery.clone();
             let sink = Arc::new(SinkShared {
                 name: config.name.clone(),
                 spool: spool.clone(),
@@ -165,15 +163,12 @@ struct BatchDone {
 
 /// A delivery loop's bookkeeping.
 struct Progress {
-    /// Everything up to here is confirmed and acked in the spool.
-    acked: u64,
+    /// Which batches are out and how far the cursor may move.
+    window: AckWindow,
     /// The cursor as last flushed to disk.
     flushed: u64,
-    /// Everything up to here has been read into a batch.
-    read: u64,
-    /// Confirmed ranges that cannot be acked until the ones before them are.
-    confirmed: BTreeMap<u64, u64>,
-    /// First seq → received time of the first event, of batches in flight.
+    /// First seq → received time of the first event, of batches in flight:
+    /// the age of the oldest is the sink's lag.
     in_flight: BTreeMap<u64, u64>,
     pending: VecDeque<AuditEvent>,
     pending_bytes: u64,
@@ -185,16 +180,26 @@ impl Progress {
     /// Nothing read or in flight yet; everything up to `cursor` confirmed.
     fn starting_at(cursor: u64) -> Self {
         Progress {
-            acked: cursor,
+            window: AckWindow::new(cursor),
             flushed: cursor,
-            read: cursor,
-            confirmed: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             pending: VecDeque::new(),
             pending_bytes: 0,
             pending_since: None,
             replaying: false,
         }
+    }
+
+    /// Everything up to here is confirmed and acked in the spool.
+    fn acked(&self) -> u64 {
+        self.window.cursor()
+    }
+
+    /// Everything up to here has been read into a batch (or is pending).
+    fn read(&self) -> u64 {
+        self.pending
+            .back()
+            .map_or_else(|| self.window.dispatched_to(), |e| e.seq)
     }
 }
 
@@ -242,12 +247,11 @@ impl SinkShared {
             let durable_seq = *durable.borrow_and_update();
             let room = progress.pending.len() < self.config.max_events
                 && progress.pending_bytes < max_bytes;
-            if room && progress.read < durable_seq {
+            if room && progress.read() < durable_seq {
                 let want = self.config.max_events - progress.pending.len();
-                match self.read(progress.read, want).await {
+                match self.read(progress.read(), want).await {
                     Ok(events) => {
-                        if let Some(last) = events.last() {
-                            progress.read = last.seq;
+                        if !events.is_empty() {
                             progress.pending_since.get_or_insert_with(Instant::now);
                         }
                         for event in events {
@@ -274,6 +278,7 @@ impl SinkShared {
                 if full || lingered {
                     let batch = self.take_batch(&mut progress);
                     let range = (batch[0].seq, batch[batch.len() - 1].seq);
+                    progress.window.dispatched(range.0, range.1);
                     progress
                         .in_flight
                         .insert(range.0, batch[0].received_time_unix_nano);
@@ -289,7 +294,7 @@ impl SinkShared {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     let Ok(done) = joined else {
                         tasks.abort_all();
-                        return Err(progress.acked);
+                        return Err(progress.acked());
                     };
                     self.confirmed(&mut progress, done);
                     self.publish_progress(&progress, *durable.borrow());
@@ -337,21 +342,13 @@ impl SinkShared {
     }
 
     fn confirmed(&self, progress: &mut Progress, done: BatchDone) {
-        let Some((first, last)) = done.range else {
+        let Some((first, _)) = done.range else {
             progress.replaying = false;
             return;
         };
         progress.in_flight.remove(&first);
-        progress.confirmed.insert(first, last);
-        let before = progress.acked;
-        while let Some(entry) = progress.confirmed.first_entry() {
-            if *entry.key() != progress.acked + 1 {
-                break;
-            }
-            progress.acked = entry.remove();
-        }
-        if progress.acked != before {
-            if let Err(e) = self.spool.ack(&self.name, progress.acked) {
+        if let Some(cursor) = progress.window.confirmed(first) {
+            if let Err(e) = self.spool.ack(&self.name, cursor) {
                 tracing::error!(sink = %self.name, error = %e, "moving the sink cursor failed");
             }
         }
@@ -361,12 +358,12 @@ impl SinkShared {
     /// moves with its next commit, which never comes while ingest is quiet,
     /// and a crash would then redeliver everything since.
     async fn flush_cursor(&self, progress: &mut Progress) {
-        if progress.acked == progress.flushed {
+        if progress.acked() == progress.flushed {
             return;
         }
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.flush()).await {
-            Ok(Ok(())) => progress.flushed = progress.acked,
+            Ok(Ok(())) => progress.flushed = progress.acked(),
             Ok(Err(e)) => {
                 tracing::error!(sink = %self.name, error = %e, "flushing the sink cursor failed")
             }
@@ -408,7 +405,7 @@ impl SinkShared {
     }
 
     fn publish_progress(&self, progress: &Progress, durable: u64) {
-        let lag_events = durable.saturating_sub(progress.acked);
+        let lag_events = durable.saturating_sub(progress.acked());
         let oldest = progress
             .in_flight
             .values()
@@ -425,10 +422,11 @@ impl SinkShared {
         let sink = self.name.clone();
         metrics::gauge!("auditrail_sink_lag_events", "sink" => sink.clone()).set(lag_events as f64);
         metrics::gauge!("auditrail_sink_lag_seconds", "sink" => sink.clone()).set(lag_seconds);
-        metrics::gauge!("auditrail_sink_cursor", "sink" => sink.clone()).set(progress.acked as f64);
+        metrics::gauge!("auditrail_sink_cursor", "sink" => sink.clone())
+            .set(progress.acked() as f64);
         metrics::gauge!("auditrail_sink_dead_letters", "sink" => sink).set(dead as f64);
         self.health
-            .progress(progress.acked, lag_events, lag_seconds, dead);
+            .progress(progress.acked(), lag_events, lag_seconds, dead);
     }
 
     /// Publishes the lag of a sink whose delivery has not started yet.
@@ -441,7 +439,9 @@ impl SinkShared {
     }
 
     /// Delivers one batch, whatever it takes: retries what is transient,
-    /// splits what is permanent, dead-letters the records to blame.
+    /// splits what is permanent, dead-letters the records to blame. Returns
+    /// only once every event of the batch is stored by the sink or in the
+    /// dead-letter tree.
     async fn deliver(
         self: Arc<Self>,
         events: Vec<AuditEvent>,
@@ -452,6 +452,7 @@ impl SinkShared {
         let mut work = vec![events];
         while let Some(mut chunk) = work.pop() {
             let mut backoff = self.backoff();
+            let mut attempts = Attempts::new(&self.health, self.config.stuck_after, &chunk);
             loop {
                 let started = Instant::now();
                 match self.attempt(self.exporter.export(&chunk)).await {
@@ -470,40 +471,18 @@ impl SinkShared {
                         self.record_error(&error);
                         match error.class {
                             ErrorClass::Retryable | ErrorClass::Misconfigured => {
+                                attempts.failed(&error);
                                 tokio::time::sleep(backoff.next_delay()).await;
                             }
                             ErrorClass::Permanent if chunk.len() == 1 => {
-                                self.dead_letter(&chunk, &error.to_string()).await;
+                                drop(attempts);
+                                self.dead_letter(&chunk[0], &error.to_string()).await;
                                 break;
                             }
                             ErrorClass::Permanent => {
                                 let right = chunk.split_off(chunk.len() / 2);
                                 work.push(right);
                                 work.push(chunk);
-                                break;
-                            }
-                            ErrorClass::Rejected(ref rejected) => {
-                                let mut reasons: BTreeMap<usize, &str> = BTreeMap::new();
-                                for (index, reason) in rejected {
-                                    reasons.insert(*index, reason);
-                                }
-                                let (bad, good): (Vec<_>, Vec<_>) = chunk
-                                    .drain(..)
-                                    .enumerate()
-                                    .partition(|(i, _)| reasons.contains_key(i));
-                                for (index, event) in bad {
-                                    let reason = format!("{}: {}", error.kind, reasons[&index]);
-                                    self.dead_letter(std::slice::from_ref(&event), &reason)
-                                        .await;
-                                }
-                                // The sink stored the rest; for a replay they are resolved.
-                                let stored: Vec<AuditEvent> =
-                                    good.into_iter().map(|(_, e)| e).collect();
-                                metrics::counter!("auditrail_sink_delivered_events_total", "sink" => self.name.clone())
-                                    .increment(stored.len() as u64);
-                                if replay {
-                                    self.resolve_replayed(&stored).await;
-                                }
                                 break;
                             }
                         }
@@ -514,29 +493,45 @@ impl SinkShared {
         BatchDone { range }
     }
 
-    async fn dead_letter(&self, events: &[AuditEvent], reason: &str) {
-        for event in events {
-            tracing::warn!(sink = %self.name, seq = event.seq, event_id = %event.event_id, reason, "sink rejected an event; it is dead-lettered and delivery goes on");
+    /// Stores `event` in the dead-letter tree, retrying until it is there:
+    /// the batch (and so the cursor) must not move past an event that is
+    /// neither in the sink nor in the dead letters.
+    async fn dead_letter(&self, event: &AuditEvent, reason: &str) {
+        tracing::warn!(sink = %self.name, seq = event.seq, event_id = %event.event_id, reason, "sink rejected an event; it is dead-lettered and delivery goes on");
+        let mut backoff = self.backoff();
+        let mut attempts = Attempts::new(
+            &self.health,
+            self.config.stuck_after,
+            std::slice::from_ref(event),
+        );
+        loop {
             let spool = self.spool.clone();
             let name = self.name.clone();
-            let event = event.clone();
+            let letter = event.clone();
             let reason = reason.to_owned();
             let stored = tokio::task::spawn_blocking(move || {
-                spool.dead_letter(&name, &event, &reason, now_unix_nano())
+                spool.dead_letter(&name, &letter, &reason, now_unix_nano())
             })
-            .await;
+            .await
+            .unwrap_or_else(|e| Err(SpoolError::Storage(format!("dead-letter task: {e}"))));
             match stored {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     metrics::counter!("auditrail_sink_dead_lettered_events_total", "sink" => self.name.clone())
                         .increment(1);
-                }
-                // The event stays only in the spool; it is past the cursor,
-                // so say so loudly rather than pretend.
-                Ok(Err(e)) => {
-                    tracing::error!(sink = %self.name, error = %e, "storing a dead letter failed");
+                    return;
                 }
                 Err(e) => {
-                    tracing::error!(sink = %self.name, error = %e, "storing a dead letter failed");
+                    let error = ExportError::retryable(
+                        "dead_letter",
+                        format!(
+                            "storing the dead letter of seq {} failed, so the cursor waits before it: {e}",
+                            event.seq
+                        ),
+                    );
+                    tracing::error!(sink = %self.name, %error, "dead letter not stored; retrying");
+                    self.record_error(&error);
+                    attempts.failed(&error);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -590,7 +585,7 @@ impl SinkShared {
     fn record_error(&self, error: &ExportError) {
         metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => error.kind)
             .increment(1);
-        if matches!(error.class, ErrorClass::Permanent | ErrorClass::Rejected(_)) {
+        if error.class == ErrorClass::Permanent {
             // The sink works; a record in the batch does not fit. Splitting
             // finds it, and dead-lettering it is what gets logged.
             tracing::debug!(sink = %self.name, %error, "batch rejected; isolating the record to blame");
@@ -624,6 +619,67 @@ impl SinkShared {
     }
 }
 
+/// One batch's consecutive failures with the same kind of error: after
+/// `stuck_after` of them the batch shows as stuck, until it goes through
+/// (or is split, or its task ends: the tracker is dropped).
+struct Attempts<'a> {
+    health: &'a Health,
+    stuck_after: u32,
+    id: u64,
+    first_seq: u64,
+    last_seq: u64,
+    /// Class and kind of the current run of failures, how many, since when.
+    streak: Option<((ErrorClass, &'static str), u32, u64)>,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(health: &'a Health, stuck_after: u32, events: &[AuditEvent]) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Attempts {
+            health,
+            stuck_after,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            first_seq: events.first().map_or(0, |e| e.seq),
+            last_seq: events.last().map_or(0, |e| e.seq),
+            streak: None,
+        }
+    }
+
+    fn failed(&mut self, error: &ExportError) {
+        let key = (error.class, error.kind);
+        let (attempts, since) = match self.streak {
+            Some((same, attempts, since)) if same == key => (attempts + 1, since),
+            _ => (1, crate::health::unix_now()),
+        };
+        self.streak = Some((key, attempts, since));
+        if attempts >= self.stuck_after {
+            if attempts == self.stuck_after {
+                tracing::error!(first_seq = self.first_seq, last_seq = self.last_seq, attempts, %error,
+                    "a batch keeps failing with the same error; the sink is stuck until it goes through");
+            }
+            self.health.stuck(
+                self.id,
+                StuckBatch {
+                    first_seq: self.first_seq,
+                    last_seq: self.last_seq,
+                    attempts,
+                    error: error.to_string(),
+                    since,
+                },
+            );
+        } else {
+            // Another kind of error starts a new run.
+            self.health.unstuck(self.id);
+        }
+    }
+}
+
+impl Drop for Attempts<'_> {
+    fn drop(&mut self) {
+        self.health.unstuck(self.id);
+    }
+}
+
 /// Roughly the bytes an event takes in a row: its variable-length fields
 /// plus a fixed allowance for the numbers and hashes.
 fn approximate_size(e: &AuditEvent) -> u64 {
@@ -650,4 +706,60 @@ fn now_unix_nano() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(first: u64, last: u64) -> Vec<AuditEvent> {
+        (first..=last)
+            .map(|seq| AuditEvent {
+                seq,
+                ..AuditEvent::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_stuck_after_the_same_error_n_times_and_clears_when_it_goes_through() {
+        let health = Health::new("s", "mysql", 0);
+        let timeout = ExportError::retryable("timeout", "no answer within 30s");
+        let refused = ExportError::retryable("connection", "Connection refused");
+        let batch = events(11, 20);
+        let mut attempts = Attempts::new(&health, 3, &batch);
+        attempts.failed(&timeout);
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck, None);
+        // Another kind of error starts the count again.
+        attempts.failed(&refused);
+        attempts.failed(&timeout);
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck, None);
+        attempts.failed(&timeout);
+        let status = health.snapshot();
+        assert_eq!(status.state, "stuck");
+        let stuck = status.stuck.expect("stuck");
+        assert_eq!(
+            (stuck.first_seq, stuck.last_seq, stuck.attempts),
+            (11, 20, 3)
+        );
+        assert_eq!(stuck.error, "timeout: no answer within 30s");
+        attempts.failed(&timeout);
+        assert_eq!(health.snapshot().stuck.expect("still stuck").attempts, 4);
+
+        // A second stuck batch: the one with the lower seqs is shown.
+        let earlier = events(1, 10);
+        let mut other = Attempts::new(&health, 1, &earlier);
+        other.failed(&refused);
+        assert_eq!(health.snapshot().stuck.expect("stuck").first_seq, 1);
+        drop(other);
+        assert_eq!(health.snapshot().stuck.expect("stuck").first_seq, 11);
+
+        // The batch goes through (its tracker ends): not stuck any more.
+        drop(attempts);
+        health.succeeded();
+        let status = health.snapshot();
+        assert_eq!((status.state, status.stuck), ("delivering", None));
+    }
 }

@@ -3,7 +3,7 @@
 
 /// What kind of failure an [`ExportError`] is, which decides what the
 /// delivery loop does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Transient (connection lost, timeout, deadlock, HTTP 5xx or 429): the
     /// same batch is sent again after a backoff.
@@ -16,9 +16,6 @@ pub enum ErrorClass {
     /// Something in the batch cannot be stored (a value the table cannot
     /// hold, say). The batch is split to find the record(s) to blame.
     Permanent,
-    /// The sink named the records it refused, by index into the batch, with
-    /// a reason each; the rest of the batch was stored.
-    Rejected(Vec<(usize, String)>),
 }
 
 /// A failed export or prepare.

@@ -12,6 +12,7 @@
 //! [`SinkKind`]; each sink is a cargo feature.
 
 pub mod config;
+pub mod cursor;
 pub mod delivery;
 mod error;
 pub mod fields;
@@ -56,11 +57,6 @@ pub trait Exporter: Send + Sync + 'static {
     /// How often [`Exporter::maintain`] runs; `None` for never.
     fn maintenance_interval(&self) -> Option<Duration> {
         None
-    }
-
-    /// Whether batches must arrive in seq order (one in flight at a time).
-    fn keeps_order(&self) -> bool {
-        false
     }
 }
 

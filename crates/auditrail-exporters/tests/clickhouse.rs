@@ -173,7 +173,7 @@ async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
         "INDEX idx_actor_id actor_id TYPE bloom_filter GRANULARITY 4",
         "ENGINE = ReplacingMergeTree",
         "ORDER BY (service_name, event_name, time, node, seq)",
-        "TTL toDateTime(time) + toIntervalSecond(34560000)",
+        "TTL toDateTime(intDiv(received_time_unix_nano, 1000000000)) + toIntervalSecond(34560000)",
         "non_replicated_deduplication_window = 1000",
     ] {
         assert!(ddl.contains(needle), "{needle:?} in {ddl}");
@@ -657,7 +657,7 @@ async fn unknown_database_and_bad_credentials_are_misconfigured() {
     ));
     let error = down.prepare().await.unwrap_err();
     assert_eq!(
-        (error.class.clone(), error.kind),
+        (error.class, error.kind),
         (ErrorClass::Retryable, "connection"),
         "{error}"
     );
@@ -730,7 +730,7 @@ async fn rows_the_server_rejects_are_permanent() {
         .await
         .expect_err("an unknown table");
     assert_eq!(
-        (error.class.clone(), error.kind),
+        (error.class, error.kind),
         (ErrorClass::Misconfigured, "schema"),
         "{error}"
     );
@@ -755,4 +755,148 @@ async fn rows_the_server_rejects_are_permanent() {
         3
     );
     query(legacy, &format!("DROP DATABASE {db}")).await;
+}
+
+/// `count` events of `node` from seq 1, `step_days` apart from 2000-01-01:
+/// an honest backfill spanning more partitions than one INSERT may touch
+/// (ClickHouse's `max_partitions_per_insert_block`, 100 by default).
+fn spread(node: &str, count: u64, step_days: u64) -> Vec<AuditEvent> {
+    const Y2000: u64 = 946_684_800_000_000_000;
+    let mut batch = events(node, 1..=count);
+    for e in &mut batch {
+        e.time_unix_nano = Y2000 + (e.seq - 1) * step_days * 86_400_000_000_000 + e.seq;
+        e.observed_time_unix_nano = e.time_unix_nano;
+    }
+    batch
+}
+
+/// (7) A batch whose times span more than 100 partitions (months in the
+/// `auditrail` table, days in `otel_logs`) goes through, once, and a retry
+/// of it adds nothing: each INSERT the sink sends touches at most 100
+/// partitions and carries a token naming its own events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_more_partitions_than_an_insert_may_touch_goes_through() {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    // The engine's own limit, so the test proves what it claims.
+    let limit = select(
+        url,
+        "SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'",
+    )
+    .await;
+    assert_eq!(limit[0]["value"], "100", "{limit:?}");
+
+    for (table, schema, step_days, partitions) in [
+        ("audit_events", "auditrail", 31, "uniqExact(toYYYYMM(time))"),
+        ("otel_logs", "otel", 1, "uniqExact(toDate(TimestampTime))"),
+    ] {
+        let sink = build(&format!(
+            "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\ntable = \"{table}\"\nschema = \"{schema}\"\n"
+        ));
+        sink.prepare().await.expect("prepare");
+        query(url, &format!("SYSTEM STOP MERGES {db}.{table}")).await;
+        let batch = spread("node-p", 250, step_days);
+        tokio::time::timeout(Duration::from_secs(120), sink.export(&batch))
+            .await
+            .expect("an answer")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{schema}: a batch over 250 partitions must go through: {e} ({:?})",
+                    e.class
+                )
+            });
+        let stats = select(
+            url,
+            &format!("SELECT count() AS rows, {partitions} AS partitions FROM {db}.{table}"),
+        )
+        .await;
+        assert_eq!(num(&stats[0]["rows"]), 250, "{schema}: {stats:?}");
+        assert_eq!(num(&stats[0]["partitions"]), 250, "{schema}: {stats:?}");
+        sink.export(&batch).await.expect("retry");
+        assert_eq!(
+            count(url, &format!("SELECT count() FROM {db}.{table}")).await,
+            250,
+            "{schema}: a retry of the split batch adds nothing"
+        );
+    }
+}
+
+/// (8) The same backfill on 18.16, whose monthly partitions the legacy
+/// table uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_many_months_goes_through_on_the_legacy_server() {
+    let url = legacy_url();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    let sink = build(&format!(
+        "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\n"
+    ));
+    sink.prepare().await.expect("prepare");
+    let batch = spread("node-p", 250, 31);
+    sink.export(&batch)
+        .await
+        .unwrap_or_else(|e| panic!("a batch over 250 months must go through: {e}"));
+    let stats = select(
+        url,
+        &format!(
+            "SELECT count() AS rows, uniqExact(toYYYYMM(time)) AS partitions FROM {db}.audit_events FINAL"
+        ),
+    )
+    .await;
+    assert_eq!(num(&stats[0]["rows"]), 250, "{stats:?}");
+    assert_eq!(num(&stats[0]["partitions"]), 250, "{stats:?}");
+    query(url, &format!("DROP DATABASE {db}")).await;
+}
+
+/// (9) `ttl` counts from when auditrail received an event, as the spool's
+/// retention does: an event its sender stamped a year ago, received today,
+/// outlives a 30-day TTL's merge; one received 40 days ago does not. The
+/// otel table has no receive time, so `ttl` is refused there.
+#[tokio::test(flavor = "multi_thread")]
+async fn ttl_counts_from_receive_time() {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let url = url.as_str();
+    let db = unique_name();
+    query(url, &format!("CREATE DATABASE {db}")).await;
+    let sink = build(&format!(
+        "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"30d\"\n"
+    ));
+    sink.prepare().await.expect("prepare");
+    const DAY: u64 = 86_400_000_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut batch = events("node-t", 1..=2);
+    // Stamped a year ago by its sender, received now: kept.
+    batch[0].time_unix_nano = now - 365 * DAY;
+    batch[0].received_time_unix_nano = now;
+    // Stamped now, received 40 days ago (it waited in the spool): expired.
+    batch[1].time_unix_nano = now;
+    batch[1].received_time_unix_nano = now - 40 * DAY;
+    sink.export(&batch).await.expect("export");
+    query(url, &format!("OPTIMIZE TABLE {db}.audit_events FINAL")).await;
+    let seqs = select(
+        url,
+        &format!("SELECT seq FROM {db}.audit_events ORDER BY seq"),
+    )
+    .await;
+    assert_eq!(
+        seqs.iter().map(|r| num(&r["seq"])).collect::<Vec<_>>(),
+        vec![1],
+        "the TTL counts from received_time_unix_nano"
+    );
+
+    let config: Result<ClickhouseConfig, _> = toml::from_str(&format!(
+        "url = \"{url}\"\ndatabase = \"{db}\"\ntable = \"otel_logs\"\nschema = \"otel\"\nttl = \"30d\"\n"
+    ));
+    let error = ClickhouseSink::new(&config.expect("parses"), &context())
+        .err()
+        .expect("ttl with the otel schema is refused");
+    assert_eq!(error.class, ErrorClass::Misconfigured, "{error}");
+    assert!(error.message.contains("sender's clock"), "{error}");
 }

@@ -312,3 +312,102 @@ async fn poison_rows_are_permanent_and_a_missing_table_is_misconfigured() {
     assert_eq!(error.kind, "schema", "{error}");
     assert!(error.message.contains("1146"), "{error}");
 }
+
+/// Retention counts from when auditrail received an event, as the spool's
+/// does: an event its sender stamped a year ago, arriving today, stays
+/// for the whole retention. A table partitioned by the sender's clock
+/// (made by an earlier auditrail) keeps taking rows, but its retention
+/// drops nothing and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_retention_counts_from_receive_time() {
+    let db = Database::create().await;
+    let config = "[partitions]\ndays_ahead = 2\nretention = \"30d\"";
+    let warehouse = sink(&db, config);
+    warehouse.prepare().await.expect("prepare");
+    let now = SystemTime::now();
+    let day = |n: u64| now + Duration::from_secs(n * 86_400);
+    // The table has been in use for 40 days: the days before the last 30
+    // are dropped, day by day.
+    for n in 1..=40 {
+        warehouse
+            .maintain_partitions(day(n))
+            .await
+            .expect("maintenance");
+    }
+    // Then an event arrives that its sender stamped a year ago.
+    let arrived = now_unix_nano() + 40 * DAY_NS;
+    let today = arrived / DAY_NS;
+    let mut late = event(1, arrived - 365 * DAY_NS);
+    late.received_time_unix_nano = arrived;
+    let mut fresh = event(2, arrived);
+    fresh.received_time_unix_nano = arrived;
+    warehouse
+        .export(&[late.clone(), fresh.clone()])
+        .await
+        .expect("export");
+    assert_eq!(seqs_in(&db, &day_partition(today)).await, [1, 2]);
+    for n in [41, 42, 69] {
+        warehouse
+            .maintain_partitions(day(n))
+            .await
+            .expect("maintenance");
+        assert_eq!(
+            all_seqs(&db).await,
+            [1, 2],
+            "an event stamped a year ago is kept {} days after it arrived",
+            n - 40
+        );
+    }
+    // Once its receive day is past retention it goes, like any other.
+    warehouse
+        .maintain_partitions(day(72))
+        .await
+        .expect("maintenance");
+    assert_eq!(all_seqs(&db).await, Vec::<u64>::new());
+
+    // A table an earlier version made: ranged by the sender's clock.
+    let old = Database::create().await;
+    let old_today = now_unix_nano() / DAY_NS;
+    let old_sink = sink(&old, config);
+    old_sink.prepare().await.expect("prepare");
+    old.execute("ALTER TABLE audit_events REMOVE PARTITIONING")
+        .await;
+    old.execute(
+        "ALTER TABLE audit_events DROP PRIMARY KEY, ADD PRIMARY KEY (`node`, `seq`, `time_unix_nano`)",
+    )
+    .await;
+    old.execute(&format!(
+        "ALTER TABLE audit_events PARTITION BY RANGE (`time_unix_nano`) (PARTITION p_before VALUES LESS THAN ({}), \
+         PARTITION {} VALUES LESS THAN ({}), PARTITION p_future VALUES LESS THAN MAXVALUE)",
+        old_today * DAY_NS,
+        day_partition(old_today),
+        (old_today + 1) * DAY_NS
+    ))
+    .await;
+    let old_sink = sink(&old, config);
+    old_sink.prepare().await.expect("an old table still passes");
+    old_sink
+        .export(&[late, fresh])
+        .await
+        .expect("and takes rows");
+    let error = old_sink
+        .maintain_partitions(day(1))
+        .await
+        .expect_err("retention by the sender's clock is refused");
+    assert_eq!(error.class, ErrorClass::Misconfigured, "{error}");
+    for needle in [
+        "partitioned by `time_unix_nano`",
+        "sender's clock",
+        "retention drops nothing",
+    ] {
+        assert!(error.message.contains(needle), "{needle:?} in {error}");
+    }
+    assert_eq!(all_seqs(&old).await, [1, 2], "nothing dropped");
+    let parts = partitions(&old).await;
+    assert!(
+        parts
+            .iter()
+            .any(|(name, _)| *name == day_partition(old_today + 3)),
+        "days are still split off ahead: {parts:?}"
+    );
+}

@@ -119,10 +119,12 @@ pub struct ClickhouseConfig {
     /// is a start-up error.
     #[serde(default = "default_true")]
     pub create_table: bool,
-    /// A `TTL` for the table auditrail creates (`"400d"`). None by default,
-    /// whatever the spool's retention: a warehouse usually keeps events
-    /// longer than the local spool. Not applied to an existing table, nor
-    /// on servers before 22.3.
+    /// A `TTL` for the table auditrail creates (`"400d"`), counted from when
+    /// auditrail received each event (`received_time_unix_nano`), as the
+    /// spool's retention is. None by default, whatever the spool's
+    /// retention: a warehouse usually keeps events longer than the local
+    /// spool. Not applied to an existing table, nor on servers before 22.3;
+    /// refused with `schema = "otel"`, whose table has no receive time.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
 }
@@ -233,6 +235,14 @@ impl ClickhouseSink {
             }
             ttl => ttl.map(|t| t.as_secs()),
         };
+        if config.schema == Schema::Otel && ttl_seconds.is_some() {
+            return Err(misconfigured(
+                "ttl: the otel_logs table has no receive time, and a TTL by its Timestamp would count from the sender's clock \
+                 (an event stamped a year ago would expire the day it arrives); remove `ttl`, or use schema = \"auditrail\", \
+                 whose TTL counts from received_time_unix_nano"
+                    .into(),
+            ));
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Below the server's keep_alive_timeout (3 s on older servers),
@@ -433,7 +443,7 @@ impl ClickhouseSink {
                 Schema::Auditrail => {
                     schema::create_auditrail(&self.database, &self.table, modern, self.ttl_seconds)
                 }
-                Schema::Otel => schema::create_otel(&self.database, &self.table, self.ttl_seconds),
+                Schema::Otel => schema::create_otel(&self.database, &self.table),
             };
             self.execute(&ddl).await?;
             tracing::info!(table = %self.qualified(), schema = self.schema.as_str(), version = version_text,
@@ -441,6 +451,12 @@ impl ClickhouseSink {
             columns = self.columns().await?;
         }
         let info = self.table_info().await?;
+        if self.schema == Schema::Auditrail && schema::ttl_by_receive_time(&info) == Some(false) {
+            tracing::warn!(table = %self.qualified(),
+                "the table's TTL counts from `time`, the sender's clock (made by an earlier auditrail): an event stamped long ago \
+                 expires as soon as it arrives. auditrail never alters a table; to fix: ALTER TABLE {} MODIFY TTL {} + INTERVAL <retention>",
+                self.qualified(), schema::RECEIVED_TIME);
+        }
         let plan = match self.schema {
             Schema::Auditrail => schema::auditrail_plan(&columns, &info),
             Schema::Otel => schema::otel_plan(&columns, server_tz),
@@ -546,6 +562,19 @@ impl Exporter for ClickhouseSink {
                     .ok_or_else(|| ExportError::retryable("schema", "not prepared"))?
             }
         };
+        // Each piece touches few enough partitions for one INSERT; a retry
+        // of the batch resends every piece, and the ones stored already are
+        // dropped by their tokens (or collapse in the ReplacingMergeTree).
+        for piece in rows::split_by_day(events) {
+            self.insert(&prepared, &piece).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ClickhouseSink {
+    /// One `INSERT` of `events`, with a token naming exactly them.
+    async fn insert(&self, prepared: &Prepared, events: &[AuditEvent]) -> Result<(), ExportError> {
         let compress = self.compression == Compression::Gzip;
         let body = cpu(|| {
             let rows = prepared.plan.encode(events)?;

@@ -3,6 +3,7 @@
 //! deduplication token that names a batch.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Write as _;
 
@@ -342,6 +343,39 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// At most this many UTC days of `time` go into one INSERT.
+///
+/// ClickHouse refuses an INSERT that touches more than
+/// `max_partitions_per_insert_block` partitions (100 by default since
+/// 19.x), and the tables partition by the sender's clock (`time`: by month
+/// in `auditrail`, by day in `otel_logs`), so a backfill, or one request
+/// with records stamped over years, would fail as a whole, every time. 50
+/// UTC days touch at most 100 partitions under any daily or coarser
+/// partitioning, in any time zone (a UTC day spans two local days at most).
+pub(super) const MAX_DAYS_PER_INSERT: usize = 50;
+
+const DAY_NANOS: u64 = 86_400 * 1_000_000_000;
+
+/// `events` cut into INSERTs of at most [`MAX_DAYS_PER_INSERT`] UTC days
+/// each, days in order, events in seq order within each; one piece, the
+/// batch itself, in the usual case. The cut depends only on the events, so
+/// a retried batch is cut the same way and each piece keeps its token.
+pub(super) fn split_by_day(events: &[AuditEvent]) -> Vec<Cow<'_, [AuditEvent]>> {
+    let day = |e: &AuditEvent| e.time_unix_nano / DAY_NANOS;
+    let days: BTreeSet<u64> = events.iter().map(day).collect();
+    if days.len() <= MAX_DAYS_PER_INSERT {
+        return vec![Cow::Borrowed(events)];
+    }
+    // The first day of each piece.
+    let starts: Vec<u64> = days.iter().copied().step_by(MAX_DAYS_PER_INSERT).collect();
+    let mut pieces: Vec<Vec<AuditEvent>> = vec![Vec::new(); starts.len()];
+    for event in events {
+        let piece = starts.partition_point(|start| *start <= day(event)) - 1;
+        pieces[piece].push(event.clone());
+    }
+    pieces.into_iter().map(Cow::Owned).collect()
+}
+
 /// The `insert_deduplication_token` of a batch:
 /// `{node}:{first_seq}-{last_seq}:{count}:{hash}`, where the hash (64-bit
 /// FNV-1a, stable across versions and restarts) covers every seq of the
@@ -380,6 +414,40 @@ pub(super) fn dedup_token(events: &[AuditEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_over_many_days_are_cut_into_inserts_of_50_days() {
+        let at = |seq: u64, day: u64| AuditEvent {
+            seq,
+            time_unix_nano: day * DAY_NANOS + seq,
+            ..AuditEvent::default()
+        };
+        let few: Vec<AuditEvent> = (1..=500).map(|s| at(s, s % 50)).collect();
+        let pieces = split_by_day(&few);
+        assert_eq!(pieces.len(), 1);
+        assert!(matches!(pieces[0], Cow::Borrowed(_)));
+
+        // 120 days, out of order (a backfill interleaved with live events).
+        let many: Vec<AuditEvent> = (1..=240).map(|s| at(s, (s * 7) % 120)).collect();
+        let pieces = split_by_day(&many);
+        assert_eq!(pieces.len(), 3);
+        let mut seen = BTreeSet::new();
+        for piece in &pieces {
+            let days: BTreeSet<u64> = piece.iter().map(|e| e.time_unix_nano / DAY_NANOS).collect();
+            assert!(days.len() <= MAX_DAYS_PER_INSERT, "{days:?}");
+            assert!(piece.windows(2).all(|w| w[0].seq < w[1].seq), "seq order");
+            seen.extend(piece.iter().map(|e| e.seq));
+        }
+        assert_eq!(seen, (1..=240).collect(), "every event once");
+        let tokens: BTreeSet<String> = pieces.iter().map(|p| dedup_token(p)).collect();
+        assert_eq!(tokens.len(), 3, "each insert names its own set");
+        let again: Vec<String> = split_by_day(&many).iter().map(|p| dedup_token(p)).collect();
+        assert_eq!(
+            again.into_iter().collect::<BTreeSet<_>>(),
+            tokens,
+            "a retry cuts the same way"
+        );
+    }
     use auditrail_model::Outcome;
 
     fn event(seq: u64) -> AuditEvent {

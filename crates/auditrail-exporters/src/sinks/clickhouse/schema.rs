@@ -187,7 +187,7 @@ pub(super) fn create_auditrail(
     if modern {
         if let Some(seconds) = ttl_seconds {
             sql.push_str(&format!(
-                "\nTTL toDateTime(time) + INTERVAL {seconds} SECOND"
+                "\nTTL {RECEIVED_TIME} + INTERVAL {seconds} SECOND"
             ));
         }
         sql.push_str(&format!(
@@ -197,14 +197,27 @@ pub(super) fn create_auditrail(
     sql
 }
 
+/// When auditrail received the event, as a `DateTime`: what the `TTL` of
+/// the tables auditrail creates counts from, as the spool's retention does
+/// (never `time`, the sender's clock, which may be a year back for an event
+/// that arrived today).
+pub(super) const RECEIVED_TIME: &str = "toDateTime(intDiv(received_time_unix_nano, 1000000000))";
+
+/// Whether a table's `TTL` (in `engine_full`) counts from the receive
+/// time; `None` when it has no TTL.
+pub(super) fn ttl_by_receive_time(info: &TableInfo) -> Option<bool> {
+    let (_, ttl) = info.engine_full.split_once(" TTL ")?;
+    Some(ttl.contains("received_time_unix_nano"))
+}
+
 /// `CREATE TABLE IF NOT EXISTS` for the OpenTelemetry Collector's
 /// ClickHouse exporter's `otel_logs` table, as that exporter creates it
 /// (exporter/clickhouseexporter/internal/sqltemplates/logs_table.sql), plus
 /// the deduplication window that makes retries idempotent.
-pub(super) fn create_otel(database: &str, table: &str, ttl_seconds: Option<u64>) -> String {
-    let ttl = ttl_seconds
-        .map(|s| format!("TTL TimestampTime + INTERVAL {s} SECOND\n"))
-        .unwrap_or_default();
+///
+/// It takes no `TTL`: the table has no receive time, and a TTL by
+/// `TimestampTime` would count from the sender's clock.
+pub(super) fn create_otel(database: &str, table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {}.{} (
     Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
@@ -236,7 +249,7 @@ pub(super) fn create_otel(database: &str, table: &str, ttl_seconds: Option<u64>)
 PARTITION BY toDate(TimestampTime)
 PRIMARY KEY (ServiceName, TimestampTime)
 ORDER BY (ServiceName, TimestampTime, Timestamp)
-{ttl}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = {DEDUP_WINDOW}",
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = {DEDUP_WINDOW}",
         quote_ident(database),
         quote_ident(table),
     )
@@ -522,7 +535,7 @@ mod tests {
             "INDEX idx_actor_id actor_id TYPE bloom_filter GRANULARITY 4",
             "ENGINE = ReplacingMergeTree",
             "ORDER BY (service_name, event_name, time, node, seq)",
-            "TTL toDateTime(time) + INTERVAL 86400 SECOND",
+            "TTL toDateTime(intDiv(received_time_unix_nano, 1000000000)) + INTERVAL 86400 SECOND",
             "SETTINGS non_replicated_deduplication_window = 1000",
         ] {
             assert!(ddl.contains(needle), "{needle} in {ddl}");

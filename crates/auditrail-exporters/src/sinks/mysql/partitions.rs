@@ -1,10 +1,20 @@
 //! Daily partitions, created ahead of time and dropped past retention.
 //!
-//! The table is range-partitioned by `time_unix_nano`: `p_before` holds
-//! everything older than the day the table was made, one `pYYYYMMDD` per day
-//! (UTC), and `p_future` (`LESS THAN MAXVALUE`) catches the rest, so an event
-//! from any time has a partition and an insert never fails for want of
-//! one. Maintenance splits new days off `p_future` before they start.
+//! The table is range-partitioned by `received_time_unix_nano` (when
+//! auditrail received the event, as the spool's retention counts; never the
+//! sender's clock, which may say a year ago for an event that arrived
+//! today): `p_before` holds everything received before the day the table
+//! was made, one `pYYYYMMDD` per day (UTC), and `p_future` (`LESS THAN
+//! MAXVALUE`) catches the rest, so every event has a partition and an
+//! insert never fails for want of one. Maintenance splits new days off
+//! `p_future` before they start.
+//!
+//! Tables made by versions before 0.x were partitioned by `time_unix_nano`,
+//! the sender's clock. They keep working, and days keep being split off,
+//! but retention drops nothing there: dropping by the sender's clock could
+//! take an event the day it arrives. Maintenance says so (an error, hourly,
+//! and `auditrail_sink_errors_total{kind="maintenance"}`) until the table
+//! is migrated.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +22,7 @@ use serde::Deserialize;
 use sqlx::MySqlPool;
 use time::Date;
 
+use super::schema::PARTITION_COLUMN;
 use super::{errors::classify, quote};
 use crate::ExportError;
 
@@ -87,14 +98,21 @@ pub(super) async fn maintain(
     config: &PartitionConfig,
     now: SystemTime,
 ) -> Result<Maintenance, ExportError> {
-    let existing: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT CAST(PARTITION_NAME AS CHAR), CAST(PARTITION_DESCRIPTION AS CHAR) FROM information_schema.PARTITIONS \
+    let partitions: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT CAST(PARTITION_NAME AS CHAR), CAST(PARTITION_DESCRIPTION AS CHAR), CAST(PARTITION_EXPRESSION AS CHAR) \
+         FROM information_schema.PARTITIONS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY PARTITION_ORDINAL_POSITION",
     )
     .bind(table)
     .fetch_all(pool)
     .await
     .map_err(classify)?;
+    let ranged_by = partitions
+        .iter()
+        .find_map(|(_, _, expression)| expression.clone())
+        .unwrap_or_default();
+    let existing: Vec<(Option<String>, Option<String>)> =
+        partitions.into_iter().map(|(n, d, _)| (n, d)).collect();
     let names: Vec<String> = existing.iter().filter_map(|(n, _)| n.clone()).collect();
     if !names.iter().any(|n| n == FUTURE) {
         return Err(ExportError::misconfigured(
@@ -129,6 +147,16 @@ pub(super) async fn maintain(
         done.created = days.into_iter().map(partition_name).collect();
     }
 
+    if let (Some(_), false) = (config.retention, by_receive_time(&ranged_by)) {
+        return Err(ExportError::misconfigured(
+            "schema",
+            format!(
+                "table `{table}` is partitioned by {ranged_by} (made by an earlier auditrail), which is the sender's clock: \
+                 [sinks.partitions] retention drops nothing there, since it could drop an event on the day it arrives. \
+                 Migrate the rows into a table auditrail creates (partitioned by {PARTITION_COLUMN}), or remove `retention`"
+            ),
+        ));
+    }
     if let Some(retention) = config.retention {
         let now_ns = now
             .duration_since(UNIX_EPOCH)
@@ -154,6 +182,12 @@ pub(super) async fn maintain(
         }
     }
     Ok(done)
+}
+
+/// Whether a partition expression (as information_schema shows it,
+/// quoted or not) is the receive time.
+fn by_receive_time(expression: &str) -> bool {
+    expression.trim().trim_matches('`') == PARTITION_COLUMN
 }
 
 #[cfg(test)]

@@ -51,10 +51,17 @@ const INDEXES: &[(&str, &str)] = &[
     ("idx_trace", "`trace_id`"),
 ];
 
+/// The column a partitioned table is ranged by: when auditrail received
+/// the event, as the spool's retention counts, so that dropping a
+/// partition past retention never takes an event that has just arrived
+/// stamped long ago by its sender.
+pub(super) const PARTITION_COLUMN: &str = "received_time_unix_nano";
+
 /// `CREATE TABLE` for the canonical table. With `partitions`, the table is
-/// range-partitioned by `time_unix_nano` and the primary key takes that
+/// range-partitioned by [`PARTITION_COLUMN`] and the primary key takes that
 /// column too (MySQL requires every unique key to cover the partitioning
-/// column); it stays idempotent, since an event's time never changes.
+/// column); it stays idempotent, since an event's receive time never
+/// changes.
 pub(super) fn create_table(table: &str, partitions: Option<&str>) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", quote(table));
     for field in Field::ALL {
@@ -63,14 +70,20 @@ pub(super) fn create_table(table: &str, partitions: Option<&str>) -> String {
     }
     match partitions {
         None => sql.push_str("  PRIMARY KEY (`node`, `seq`)"),
-        Some(_) => sql.push_str("  PRIMARY KEY (`node`, `seq`, `time_unix_nano`)"),
+        Some(_) => sql.push_str(&format!(
+            "  PRIMARY KEY (`node`, `seq`, {})",
+            quote(PARTITION_COLUMN)
+        )),
     }
     for (name, columns) in INDEXES {
         sql.push_str(&format!(",\n  KEY {} ({columns})", quote(name)));
     }
     sql.push_str("\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin");
     if let Some(partitions) = partitions {
-        sql.push_str("\nPARTITION BY RANGE (`time_unix_nano`) (");
+        sql.push_str(&format!(
+            "\nPARTITION BY RANGE ({}) (",
+            quote(PARTITION_COLUMN)
+        ));
         sql.push_str(partitions);
         sql.push(')');
     }
@@ -249,9 +262,9 @@ mod tests {
             "audit_events",
             Some("PARTITION p_future VALUES LESS THAN MAXVALUE"),
         );
-        assert!(partitioned.contains("PRIMARY KEY (`node`, `seq`, `time_unix_nano`)"));
+        assert!(partitioned.contains("PRIMARY KEY (`node`, `seq`, `received_time_unix_nano`)"));
         assert!(partitioned.ends_with(
-            "PARTITION BY RANGE (`time_unix_nano`) (PARTITION p_future VALUES LESS THAN MAXVALUE)"
+            "PARTITION BY RANGE (`received_time_unix_nano`) (PARTITION p_future VALUES LESS THAN MAXVALUE)"
         ));
     }
 }
