@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use auditrail_tests::clickhouse::{self, num, select, Chdb};
 use auditrail_tests::mysql::{self, text, PrivateMariaDb, SinkToml};
-use auditrail_tests::sinks::{
-    assert_no_dead_letters, client, send_batch, sink_status, tail,
-};
+use auditrail_tests::sinks::{assert_no_dead_letters, client, send_batch, sink_status, tail};
 use auditrail_tests::{free_port, Server};
 use sqlx::Row;
 
@@ -104,10 +102,20 @@ async fn wait_delivered(server: &Server, sink: &str) -> u64 {
 fn each_once(rows: &[(String, u64)], sent: &HashMap<String, String>) -> HashMap<String, u64> {
     let mut seq_of = HashMap::new();
     for (uid, seq) in rows {
-        assert!(sent.contains_key(uid), "row for {uid}, which was never sent");
-        assert!(seq_of.insert(uid.clone(), *seq).is_none(), "{uid} stored twice");
+        assert!(
+            sent.contains_key(uid),
+            "row for {uid}, which was never sent"
+        );
+        assert!(
+            seq_of.insert(uid.clone(), *seq).is_none(),
+            "{uid} stored twice"
+        );
     }
-    let missing: Vec<_> = sent.keys().filter(|u| !seq_of.contains_key(*u)).take(5).collect();
+    let missing: Vec<_> = sent
+        .keys()
+        .filter(|u| !seq_of.contains_key(*u))
+        .take(5)
+        .collect();
     assert!(
         missing.is_empty(),
         "{} of {} events are not in the table (discarded as duplicates?), e.g. {missing:?}",
@@ -140,7 +148,11 @@ async fn wiped_spool_keeps_delivering(tables: Vec<(&str, Table)>, sinks: String)
         assert_no_dead_letters(&server, sink).await;
         let rows = table.rows().await;
         let seq_of = each_once(&rows, &sent);
-        assert_eq!(rows.len(), 200, "sink {sink}: the table grew by the new events");
+        assert_eq!(
+            rows.len(),
+            200,
+            "sink {sink}: the table grew by the new events"
+        );
         let old_max = before.iter().map(|u| seq_of[u]).max().unwrap();
         assert_eq!(old_max, 120);
         let new_min = seq_of
@@ -149,15 +161,24 @@ async fn wiped_spool_keeps_delivering(tables: Vec<(&str, Table)>, sinks: String)
             .map(|(_, s)| *s)
             .min()
             .unwrap();
-        assert_eq!(new_min, 121, "sink {sink}: new seqs continue after the old maximum");
+        assert_eq!(
+            new_min, 121,
+            "sink {sink}: new seqs continue after the old maximum"
+        );
     }
     let first = &first_ready["spool"]["identity"];
     assert_eq!(first["first_seq"], 1, "{first_ready}");
     let (_, ready) = server.readyz().await;
     let identity = &ready["spool"]["identity"];
-    assert_eq!(identity["first_seq"], 121, "a new spool starts after what the sinks hold: {ready}");
+    assert_eq!(
+        identity["first_seq"], 121,
+        "a new spool starts after what the sinks hold: {ready}"
+    );
     assert_eq!(identity["spool_id"].as_str().unwrap().len(), 32, "{ready}");
-    assert_ne!(identity["spool_id"], first["spool_id"], "a new spool, a new id");
+    assert_ne!(
+        identity["spool_id"], first["spool_id"],
+        "a new spool, a new id"
+    );
     assert!(
         server.log().contains("new spool: its seqs start at 121"),
         "{}",
@@ -281,7 +302,11 @@ async fn a_spool_restored_from_an_older_copy_is_a_loud_error() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(db.count("audit_events").await, 200, "nothing written, nothing discarded");
+    assert_eq!(
+        db.count("audit_events").await,
+        200,
+        "nothing written, nothing discarded"
+    );
     drop(server);
     drop(mariadb);
 }
