@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use auditrail_tests::clickhouse::{self, num, select, Chdb};
 use auditrail_tests::mysql::{self, text, PrivateMariaDb, SinkToml};
-use auditrail_tests::sinks::{assert_no_dead_letters, client, send_batch, sink_status, tail};
+use auditrail_tests::sinks::{
+    assert_no_dead_letters, assert_none_missing, client, send_batch, sink_status, tail,
+};
 use auditrail_tests::{free_port, Server};
 use sqlx::Row;
 
@@ -111,18 +113,15 @@ fn each_once(rows: &[(String, u64)], sent: &HashMap<String, String>) -> HashMap<
             "{uid} stored twice"
         );
     }
-    let missing: Vec<_> = sent
-        .keys()
-        .filter(|u| !seq_of.contains_key(*u))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} events are not in the table (discarded as duplicates?), e.g. {missing:?}",
-        sent.len() - seq_of.len().min(sent.len()),
-        sent.len()
-    );
+    assert_none_missing(sent, &seq_of.keys().cloned().collect());
     seq_of
+}
+
+/// The log says each of `parts`.
+fn assert_says(log: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(log.contains(part), "{part:?} not in:\n{}", tail(log));
+    }
 }
 
 /// Delivers 120 events, stops, wipes the spool directory, starts again with
@@ -269,14 +268,15 @@ async fn a_spool_restored_from_an_older_copy_is_a_loud_error() {
     let (status, log) =
         Server::start_expecting_exit(dir.path(), "", &sinks, &[], Duration::from_secs(60));
     assert!(!status.success());
-    for part in [
-        "sink \"warehouse\" (mysql): spool_identity:",
-        "holds events of node \"test-node\" up to seq 200",
-        "has assigned seqs only up to 120",
-        "restored from an older copy, or another auditrail instance uses node id",
-    ] {
-        assert!(log.contains(part), "{part:?} not in:\n{}", tail(&log));
-    }
+    assert_says(
+        &log,
+        &[
+            "sink \"warehouse\" (mysql): spool_identity:",
+            "holds events of node \"test-node\" up to seq 200",
+            "has assigned seqs only up to 120",
+            "restored from an older copy, or another auditrail instance uses node id",
+        ],
+    );
 
     // The database is down at start: the check waits for it.
     mariadb.stop().await;
@@ -322,13 +322,14 @@ async fn a_new_spool_with_an_unreachable_sink_does_not_start() {
     let (status, log) =
         Server::start_expecting_exit(dir.path(), "", &sinks, &[], Duration::from_secs(60));
     assert!(!status.success());
-    for part in [
-        "sink \"warehouse\" (mysql): connection:",
-        "the spool is new",
-        "start it again once this sink is reachable",
-    ] {
-        assert!(log.contains(part), "{part:?} not in:\n{}", tail(&log));
-    }
+    assert_says(
+        &log,
+        &[
+            "sink \"warehouse\" (mysql): connection:",
+            "the spool is new",
+            "start it again once this sink is reachable",
+        ],
+    );
     // Nothing was decided: once the sink answers, the spool starts at 1.
     let db = mysql::Database::create().await;
     let sinks = delivery(SinkToml::new("warehouse", &db.url())).to_string();
