@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use auditrail_tests::clickhouse::{self, num, select, Chdb};
 use auditrail_tests::mysql::{self, text, PrivateMariaDb, SinkToml};
 use auditrail_tests::sinks::{
-    assert_no_dead_letters, assert_none_missing, client, send_batch, sink_status, tail,
+    assert_no_dead_letters, assert_none_missing, client, send_batch, sink_counter, sink_status,
+    tail,
 };
 use auditrail_tests::{free_port, Server};
 use sqlx::Row;
@@ -317,6 +318,14 @@ async fn a_spool_restored_from_an_older_copy_is_a_loud_error() {
         db.count("audit_events").await,
         200,
         "nothing written, nothing discarded"
+    );
+    let (errors, samples) = sink_counter(&server, "auditrail_sink_errors_total", "warehouse").await;
+    assert!(
+        errors > 0.0
+            && samples
+                .iter()
+                .any(|s| s.contains("kind=\"spool_identity\"")),
+        "{samples:?}"
     );
     drop(server);
     drop(mariadb);
