@@ -131,7 +131,11 @@ impl Server {
             let mut server = Server::spawn(dir, spool, spool_keys, extra_tables, env);
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
-                Err(log) if log.contains("Address already in use") && attempts < 3 => {
+                // (Or two of the free ports were the same one.)
+                Err(log)
+                    if (log.contains("Address already in use") || log.contains("must differ"))
+                        && attempts < 3 =>
+                {
                     attempts += 1;
                 }
                 Err(log) => return Err(log),

@@ -630,11 +630,15 @@ async fn startup_errors_are_clear() {
         "says what to do: {error}"
     );
 
-    // (b) ClickHouse not listening: no reason not to start. Events are
-    // accepted and wait, and /readyz says why.
+    // (b) ClickHouse not listening: no reason not to start, once the spool
+    // exists (a new spool must first ask every sink which seqs it holds:
+    // tests/tests/spool_identity.rs). Events are accepted and wait, and
+    // /readyz says why.
     let port = free_port();
     let sinks = sink("warehouse", &format!("http://127.0.0.1:{port}"), "audit").to_string();
-    let server = Server::start_with("", &sinks);
+    let dir = tempfile::tempdir().unwrap();
+    Server::start_in(dir.path(), "", "").kill9(); // its identity is flushed before it serves
+    let server = Server::start_in(dir.path(), "", &sinks);
     let (request, ids) = numbered_batch(SPAN, "unreachable", 3);
     send(&mut client(&server).await, request).await;
     eventually_within_status(

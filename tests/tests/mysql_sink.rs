@@ -659,10 +659,14 @@ async fn startup_errors_are_clear() {
         "the table is unchanged"
     );
 
-    // (d) A database that is not there yet is no reason not to start.
+    // (d) A database that is not there yet is no reason not to start, once
+    // the spool exists (a new spool must first ask every sink which seqs it
+    // holds: tests/tests/spool_identity.rs).
     let port = free_port();
     let sinks = sink("warehouse", &format!("mysql://root@127.0.0.1:{port}/audit")).to_string();
-    let server = Server::start_with("", &sinks);
+    let dir = tempfile::tempdir().unwrap();
+    Server::start_in(dir.path(), "", "").kill9(); // its identity is flushed before it serves
+    let server = Server::start_in(dir.path(), "", &sinks);
     let (uid_request, ids) = numbered_batch(SPAN, "unreachable", 3);
     send(&mut client(&server).await, uid_request).await;
     eventually_within(

@@ -11,19 +11,21 @@
 //! until the record(s) to blame stand alone, and those go to the spool's
 //! dead-letter tree while the rest is delivered.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_model::AuditEvent;
-use auditrail_spool::{Spool, SpoolError};
+use auditrail_spool::{ForgottenSink, Spool, SpoolError};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cursor::AckWindow;
 use crate::health::{Health, StuckBatch};
+use crate::removed::{self, ForgetError, RemovedSink};
 use crate::retry::Backoff;
 use crate::{
-    DeliveryConfig, ErrorClass, ExportError, Exporter, SinkConfig, SinkContext, SinkStatus,
+    spool_check, DeliveryConfig, ErrorClass, ExportError, Exporter, SinkConfig, SinkContext,
+    SinkStatus,
 };
 
 /// Why the pipeline could not start.
@@ -37,6 +39,15 @@ pub enum StartError {
         kind: &'static str,
         error: ExportError,
     },
+    /// A new spool must not assign a seq before every sink said which
+    /// seqs of this node it already holds.
+    #[error("sink {name:?} ({kind}): {error}; the spool is new, and its first seq must come after every seq of node {node:?} that a sink already holds (else a sink would discard its events as duplicates), so auditrail does not start until every sink answers: start it again once this sink is reachable (see docs/sinks.md, \"Spool identity\")")]
+    NewSpool {
+        name: String,
+        kind: &'static str,
+        node: String,
+        error: ExportError,
+    },
     /// The spool error is the source, so `{:#}` shows it once.
     #[error("sink cursors")]
     Spool(#[from] SpoolError),
@@ -45,6 +56,10 @@ pub enum StartError {
 /// Every configured sink, each delivering on its own.
 pub struct Pipeline {
     sinks: Vec<RunningSink>,
+    spool: Arc<Spool>,
+    configured: BTreeSet<String>,
+    /// Sinks no longer configured whose cursor or dead letters remain.
+    removed: std::sync::Mutex<Vec<String>>,
 }
 
 struct RunningSink {
@@ -53,9 +68,11 @@ struct RunningSink {
 }
 
 impl Pipeline {
-    /// Builds and prepares every sink, registers its cursor and starts its
-    /// delivery loop. Cursors of sinks no longer configured are removed, so
-    /// retention stops waiting for them.
+    /// Builds and prepares every sink, decides a new spool's first seq (or
+    /// checks an existing spool against the sinks, see `spool_check.rs`),
+    /// registers each cursor and starts each delivery loop. Sinks no longer
+    /// configured keep their cursor and dead letters, with a warning, until
+    /// [`Pipeline::forget`].
     ///
     /// A sink that is [`ErrorClass::Misconfigured`] (wrong password,
     /// missing database) fails the start with its message. A sink that is
@@ -79,33 +96,37 @@ impl Pipeline {
                 error,
             };
             let exporter = config.kind.build(&context).map_err(sink_error)?;
-            let ready = match tokio::time::timeout(config.delivery.timeout, exporter.prepare())
+            let outcome = match tokio::time::timeout(config.delivery.timeout, exporter.prepare())
                 .await
             {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) if e.class == ErrorClass::Misconfigured => return Err(sink_error(e)),
                 Ok(Err(e)) => {
                     tracing::warn!(sink = %config.name, error = %e, "sink is not reachable yet; ingest goes on and delivery starts when it is");
-                    false
+                    Err(e)
                 }
                 Err(_) => {
                     tracing::warn!(sink = %config.name, timeout = ?config.delivery.timeout, "sink did not answer at start; ingest goes on and delivery starts when it does");
-                    false
+                    Err(ExportError::retryable(
+                        "timeout",
+                        format!("no answer within {:?}", config.delivery.timeout),
+                    ))
                 }
             };
-            prepared.push((config, exporter, ready));
+            prepared.push((config, exporter, outcome));
         }
+        spool_check::reconcile(&spool, &mut prepared).await?;
 
-        let configured: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
-        for (name, cursor) in spool.cursors()? {
-            if !configured.contains(name.as_str()) {
-                tracing::info!(sink = %name, cursor, "sink is no longer configured; its cursor is removed");
-                spool.unregister_sink(&name)?;
-            }
+        let configured: BTreeSet<String> = configs.iter().map(|c| c.name.clone()).collect();
+        let removed = removed::find(&spool, &configured)?;
+        for status in removed::statuses(&spool, &removed)? {
+            tracing::warn!(sink = %status.name, cursor = ?status.cursor, lag_events = status.lag_events, dead_letters = status.dead_letters,
+                "sink is no longer configured; {}", status.note);
         }
 
         let mut sinks = Vec::new();
-        for (config, exporter, ready) in prepared {
+        for (config, exporter, outcome) in prepared {
+            let ready = outcome.is_ok();
             let cursor = spool.register_sink(&config.name)?;
             let health = Arc::new(Health::new(&config.name, config.kind.type_name(), cursor));
             let delivery = config.delivery.clone();
@@ -125,12 +146,35 @@ impl Pipeline {
                 tasks: std::sync::Mutex::new(tasks),
             });
         }
-        Ok(Pipeline { sinks })
+        Ok(Pipeline {
+            sinks,
+            spool,
+            configured,
+            removed: std::sync::Mutex::new(removed),
+        })
     }
 
     /// Every sink's state, for `/readyz`.
     pub fn statuses(&self) -> Vec<SinkStatus> {
         self.sinks.iter().map(|s| s.health.snapshot()).collect()
+    }
+
+    /// Sinks no longer configured whose cursor or dead letters the spool
+    /// keeps, for `/readyz` (which also refreshes their metrics).
+    pub fn removed_sinks(&self) -> Result<Vec<RemovedSink>, SpoolError> {
+        let names = self.removed.lock().expect("removed lock").clone();
+        removed::statuses(&self.spool, &names)
+    }
+
+    /// `auditrail sink forget NAME` on a running server: removes the cursor
+    /// and dead letters of a sink that is no longer configured.
+    pub fn forget(&self, name: &str) -> Result<ForgottenSink, ForgetError> {
+        let forgotten = removed::forget(&self.spool, &self.configured, name)?;
+        self.removed
+            .lock()
+            .expect("removed lock")
+            .retain(|n| n != name);
+        Ok(forgotten)
     }
 
     /// Stops every sink. Batches in flight are abandoned; their cursors did

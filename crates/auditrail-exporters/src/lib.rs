@@ -17,8 +17,10 @@ pub mod delivery;
 mod error;
 pub mod fields;
 mod health;
+mod removed;
 mod retry;
 pub mod sinks;
+mod spool_check;
 
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +31,9 @@ pub use config::{DeliveryConfig, SinkConfig};
 pub use delivery::Pipeline;
 pub use error::{ErrorClass, ExportError};
 pub use health::SinkStatus;
+pub use removed::{forget as forget_sink, ForgetError, RemovedSink};
 pub use sinks::SinkKind;
+pub use spool_check::HeldSeq;
 
 /// One destination for audit events.
 ///
@@ -57,6 +61,17 @@ pub trait Exporter: Send + Sync + 'static {
     /// How often [`Exporter::maintain`] runs; `None` for never.
     fn maintenance_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// The highest seq of `node` that the destination already holds, asked
+    /// before a new spool assigns its first seq (so a wiped spool does not
+    /// reuse seqs this sink would discard as duplicates) and at start-up of
+    /// an existing one (a sink ahead of the spool means a restored spool or
+    /// a node id used twice). Runs after a successful [`Exporter::prepare`].
+    /// The default, for sinks that do not key rows by `(node, seq)`, is
+    /// [`HeldSeq::NotTracked`].
+    async fn highest_seq(&self, _node: &str) -> Result<HeldSeq, ExportError> {
+        Ok(HeldSeq::NotTracked)
     }
 }
 

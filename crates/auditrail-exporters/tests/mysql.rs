@@ -411,3 +411,55 @@ async fn partition_retention_counts_from_receive_time() {
         "days are still split off ahead: {parts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn highest_seq_answers_per_node_for_canonical_and_mapped_tables() {
+    use auditrail_exporters::HeldSeq;
+    let db = Database::create().await;
+    let canonical = sink(&db, "");
+    canonical.prepare().await.unwrap();
+    assert_eq!(
+        canonical.highest_seq("lib-node").await.unwrap(),
+        HeldSeq::Highest(0)
+    );
+    let now = now_unix_nano();
+    canonical
+        .export(&[event(7, now), event(12, now), event(9, now)])
+        .await
+        .unwrap();
+    assert_eq!(
+        canonical.highest_seq("lib-node").await.unwrap(),
+        HeldSeq::Highest(12)
+    );
+    assert_eq!(
+        canonical.highest_seq("other-node").await.unwrap(),
+        HeldSeq::Highest(0)
+    );
+
+    // A legacy table whose seq is text: compared as a number (10 > 9).
+    db.execute(
+        "CREATE TABLE legacy (who VARCHAR(64), n VARCHAR(20), prompt TEXT, UNIQUE KEY (who, n))",
+    )
+    .await;
+    let mapped = sink(
+        &db,
+        "table = \"legacy\"\n[columns]\nwho = \"node\"\nn = \"seq\"\nprompt = \"body\"\n",
+    );
+    mapped.prepare().await.unwrap();
+    mapped
+        .export(&[event(9, now), event(10, now)])
+        .await
+        .unwrap();
+    assert_eq!(
+        mapped.highest_seq("lib-node").await.unwrap(),
+        HeldSeq::Highest(10)
+    );
+
+    // Without columns mapped from both node and seq, it cannot tell.
+    let unmapped = sink(&db, "table = \"legacy\"\n[columns]\nprompt = \"body\"\n");
+    unmapped.prepare().await.unwrap();
+    assert_eq!(
+        unmapped.highest_seq("lib-node").await.unwrap(),
+        HeldSeq::NotTracked
+    );
+}

@@ -121,3 +121,27 @@ pub(crate) fn count(shared: &Shared, sink: &str) -> usize {
         .keys()
         .count()
 }
+
+/// Removes every dead letter of `sink` (the sink is forgotten); returns how many.
+pub(crate) fn remove_all(shared: &Shared, sink: &str) -> Result<usize, SpoolError> {
+    let mut removed = 0;
+    for key in shared.dead_letters.scan_prefix(sink_prefix(sink)).keys() {
+        shared.dead_letters.remove(key?)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The distinct sinks that have dead letters, in name order.
+pub(crate) fn sinks(shared: &Shared) -> Result<Vec<String>, SpoolError> {
+    let mut names: Vec<String> = Vec::new();
+    for key in shared.dead_letters.iter().keys() {
+        let key = key?;
+        let name = key.split(|&b| b == 0).next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name);
+        if names.last().map(String::as_str) != Some(&*name) {
+            names.push(name.into_owned());
+        }
+    }
+    Ok(names)
+}

@@ -18,6 +18,7 @@ mod dead_letter;
 mod dedup;
 mod durable;
 mod failstop;
+mod identity;
 mod index;
 mod opening;
 mod query;
@@ -29,7 +30,7 @@ mod writer;
 use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use dead_letter::DeadLetter;
 pub use failstop::FailedOp;
+pub use identity::SpoolIdentity;
 pub use query::{Filter, QueryStats};
 pub use retention::GcStats;
 pub use verify::VerifyReport;
@@ -95,6 +97,8 @@ pub enum SpoolError {
     UnknownSink(String),
     #[error("sink {sink:?} acknowledged seq {seq}, past the last stored seq {last}")]
     AckBeyondEnd { sink: String, seq: u64, last: u64 },
+    #[error("the spool already has an identity: its first seq is decided")]
+    AlreadyStarted,
 }
 
 impl From<sled::Error> for SpoolError {
@@ -113,6 +117,15 @@ pub struct Appended {
     pub duplicates: usize,
     /// The seqs given to the stored events, in order.
     pub seqs: Vec<u64>,
+}
+
+/// What [`Spool::forget_sink`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForgottenSink {
+    /// The sink's cursor, if it had one.
+    pub cursor: Option<u64>,
+    /// How many dead letters it had.
+    pub dead_letters: usize,
 }
 
 /// Counters describing the spool's contents.
@@ -155,6 +168,10 @@ pub(crate) struct Shared {
     barrier: Mutex<SyncBarrier>,
     /// Set once a sync fails or a spool thread panics (see `failstop.rs`).
     pub(crate) failure: FailStop,
+    /// Unset while the spool is new and pending (see `identity.rs`).
+    identity: OnceLock<SpoolIdentity>,
+    /// Serializes [`Spool::start_new`] against an append's implicit start.
+    identity_init: Mutex<()>,
 }
 
 /// sled's segment size. sled records it in the spool on creation and
@@ -306,12 +323,26 @@ impl Spool {
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
+        let removed_tail = retention::removed_tail(&meta)?;
+        let has_contents = !batches.is_empty()
+            || removed_tail.is_some()
+            || !cursors.is_empty()
+            || !dead_letters.is_empty();
+        let identity = identity::recover(&meta, has_contents, std::time::SystemTime::now())?;
+        if identity.as_ref().is_some_and(|i| i.adopted) {
+            db.flush()?;
+        }
         let (last_seq, last_hash) = match batches.last()? {
             Some((_, value)) => {
                 let view = BatchView::parse(&value)?;
                 (view.last_seq(), view.last_hash()?)
             }
-            None => retention::removed_tail(&meta)?.unwrap_or((0, GENESIS_HASH)),
+            // Nothing stored (or all of it past retention): continue after
+            // the removed tail, or start where the identity says.
+            None => removed_tail.unwrap_or((
+                identity.as_ref().map_or(0, SpoolIdentity::floor),
+                GENESIS_HASH,
+            )),
         };
         let first_seq = match batches.first()? {
             Some((key, _)) => seq_from_bytes(&key),
@@ -346,6 +377,8 @@ impl Spool {
             initial_last_hash: last_hash,
             barrier: Mutex::new(barrier),
             failure: FailStop::default(),
+            identity: identity.map(OnceLock::from).unwrap_or_default(),
+            identity_init: Mutex::new(()),
         });
         shared.measure_disk_usage();
         shared.publish_gauges();
@@ -382,6 +415,13 @@ impl Spool {
         }
         self.shared.failure.check()?;
         self.check_quota()?;
+        if self.shared.identity.get().is_none() {
+            // Nobody asked the sinks: a pending spool starts at seq 1.
+            self.start_new(0).or_else(|e| match e {
+                SpoolError::AlreadyStarted => Ok(()),
+                e => Err(e),
+            })?;
+        }
         let (reply, answer) = oneshot::channel();
         let sender = lock(&self.jobs).clone().ok_or(SpoolError::Closed)?;
         // Waits while the writer's queue is full: backpressure, not memory.
@@ -438,6 +478,41 @@ impl Spool {
         self.shared.stats()
     }
 
+    /// Who this spool is; `None` while it is new and pending: nothing
+    /// stored yet and its first seq not decided (see [`Spool::start_new`]).
+    pub fn identity(&self) -> Option<&SpoolIdentity> {
+        self.shared.identity.get()
+    }
+
+    /// Decides a new spool's first seq: `after_seq + 1`, where `after_seq`
+    /// is the highest seq of this node that any sink already holds (0 for
+    /// none), so that a wiped or recreated spool never reuses a seq a sink
+    /// would discard as a duplicate. The identity is flushed before this
+    /// returns. [`SpoolError::AlreadyStarted`] once the spool has one.
+    pub fn start_new(&self, after_seq: u64) -> Result<(), SpoolError> {
+        let _init = self.shared.identity_init.lock().expect("identity lock");
+        if self.shared.identity.get().is_some() {
+            return Err(SpoolError::AlreadyStarted);
+        }
+        let first_seq = after_seq
+            .checked_add(1)
+            .ok_or_else(|| SpoolError::Corrupt(format!("no seq after {after_seq}")))?;
+        let identity = SpoolIdentity::new(first_seq, false, std::time::SystemTime::now());
+        identity::store(&self.shared.meta, &identity)?;
+        self.shared.sync()?;
+        // Nothing is stored and no append ran (they wait for the identity),
+        // so the counters can move from 0 to the new floor.
+        let shared = &self.shared;
+        shared.last_seq.store(after_seq, Ordering::Release);
+        shared.first_seq.store(first_seq, Ordering::Release);
+        shared.indexed_seq.store(after_seq, Ordering::Release);
+        shared.durable_seq.send_replace(after_seq);
+        tracing::info!(spool_id = %identity.spool_id, first_seq, "new spool: its seqs start at {first_seq}, after what the sinks already hold, with a new hash chain");
+        let _ = shared.identity.set(identity);
+        shared.publish_gauges();
+        Ok(())
+    }
+
     /// The node id this spool writes into events.
     pub fn node(&self) -> &str {
         &self.shared.node
@@ -465,11 +540,27 @@ impl Spool {
         cursors::register(&self.shared, sink)
     }
 
-    /// Forgets a sink's cursor (the sink was removed from the config), so
-    /// that retention no longer waits for it.
-    pub fn unregister_sink(&self, sink: &str) -> Result<(), SpoolError> {
-        self.shared.cursors.remove(sink.as_bytes())?;
-        Ok(())
+    /// Forgets a sink for good (`auditrail sink forget`): removes its cursor,
+    /// so retention no longer waits for it, and its dead letters. Flushed
+    /// before it returns. Says what there was; both empty for a sink the
+    /// spool never knew.
+    pub fn forget_sink(&self, sink: &str) -> Result<ForgottenSink, SpoolError> {
+        let cursor = self
+            .shared
+            .cursors
+            .remove(sink.as_bytes())?
+            .map(|v| seq_from_bytes(&v));
+        let dead_letters = dead_letter::remove_all(&self.shared, sink)?;
+        self.shared.sync()?;
+        Ok(ForgottenSink {
+            cursor,
+            dead_letters,
+        })
+    }
+
+    /// The names of every sink that has dead letters, in order.
+    pub fn dead_letter_sinks(&self) -> Result<Vec<String>, SpoolError> {
+        dead_letter::sinks(&self.shared)
     }
 
     /// Every registered sink with its cursor.

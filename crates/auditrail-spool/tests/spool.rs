@@ -592,11 +592,12 @@ async fn retention_waits_for_the_slowest_sink() {
     spool.ack("slow", 1).unwrap();
     assert_eq!(spool.gc(now).unwrap().events, 1, "only what both confirmed");
     assert_eq!(all(&spool).iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
-    spool.unregister_sink("slow").unwrap();
+    let forgotten = spool.forget_sink("slow").unwrap();
+    assert_eq!((forgotten.cursor, forgotten.dead_letters), (Some(1), 0));
     assert_eq!(
         spool.gc(now).unwrap().events,
         1,
-        "a removed sink holds nothing back"
+        "a forgotten sink holds nothing back"
     );
     assert!(all(&spool).is_empty());
 }
@@ -742,4 +743,125 @@ async fn an_empty_conf_is_rewritten_and_the_data_kept() {
         "sled wrote the parameters again"
     );
     reopen_result(dir.path()).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Identity (see identity.rs)
+
+#[tokio::test]
+async fn a_new_spool_is_pending_until_its_first_seq_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    assert!(
+        spool.identity().is_none(),
+        "nothing stored, nothing decided"
+    );
+    spool.start_new(500).unwrap();
+    let identity = spool.identity().unwrap().clone();
+    assert_eq!(identity.first_seq, 501);
+    assert!(!identity.adopted);
+    assert!(matches!(
+        spool.start_new(9),
+        Err(SpoolError::AlreadyStarted)
+    ));
+    assert_eq!(spool.stats().last_seq, 500);
+    assert_eq!(spool.stats().events, 0);
+    let appended = spool
+        .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+        .await
+        .unwrap();
+    assert_eq!(appended.seqs, [501, 502]);
+    // A new chain: the first event links to the genesis hash.
+    let events = all(&spool);
+    assert_eq!(events[0].prev_hash, GENESIS_HASH);
+    assert!(spool.verify().unwrap().is_intact());
+    spool.register_sink("s").unwrap();
+    assert_eq!(spool.read(0, 10).unwrap().len(), 2);
+    drop(spool);
+
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    assert_eq!(spool.identity(), Some(&identity), "the identity lasts");
+    assert_eq!(spool.stats().last_seq, 502);
+}
+
+#[tokio::test]
+async fn a_decided_first_seq_survives_a_restart_before_any_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool.start_new(41).unwrap();
+    drop(spool);
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    assert_eq!(spool.identity().unwrap().first_seq, 42);
+    assert_eq!(spool.stats().last_seq, 41);
+    let appended = spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    assert_eq!(appended.seqs, [42]);
+}
+
+#[tokio::test]
+async fn an_append_starts_a_pending_spool_at_seq_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let appended = spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    assert_eq!(appended.seqs, [1]);
+    assert_eq!(spool.identity().unwrap().first_seq, 1);
+    assert!(matches!(
+        spool.start_new(100),
+        Err(SpoolError::AlreadyStarted)
+    ));
+}
+
+#[tokio::test]
+async fn a_spool_without_an_identity_adopts_one_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    }
+    // What a spool made before identities looks like: the same, without it.
+    reopen(|| {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(8 << 20)
+            .open()?;
+        db.open_tree("meta")?.remove("identity")?;
+        db.flush()
+    });
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    let identity = spool.identity().unwrap().clone();
+    assert!(identity.adopted);
+    assert_eq!(identity.first_seq, 1);
+    let appended = spool.append(vec![event("b", 2, "u", "x")]).await.unwrap();
+    assert_eq!(appended.seqs, [2]);
+    drop(spool);
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    assert_eq!(spool.identity(), Some(&identity), "adopted once, for good");
+}
+
+#[tokio::test]
+async fn forgetting_a_sink_removes_its_cursor_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool
+        .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+        .await
+        .unwrap();
+    spool.register_sink("gone").unwrap();
+    spool.register_sink("kept").unwrap();
+    let events = all(&spool);
+    for sink in ["gone", "kept"] {
+        spool.dead_letter(sink, &events[0], "too long", 5).unwrap();
+    }
+    spool
+        .dead_letter("gone", &events[1], "too long", 5)
+        .unwrap();
+    spool.ack("gone", 2).unwrap();
+    assert_eq!(spool.dead_letter_sinks().unwrap(), ["gone", "kept"]);
+
+    let forgotten = spool.forget_sink("gone").unwrap();
+    assert_eq!((forgotten.cursor, forgotten.dead_letters), (Some(2), 2));
+    assert_eq!(spool.cursors().unwrap(), [("kept".to_string(), 0)]);
+    assert_eq!(spool.dead_letter_sinks().unwrap(), ["kept"]);
+    assert_eq!(spool.dead_letter_count("kept"), 1);
+    let again = spool.forget_sink("gone").unwrap();
+    assert_eq!((again.cursor, again.dead_letters), (None, 0));
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use auditrail_exporters::Pipeline;
+use auditrail_exporters::{ForgetError, Pipeline};
 use auditrail_spool::Spool;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +32,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_dead_letters))
+        .route("/v1/sinks/{name}/forget", post(forget_sink))
         .with_state(state)
 }
 
@@ -47,13 +48,22 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let pipeline = state.pipeline.clone();
+    let removed = on_spool(move || pipeline.removed_sinks())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the removed sinks failed");
+            Vec::new()
+        });
     let body = serde_json::json!({
         "ready": accepting.is_ok(),
         "spool": {
             "accepting": accepting.is_ok(),
             "error": accepting.err().map(|e| e.to_string()),
+            "identity": state.spool.identity(),
         },
         "sinks": state.pipeline.statuses(),
+        "removed_sinks": removed,
     });
     (status, Json(body)).into_response()
 }
@@ -84,6 +94,34 @@ async fn replay_dead_letters(
         })
 }
 
+/// `POST /v1/sinks/NAME/forget`: removes the cursor and dead letters of a
+/// sink that is no longer configured.
+async fn forget_sink(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let pipeline = state.pipeline.clone();
+    let forgotten = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || pipeline.forget(&name)).await
+    };
+    match forgotten {
+        Ok(Ok(forgotten)) => Json(serde_json::json!({
+            "forgotten": name,
+            "cursor": forgotten.cursor,
+            "dead_letters": forgotten.dead_letters,
+        }))
+        .into_response(),
+        Ok(Err(e)) => {
+            let status = match &e {
+                ForgetError::StillConfigured(_) => StatusCode::CONFLICT,
+                ForgetError::Unknown(_) => StatusCode::NOT_FOUND,
+                ForgetError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let message = format!("{:#}", anyhow::Error::from(e));
+            (status, Json(serde_json::json!({ "error": message }))).into_response()
+        }
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
 /// Runs a (blocking) spool call off the async workers.
 async fn on_spool<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, auditrail_spool::SpoolError> + Send + 'static,
@@ -103,6 +141,9 @@ fn internal_error(message: String) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    // Removed sinks have no delivery loop to keep their gauges current.
+    let pipeline = state.pipeline.clone();
+    let _ = on_spool(move || pipeline.removed_sinks()).await;
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

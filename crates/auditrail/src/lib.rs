@@ -12,3 +12,4 @@ pub mod dead_letters;
 pub mod output;
 pub mod query_args;
 pub mod serve;
+pub mod sinks;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use auditrail::config::Config;
-use auditrail::{client, dead_letters, serve};
+use auditrail::{client, dead_letters, serve, sinks};
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the
@@ -57,6 +57,9 @@ enum Command {
     /// Events that sinks permanently rejected: list them, or replay them.
     #[command(subcommand)]
     DeadLetter(dead_letters::DeadLetterCommand),
+    /// Sinks removed from the config: forget what the spool keeps of them.
+    #[command(subcommand)]
+    Sink(sinks::SinkCommand),
     /// Check a config file and say what is wrong with it, if anything.
     CheckConfig { file: PathBuf },
     /// Print the version.
@@ -99,6 +102,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { read } => runtime()?.block_on(client::query(read))?,
         Command::Tail { read, every } => runtime()?.block_on(client::tail(read, every))?,
         Command::DeadLetter(command) => runtime()?.block_on(dead_letters::run(command))?,
+        Command::Sink(command) => runtime()?.block_on(sinks::run(command))?,
         Command::Verify { data_dir } => {
             if !client::verify(data_dir)? {
                 return Ok(ExitCode::FAILURE);

@@ -30,6 +30,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("starting the sinks")?,
     );
+    if let Some(identity) = spool.identity() {
+        tracing::info!(node, spool_id = %identity.spool_id, first_seq = identity.first_seq,
+            created_unix_nano = identity.created_unix_nano, adopted = identity.adopted, "spool identity");
+    }
 
     let ingest = Ingest::new(spool.clone(), config.receiver.receiver_config());
     let bind = |addr, what: &'static str| async move {

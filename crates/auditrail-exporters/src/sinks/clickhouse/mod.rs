@@ -76,7 +76,7 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::{ErrorClass, ExportError, Exporter, SinkContext};
+use crate::{ErrorClass, ExportError, Exporter, HeldSeq, SinkContext};
 use rows::Plan;
 use schema::{Column, TableInfo, Version};
 
@@ -548,6 +548,30 @@ impl Exporter for ClickhouseSink {
         let prepared = self.prepare_table().await?;
         self.set_current(Some(Arc::new(prepared)));
         Ok(())
+    }
+
+    async fn highest_seq(&self, node: &str) -> Result<HeldSeq, ExportError> {
+        // max() of no rows is 0 in ClickHouse, which is "none held".
+        let (seq, node_column) = match self.schema {
+            Schema::Auditrail => ("seq", "node"),
+            Schema::Otel => (
+                "toUInt64OrZero(LogAttributes['auditrail.seq'])",
+                "LogAttributes['auditrail.node']",
+            ),
+        };
+        let answer = self
+            .execute(&format!(
+                "SELECT max({seq}) FROM {} WHERE {node_column} = {}",
+                self.qualified(),
+                quote_str(node)
+            ))
+            .await?;
+        answer.trim().parse().map(HeldSeq::Highest).map_err(|_| {
+            ExportError::retryable(
+                "server",
+                format!("unexpected answer from ClickHouse to max(seq): {answer:?}"),
+            )
+        })
     }
 
     async fn export(&self, events: &[AuditEvent]) -> Result<(), ExportError> {

@@ -29,7 +29,7 @@ use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder}
 use time::PrimitiveDateTime;
 
 use crate::fields::{utc, Field, Source, Value};
-use crate::{ExportError, Exporter, SinkContext};
+use crate::{ExportError, Exporter, HeldSeq, SinkContext};
 use errors::classify;
 pub use partitions::{Maintenance, PartitionConfig};
 
@@ -306,6 +306,18 @@ impl MysqlSink {
         Ok(())
     }
 
+    /// The columns holding `node` and `seq`: the canonical ones, or those a
+    /// legacy mapping takes from them (`None` when it maps not both).
+    fn node_and_seq_columns(&self) -> Option<(&str, &str)> {
+        let column_of = |field: Field| {
+            self.columns
+                .iter()
+                .find(|(_, source)| *source == Source::Field(field))
+                .map(|(column, _)| column.as_str())
+        };
+        Some((column_of(Field::Node)?, column_of(Field::Seq)?))
+    }
+
     fn insert_sql_parts(&self) -> (String, String) {
         let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
         let prefix = format!("INSERT INTO {} ({}) ", quote(&self.table), names.join(", "));
@@ -380,6 +392,30 @@ impl Exporter for MysqlSink {
                 .map_err(classify)?;
         }
         tx.commit().await.map_err(classify)
+    }
+
+    async fn highest_seq(&self, node: &str) -> Result<HeldSeq, ExportError> {
+        let Some((node_column, seq_column)) = self.node_and_seq_columns() else {
+            return Ok(HeldSeq::NotTracked);
+        };
+        // The canonical primary key starts with (node, seq): one index
+        // probe. A legacy column may be text, hence the cast there.
+        let seq = if self.legacy {
+            format!("CAST({} AS UNSIGNED)", quote(seq_column))
+        } else {
+            quote(seq_column)
+        };
+        let sql = format!(
+            "SELECT MAX({seq}) FROM {} WHERE {} = ?",
+            quote(&self.table),
+            quote(node_column)
+        );
+        let highest: Option<u64> = sqlx::query_scalar(&sql)
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(HeldSeq::Highest(highest.unwrap_or(0)))
     }
 
     async fn maintain(&self, now: SystemTime) -> Result<(), ExportError> {
