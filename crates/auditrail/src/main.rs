@@ -8,6 +8,7 @@ mod dead_letters;
 mod output;
 mod query_args;
 mod serve;
+mod spool_check;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,12 +55,17 @@ enum Command {
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         every: Duration,
     },
-    /// Re-walk the hash chain of a stopped server's spool.
+    /// Re-walk the hash chain of a stopped server's spool, read-only.
+    /// Exit 0: intact; 1: tampering found (each problem names its seq and
+    /// kind); 2: the spool could not be checked.
     Verify {
         /// The spool directory.
         #[arg(long = "data-dir", default_value = "auditrail-data")]
         data_dir: PathBuf,
     },
+    /// Look after a stopped server's spool.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
     /// Events that sinks permanently rejected: list them, or replay them.
     #[command(subcommand)]
     DeadLetter(dead_letters::DeadLetterCommand),
@@ -68,6 +74,22 @@ enum Command {
     /// Print the version.
     Version,
 }
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Diagnose the spool, read-only: sled's files, the trees, the chain.
+    /// Exit 0: healthy; 1: damage found (named by file or tree); 2: the
+    /// spool could not be checked.
+    Check {
+        /// The spool directory.
+        #[arg(long = "data-dir", default_value = "auditrail-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Exit code of a check that could not be carried out (usage, a missing
+/// spool, a spool in use), as opposed to one that found damage (1).
+const CANNOT_CHECK: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -105,11 +127,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { read } => runtime()?.block_on(client::query(read))?,
         Command::Tail { read, every } => runtime()?.block_on(client::tail(read, every))?,
         Command::DeadLetter(command) => runtime()?.block_on(dead_letters::run(command))?,
-        Command::Verify { data_dir } => {
-            if !client::verify(data_dir)? {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Verify { data_dir } => match client::verify(data_dir) {
+            Ok(true) => {}
+            Ok(false) => return Ok(ExitCode::FAILURE),
+            Err(e) => return Ok(cannot_check(e)),
+        },
+        Command::Spool(SpoolCommand::Check { data_dir }) => match spool_check::run(&data_dir) {
+            Ok(spool_check::Verdict::Healthy) => {}
+            Ok(spool_check::Verdict::Damaged) => return Ok(ExitCode::FAILURE),
+            Err(e) => return Ok(cannot_check(e)),
+        },
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             println!(
@@ -126,4 +153,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Version => println!("auditrail {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cannot_check(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(CANNOT_CHECK)
 }
