@@ -348,6 +348,24 @@ impl Database {
         }
     }
 
+    /// `(event_id, trace_id, seq)` of every row of `table` with `modifiers`
+    /// (`FINAL`: as ReplacingMergeTree collapses them), in seq order.
+    pub async fn stored_rows(&self, table: &str, modifiers: &str) -> Vec<crate::sinks::StoredRow> {
+        let sql = format!(
+            "SELECT event_id, trace_id, seq FROM {} {modifiers} ORDER BY seq",
+            self.table(table)
+        );
+        select(&self.url, &sql)
+            .await
+            .iter()
+            .map(|row| crate::sinks::StoredRow {
+                event_id: row["event_id"].as_str().expect("event_id").to_owned(),
+                trace_id: row["trace_id"].as_str().expect("trace_id").to_owned(),
+                seq: num(&row["seq"]),
+            })
+            .collect()
+    }
+
     /// `count()` of `table` with `modifiers` (e.g. `FINAL`); panics when
     /// the table does not exist.
     pub async fn count(&self, table: &str, modifiers: &str) -> u64 {

@@ -198,6 +198,21 @@ impl Database {
     }
 
     /// `SHOW CREATE TABLE`, to prove a table was left alone.
+    /// `(event_id, trace_id, seq)` of every row of `table`, in seq order.
+    pub async fn stored_rows(&self, table: &str) -> Vec<crate::sinks::StoredRow> {
+        self.rows(&format!(
+            "SELECT event_id, trace_id, seq FROM `{table}` ORDER BY seq"
+        ))
+        .await
+        .iter()
+        .map(|row| crate::sinks::StoredRow {
+            event_id: text(row, "event_id").expect("event_id"),
+            trace_id: text(row, "trace_id").expect("trace_id"),
+            seq: row.get::<u64, _>("seq"),
+        })
+        .collect()
+    }
+
     pub async fn show_create(&self, table: &str) -> String {
         let row = sqlx::query(&format!("SHOW CREATE TABLE `{table}`"))
             .fetch_one(&self.pool)

@@ -341,3 +341,69 @@ pub fn emit_sink_event(
         record.add_attribute(key, value);
     })
 }
+
+// ---------------------------------------------------------------------------
+
+/// One row of a sink's table, as the exactly-once checks read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    pub event_id: String,
+    pub trace_id: String,
+    pub seq: u64,
+}
+
+/// Every event in `sent` (uid → trace id) is among `rows` (in seq order)
+/// exactly once with its trace id, nothing else is, and seqs are 1..=N.
+/// `store` names the table in messages.
+pub fn assert_rows_exactly_once(store: &str, rows: &[StoredRow], sent: &HashMap<String, String>) {
+    let mut seen = HashSet::new();
+    let mut seqs = Vec::with_capacity(rows.len());
+    for row in rows {
+        match sent.get(&row.event_id) {
+            Some(trace) => assert_eq!(
+                &row.trace_id, trace,
+                "{store}: trace id of {} differs from the one sent",
+                row.event_id
+            ),
+            None => panic!("{store}: row for {}, which was never sent", row.event_id),
+        }
+        assert!(
+            seen.insert(row.event_id.clone()),
+            "{store}: event {} stored twice",
+            row.event_id
+        );
+        seqs.push(row.seq);
+    }
+    assert_all_once(sent, &seen, &seqs);
+}
+
+/// Waits until `count` says `want`; panics at once if it says more, and
+/// with the server's log if `within` passes first.
+pub async fn wait_count<F, Fut>(
+    what: &str,
+    want: u64,
+    server: &Server,
+    within: Duration,
+    mut count: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = count().await;
+        assert!(
+            rows <= want,
+            "{rows} rows in {what}, more than the {want} events sent"
+        );
+        if rows == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} of {want} rows in {what} after {within:?}; server log (tail):\n{}",
+            tail(&server.log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,6 +13,7 @@
 //! secondary indexes (see `index.rs`).
 
 mod batch;
+mod check;
 mod cursors;
 mod dead_letter;
 mod dedup;
@@ -22,6 +23,7 @@ mod identity;
 mod index;
 mod opening;
 mod query;
+mod read_only;
 mod retention;
 mod verify;
 mod watermark;
@@ -37,12 +39,14 @@ use std::time::{Duration, Instant};
 use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use check::{scan_files, FileScan, Finding};
 pub use dead_letter::DeadLetter;
 pub use failstop::FailedOp;
 pub use identity::SpoolIdentity;
 pub use query::{Filter, QueryStats};
+pub use read_only::{check_is_spool, ReadOnlySpool};
 pub use retention::GcStats;
-pub use verify::VerifyReport;
+pub use verify::{ChainStart, Problem, ProblemKind, VerifyReport};
 
 use batch::BatchView;
 use dedup::DedupSet;
@@ -83,6 +87,10 @@ pub enum SpoolError {
     QuotaExceeded { used: u64, limit: u64 },
     #[error("spool directory {0} is in use by another process (is `auditrail serve` running? query it with --admin instead)")]
     Locked(PathBuf),
+    #[error("no spool at {0}: the directory does not exist")]
+    NotFound(PathBuf),
+    #[error("{0} is not a spool: it has no sled `db` file")]
+    NotASpool(PathBuf),
     #[error("spool storage error: {0}")]
     Storage(String),
     #[error("spool data is corrupt: {0}")]
@@ -664,6 +672,12 @@ impl Spool {
     /// event's `prev_hash` is taken as given: retention removed what it links to.
     pub fn verify(&self) -> Result<VerifyReport, SpoolError> {
         verify::verify(&self.shared)
+    }
+
+    /// The content pass of `auditrail spool check`: whether the trees agree
+    /// with each other (see `check.rs`). [`Spool::verify`] checks the chain.
+    pub fn check_trees(&self) -> Result<Vec<Finding>, SpoolError> {
+        check::check_trees(&self.shared)
     }
 
     /// Removes events past retention. Safe to call while appends run.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use auditrail_model::{chain_hash, AuditEvent, Outcome, GENESIS_HASH};
-use auditrail_spool::{Filter, Spool, SpoolConfig, SpoolError};
+use auditrail_spool::{
+    ChainStart, Filter, ProblemKind, ReadOnlySpool, Spool, SpoolConfig, SpoolError,
+};
 
 fn event(id: &str, time: u64, actor: &str, name: &str) -> AuditEvent {
     AuditEvent {
@@ -349,10 +351,139 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
     }
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
     let report = spool.verify().unwrap();
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(
-        report.problems,
-        ["seq 1: content does not match its hash (modified)"]
+        problems,
+        ["seq 1: modified: content does not match its hash"]
     );
+    assert_eq!(report.problems[0].kind, ProblemKind::Modified);
+    assert_eq!(report.start, ChainStart::Genesis);
+}
+
+/// Every file under `dir` with its length and content hash.
+fn file_digests(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, auditrail_model::Hash)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes.len() as u64, chain_hash(&GENESIS_HASH, &bytes)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Writes three batches (seqs 1-2, 3, 4-5), then applies `tamper` to the
+/// `batches` tree with sled directly, and verifies read-only.
+async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> auditrail_spool::VerifyReport {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        spool
+            .append(vec![event("a", 1, "u", "x"), event("b", 2, "u", "x")])
+            .await
+            .unwrap();
+        spool.append(vec![event("c", 3, "u", "x")]).await.unwrap();
+        spool
+            .append(vec![event("d", 4, "u", "x"), event("e", 5, "u", "x")])
+            .await
+            .unwrap();
+        spool.close().unwrap();
+    }
+    {
+        let db = reopen(|| {
+            sled::Config::new()
+                .path(dir.path())
+                .segment_size(8 << 20)
+                .flush_every_ms(None)
+                .open()
+        });
+        tamper(&db.open_tree("batches").unwrap());
+        db.flush().unwrap();
+    }
+    let before = file_digests(dir.path());
+    let spool = reopen(|| ReadOnlySpool::open(dir.path()));
+    let report = spool.verify().unwrap();
+    drop(spool);
+    assert_eq!(before, file_digests(dir.path()), "verify changed the spool");
+    report
+}
+
+fn kinds(report: &auditrail_spool::VerifyReport) -> Vec<(u64, ProblemKind)> {
+    report.problems.iter().map(|p| (p.seq, p.kind)).collect()
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_tampering_by_seq() {
+    let intact = tampered(|_| {}).await;
+    assert!(intact.is_intact(), "{:?}", intact.problems);
+    assert_eq!(
+        (intact.first_seq, intact.last_seq, intact.events),
+        (Some(1), Some(5), 5)
+    );
+    assert_eq!(intact.start, ChainStart::Genesis);
+
+    // The middle batch (seq 3) removed.
+    let removed = tampered(|t| {
+        t.remove(3u64.to_be_bytes()).unwrap();
+    })
+    .await;
+    assert_eq!(
+        kinds(&removed),
+        [(3, ProblemKind::Missing), (4, ProblemKind::Unlinked)]
+    );
+
+    // Seq 4-5's batch moved under seq 3's key and seq 3's after it: the
+    // walk meets 1, 2, 4, 5, 3.
+    let reordered = tampered(|t| {
+        let three = t.get(3u64.to_be_bytes()).unwrap().unwrap();
+        let four = t.remove(4u64.to_be_bytes()).unwrap().unwrap();
+        t.insert(3u64.to_be_bytes(), four).unwrap();
+        t.insert(6u64.to_be_bytes(), three).unwrap();
+    })
+    .await;
+    assert_eq!(
+        kinds(&reordered),
+        [
+            (3, ProblemKind::Missing),
+            (4, ProblemKind::Unlinked),
+            (3, ProblemKind::Reordered),
+            (3, ProblemKind::Unlinked)
+        ]
+    );
+
+    // Seq 3's batch stored a second time, after the end.
+    let inserted = tampered(|t| {
+        let three = t.get(3u64.to_be_bytes()).unwrap().unwrap();
+        t.insert(9u64.to_be_bytes(), three).unwrap();
+    })
+    .await;
+    assert_eq!(
+        kinds(&inserted),
+        [(3, ProblemKind::Inserted), (3, ProblemKind::Unlinked)]
+    );
+}
+
+#[tokio::test]
+async fn read_only_open_refuses_a_running_spool_and_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool.append(vec![event("a", 1, "u", "x")]).await.unwrap();
+    assert!(matches!(
+        ReadOnlySpool::open(dir.path()),
+        Err(SpoolError::Locked(_))
+    ));
+    assert!(matches!(
+        ReadOnlySpool::open(&dir.path().join("missing")),
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(!dir.path().join("missing").exists());
 }
 
 /// Index answers equal a brute-force filter over everything, across many

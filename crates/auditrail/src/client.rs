@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use auditrail_spool::{Spool, SpoolConfig};
+use auditrail_spool::{check_is_spool, ChainStart, ReadOnlySpool, Spool, SpoolConfig};
 
 use crate::output::{EventsPage, Format, Printer};
 use crate::query_args::QueryArgs;
@@ -33,6 +33,8 @@ impl Location {
         let Some(dir) = &self.data_dir else {
             return Ok(None);
         };
+        // A wrong path is an error, not a new empty spool.
+        check_is_spool(dir)?;
         // The node id only matters for writing events, which no client does.
         let spool = Spool::open(SpoolConfig::new(dir, "reader"))
             .with_context(|| format!("opening spool {}", dir.display()))?;
@@ -170,9 +172,11 @@ pub async fn tail(read: ReadArgs, every: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// `auditrail verify --data-dir`: walks the chain of a stopped server's
+/// spool, read-only. `Ok(false)` when it found tampering.
 pub fn verify(data_dir: PathBuf) -> anyhow::Result<bool> {
-    let spool = Spool::open(SpoolConfig::new(&data_dir, "verifier"))
-        .with_context(|| format!("opening spool {}", data_dir.display()))?;
+    let spool = ReadOnlySpool::open(&data_dir)
+        .with_context(|| format!("opening spool {} read-only", data_dir.display()))?;
     let report = spool.verify()?;
     let mut out = std::io::stdout().lock();
     match (report.first_seq, report.last_seq) {
@@ -184,8 +188,31 @@ pub fn verify(data_dir: PathBuf) -> anyhow::Result<bool> {
         )?,
         _ => writeln!(out, "no events in {}", data_dir.display())?,
     }
+    let start = match report.start {
+        ChainStart::Empty => "nothing to check".to_owned(),
+        ChainStart::Genesis => "the chain starts at genesis: no hash taken on trust".to_owned(),
+        ChainStart::RemovedTail {
+            last_removed_seq,
+            hash,
+        } => format!(
+            "retention removed seq ..{last_removed_seq}; trusted start: their last hash {} as recorded then",
+            hex::encode(hash)
+        ),
+        ChainStart::Unanchored { prev_hash } => format!(
+            "trusted start: the first event's prev_hash {} (nothing records what came before)",
+            hex::encode(prev_hash)
+        ),
+    };
+    writeln!(out, "{start}")?;
     for problem in &report.problems {
         writeln!(out, "BROKEN: {problem}")?;
+    }
+    if report.truncated {
+        writeln!(
+            out,
+            "too many problems; stopped after {}",
+            report.problems.len()
+        )?;
     }
     if report.is_intact() {
         writeln!(out, "chain intact")?;

@@ -13,3 +13,4 @@ pub mod output;
 pub mod query_args;
 pub mod serve;
 pub mod sinks;
+pub mod spool_check;
