@@ -310,6 +310,13 @@ mod tests {
         assert_eq!(again.live_bytes(), quota.live_bytes());
     }
 
+    /// The live bytes a fresh open finds.
+    fn reopened(meta: &sled::Tree, batches: &sled::Tree) -> u64 {
+        DiskQuota::open(meta, batches, u64::MAX, 0)
+            .unwrap()
+            .live_bytes()
+    }
+
     #[test]
     fn a_lost_meta_update_is_corrected_at_open() {
         let (_dir, db) = db();
@@ -321,31 +328,16 @@ mod tests {
         let value = batch(7, 2);
         let c = batch_bytes(value.len(), 2);
         batches.insert(seq_key(7), value).unwrap();
-        assert_eq!(
-            DiskQuota::open(&meta, &batches, u64::MAX, 0)
-                .unwrap()
-                .live_bytes(),
-            a + b + c
-        );
+        assert_eq!(reopened(&meta, &batches), a + b + c);
         // ...or retention uncounted the oldest batch but did not remove it.
         let quota = DiskQuota::open(&meta, &batches, u64::MAX, 0).unwrap();
         quota.removing(&meta, 4, a).unwrap();
-        assert_eq!(
-            DiskQuota::open(&meta, &batches, u64::MAX, 0)
-                .unwrap()
-                .live_bytes(),
-            a + b + c
-        );
+        assert_eq!(reopened(&meta, &batches), a + b + c);
         // Retention's next pass uncounts and removes it for good.
         let quota = DiskQuota::open(&meta, &batches, u64::MAX, 0).unwrap();
         quota.removing(&meta, 4, a).unwrap();
         batches.remove(seq_key(1)).unwrap();
-        assert_eq!(
-            DiskQuota::open(&meta, &batches, u64::MAX, 0)
-                .unwrap()
-                .live_bytes(),
-            b + c
-        );
+        assert_eq!(reopened(&meta, &batches), b + c);
     }
 
     #[test]
