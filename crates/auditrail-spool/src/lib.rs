@@ -23,6 +23,7 @@ mod identity;
 mod index;
 mod opening;
 mod query;
+mod quota;
 mod read_only;
 mod retention;
 mod verify;
@@ -34,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditrail_model::{AuditEvent, Hash, GENESIS_HASH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,6 +53,7 @@ use batch::BatchView;
 use dedup::DedupSet;
 use durable::SyncBarrier;
 use failstop::{lock, FailStop};
+use quota::DiskQuota;
 use writer::AppendJob;
 
 /// How a spool is opened.
@@ -60,7 +62,8 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// This node's id, written into every event it stores.
     pub node: String,
-    /// Appends are refused once the spool's files reach this size.
+    /// Appends are refused once the stored events take this many bytes, or
+    /// sled's files four times as much plus 32 MiB (see `quota.rs`).
     pub max_disk_bytes: u64,
     /// Events received longer ago than this are removed by [`Spool::gc`].
     pub retention: Duration,
@@ -83,8 +86,13 @@ impl SpoolConfig {
 /// What went wrong in the spool.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool disk quota reached: {used} of {limit} bytes in use")]
-    QuotaExceeded { used: u64, limit: u64 },
+    #[error("spool disk quota reached: {used} of {limit} bytes of events stored, {file_bytes} of at most {file_limit} bytes in sled's files")]
+    QuotaExceeded {
+        used: u64,
+        limit: u64,
+        file_bytes: u64,
+        file_limit: u64,
+    },
     #[error("spool directory {0} is in use by another process (is `auditrail serve` running? query it with --admin instead)")]
     Locked(PathBuf),
     #[error("no spool at {0}: the directory does not exist")]
@@ -143,7 +151,10 @@ pub struct SpoolStats {
     pub last_seq: u64,
     pub indexed_seq: u64,
     pub events: u64,
+    /// The size of sled's files (as last measured, plus what was written since).
     pub disk_bytes: u64,
+    /// What the stored events take: what `max_disk` bounds.
+    pub live_bytes: u64,
 }
 
 pub(crate) struct Shared {
@@ -151,7 +162,7 @@ pub(crate) struct Shared {
     pub(crate) batches: sled::Tree,
     pub(crate) idx: sled::Tree,
     node: String,
-    max_disk_bytes: u64,
+    pub(crate) quota: DiskQuota,
     retention: Duration,
     /// Highest seq inserted into `batches` (not necessarily fsync'd yet).
     pub(crate) last_seq: AtomicU64,
@@ -167,10 +178,6 @@ pub(crate) struct Shared {
     /// Small facts that outlive the batches (see `retention.rs`).
     pub(crate) meta: sled::Tree,
     pub(crate) dedup: Mutex<DedupSet>,
-    disk_bytes: AtomicU64,
-    /// Bytes inserted since `disk_bytes` was measured.
-    pub(crate) unmeasured_bytes: AtomicU64,
-    disk_checked: Mutex<Instant>,
     initial_last_hash: Hash,
     /// Makes what sled wrote durable (see `durable.rs`).
     barrier: Mutex<SyncBarrier>,
@@ -196,51 +203,20 @@ pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
 }
 
 impl Shared {
-    /// Measured size plus what was written since: a conservative estimate
-    /// that needs no syscall per commit.
-    fn disk_usage(&self) -> u64 {
-        self.disk_bytes.load(Ordering::Relaxed) + self.unmeasured_bytes.load(Ordering::Relaxed)
-    }
-
     fn over_quota(&self) -> bool {
-        self.disk_usage() >= self.max_disk_bytes
+        self.quota.over()
     }
 
     fn quota_error(&self) -> SpoolError {
-        SpoolError::QuotaExceeded {
-            used: self.disk_usage(),
-            limit: self.max_disk_bytes,
-        }
+        self.quota.error()
     }
 
-    /// Re-reads the spool's size on disk, at most once a second (ten times
-    /// while over quota, to notice freed space soon): it walks sled's files,
-    /// which is too slow to do for every commit.
     fn refresh_disk_usage(&self) {
-        let mut checked = lock(&self.disk_checked);
-        let every = if self.over_quota() {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_secs(1)
-        };
-        if checked.elapsed() < every {
-            return;
-        }
-        *checked = Instant::now();
-        drop(checked);
-        self.measure_disk_usage();
+        self.quota.refresh(&self.db);
     }
 
     fn measure_disk_usage(&self) {
-        let written_before = self.unmeasured_bytes.swap(0, Ordering::Relaxed);
-        match self.db.size_on_disk() {
-            Ok(bytes) => self.disk_bytes.store(bytes, Ordering::Relaxed),
-            Err(e) => {
-                self.unmeasured_bytes
-                    .fetch_add(written_before, Ordering::Relaxed);
-                tracing::warn!(error = %e, "could not measure spool size");
-            }
-        }
+        self.quota.measure(&self.db);
     }
 
     fn stats(&self) -> SpoolStats {
@@ -251,7 +227,8 @@ impl Shared {
             last_seq,
             indexed_seq: self.indexed_seq.load(Ordering::Acquire),
             events: (last_seq + 1).saturating_sub(first_seq),
-            disk_bytes: self.disk_usage(),
+            disk_bytes: self.quota.file_bytes(),
+            live_bytes: self.quota.live_bytes(),
         }
     }
 
@@ -272,6 +249,7 @@ impl Shared {
         let stats = self.stats();
         metrics::gauge!("auditrail_spool_events").set(stats.events as f64);
         metrics::gauge!("auditrail_spool_bytes").set(stats.disk_bytes as f64);
+        metrics::gauge!("auditrail_spool_live_bytes").set(stats.live_bytes as f64);
         metrics::gauge!("auditrail_spool_last_seq").set(stats.last_seq as f64);
     }
 }
@@ -362,13 +340,14 @@ impl Spool {
             .map(|v| seq_from_bytes(&v))
             .unwrap_or(0)
             .min(last_seq);
+        let quota = DiskQuota::open(&meta, &batches, config.max_disk_bytes, SEGMENT_SIZE as u64)?;
 
         let shared = Arc::new(Shared {
             db,
             batches,
             idx,
             node: config.node,
-            max_disk_bytes: config.max_disk_bytes,
+            quota,
             retention: config.retention,
             last_seq: AtomicU64::new(last_seq),
             durable_seq: watch::Sender::new(last_seq),
@@ -379,9 +358,6 @@ impl Spool {
             dead_letters,
             meta,
             dedup: Mutex::new(dedup),
-            disk_bytes: AtomicU64::new(0),
-            unmeasured_bytes: AtomicU64::new(0),
-            disk_checked: Mutex::new(Instant::now()),
             initial_last_hash: last_hash,
             barrier: Mutex::new(barrier),
             failure: FailStop::default(),

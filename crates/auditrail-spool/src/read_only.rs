@@ -15,6 +15,8 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use crate::verify::{Problem, ProblemKind, VerifyReport};
+use crate::watermark::{self, Previous, WATERMARK_FILE};
 use crate::{Spool, SpoolConfig, SpoolError};
 
 /// A spool opened from a scratch copy: reads see the spool as it was when
@@ -22,6 +24,8 @@ use crate::{Spool, SpoolConfig, SpoolError};
 pub struct ReadOnlySpool {
     // Declared before `_scratch`, so it is closed before the copy goes.
     spool: Spool,
+    /// What the original's durable watermark said.
+    watermark: Previous,
     copy: PathBuf,
     copied_bytes: u64,
     _scratch: tempfile::TempDir,
@@ -48,14 +52,43 @@ impl ReadOnlySpool {
         let copy = scratch.path().join("spool");
         let copied_bytes = copy_tree(dir, &copy)?;
         drop(db);
+        // The watermark's check would refuse a spool that lost acknowledged
+        // events; a check must open it anyway and report the loss.
+        let watermark = watermark::read(dir).map_err(|e| io_error(&dir.join(WATERMARK_FILE), e))?;
+        let _ = fs::remove_file(copy.join(WATERMARK_FILE));
         // The node id only matters for writing events, which nobody does here.
         let spool = Spool::open(SpoolConfig::new(&copy, "reader"))?;
         Ok(ReadOnlySpool {
             spool,
+            watermark,
             copy,
             copied_bytes,
             _scratch: scratch,
         })
+    }
+
+    /// [`Spool::verify`], plus what the durable watermark proves: events
+    /// acknowledged as durable that the spool no longer holds are missing.
+    pub fn verify(&self) -> Result<VerifyReport, SpoolError> {
+        let mut report = self.spool.verify()?;
+        let last = report.highest_seq.unwrap_or(self.spool.stats().last_seq);
+        match &self.watermark {
+            Previous::Seq(acked) if *acked > last => report.problems.push(Problem {
+                seq: last + 1,
+                kind: ProblemKind::Missing,
+                detail: format!(
+                    "seq {}..{acked} were acknowledged as durable ({WATERMARK_FILE} says so) but are gone",
+                    last + 1
+                ),
+            }),
+            Previous::Damaged(why) => report.problems.push(Problem {
+                seq: last,
+                kind: ProblemKind::Unreadable,
+                detail: format!("the durable watermark {WATERMARK_FILE} is unreadable: {why}"),
+            }),
+            _ => {}
+        }
+        Ok(report)
     }
 
     /// Where the scratch copy is (it goes when this is dropped).

@@ -66,6 +66,12 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         let mut tail = view.last_seq().to_be_bytes().to_vec();
         tail.extend_from_slice(&view.last_hash()?);
         shared.meta.insert(REMOVED_TAIL, tail)?;
+        // Uncounted before the removal: see `quota.rs`.
+        shared.quota.removing(
+            &shared.meta,
+            view.last_seq() + 1,
+            crate::quota::batch_bytes(value.len(), view.count()),
+        )?;
         shared.batches.remove(&key)?;
         shared
             .first_seq

@@ -89,6 +89,8 @@ pub struct VerifyReport {
     pub events: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// The highest seq met (above `last_seq` only when seqs are out of order).
+    pub highest_seq: Option<u64>,
     pub start: ChainStart,
     /// Each break in the chain, in seq order.
     pub problems: Vec<Problem>,
@@ -133,6 +135,7 @@ impl Walk {
         self.report.events += 1;
         self.report.first_seq.get_or_insert(seq);
         self.report.last_seq = Some(seq);
+        self.report.highest_seq = self.report.highest_seq.max(Some(seq));
         let mut stop = false;
         match self.expected_seq {
             Some(want) if seq > want => {
@@ -204,6 +207,7 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, SpoolError> {
             events: 0,
             first_seq: None,
             last_seq: None,
+            highest_seq: None,
             start: ChainStart::Empty,
             problems: Vec::new(),
             truncated: false,

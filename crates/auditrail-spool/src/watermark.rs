@@ -63,15 +63,21 @@ fn decode(bytes: &[u8]) -> Previous {
     }
 }
 
+/// What the watermark of the spool in `dir` says, without opening it for
+/// writing.
+pub(crate) fn read(dir: &Path) -> io::Result<Previous> {
+    match std::fs::read(dir.join(WATERMARK_FILE)) {
+        Ok(bytes) => Ok(decode(&bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Previous::None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Watermark {
     /// Opens (or creates) the watermark of the spool in `dir`.
     pub(crate) fn open(dir: &Path) -> io::Result<(Watermark, Previous)> {
         let path = dir.join(WATERMARK_FILE);
-        let previous = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Previous::None,
-            Err(e) => return Err(e),
-        };
+        let previous = read(dir)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -277,9 +277,10 @@ impl BatchValues {
         self.cut();
         let mut inserted = Vec::new();
         let mut digests = Vec::with_capacity(self.finished.len());
+        let mut bytes = 0;
         for (value, run, digest) in self.finished {
             let first = digest.first_seq;
-            let len = (value.len() + run.len()) as u64;
+            bytes += crate::quota::batch_bytes(value.len(), run.len() / 16);
             // Both inserts are covered by the flush that follows; if a crash
             // keeps the batch but loses its run, recovery recomputes the run.
             let written = shared
@@ -288,17 +289,30 @@ impl BatchValues {
                 .and_then(|_| shared.ids.insert(seq_key(first), run));
             inserted.push(first);
             if let Err(e) = written {
-                for first in inserted {
-                    let _ = shared.batches.remove(seq_key(first));
-                    let _ = shared.ids.remove(seq_key(first));
-                }
-                return (self.next_seq, self.prev, Err(SpoolError::from(e)));
+                return (
+                    self.next_seq,
+                    self.prev,
+                    Err(undo(shared, inserted, e.into())),
+                );
             }
-            shared.unmeasured_bytes.fetch_add(len, Ordering::Relaxed);
             digests.push(digest);
+        }
+        // Counted once the commit's batches are in: see `quota.rs`.
+        let last = inserted.last().copied().unwrap_or_default();
+        if let Err(e) = shared.quota.inserted(&shared.meta, last, bytes) {
+            return (self.next_seq, self.prev, Err(undo(shared, inserted, e)));
         }
         (self.next_seq, self.prev, Ok(digests))
     }
+}
+
+/// Removes a failed commit's batches again, so that nothing of it stays.
+fn undo(shared: &Shared, inserted: Vec<u64>, error: SpoolError) -> SpoolError {
+    for first in inserted {
+        let _ = shared.batches.remove(seq_key(first));
+        let _ = shared.ids.remove(seq_key(first));
+    }
+    error
 }
 
 pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<Vec<FlushJob>>) {

@@ -291,7 +291,9 @@ async fn quota_refuses_appends_and_keeps_data() {
     // quota); the one after it cannot.
     let first_fit = spool.append(vec![big("a")]).await.is_ok();
     match spool.append(vec![big("b")]).await {
-        Err(SpoolError::QuotaExceeded { limit: 4096, used }) => assert!(used >= 4096),
+        Err(SpoolError::QuotaExceeded {
+            limit: 4096, used, ..
+        }) => assert!(used >= 4096),
         other => panic!("expected quota error, got {other:?}"),
     }
     assert!(spool.over_quota());
