@@ -610,7 +610,7 @@ impl State {
             }
         }
         // A directory may not move below itself.
-        let mut up = Some(new_parent);
+        let mut up = self.is_dir(ino).then_some(new_parent);
         while let Some(p) = up {
             if p == ino {
                 return Err(Errno::EINVAL);
