@@ -97,6 +97,28 @@ struct DirState {
     durable_parent: Option<(u64, OsString)>,
 }
 
+impl FileState {
+    /// A file whose durable contents are `len` bytes, with no changes.
+    fn durable(len: u64) -> FileState {
+        FileState {
+            size: len,
+            durable_len: len,
+            valid_len: len,
+            dirty: Extents::default(),
+        }
+    }
+}
+
+impl DirState {
+    fn new(durable_parent: Option<(u64, OsString)>) -> DirState {
+        DirState {
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            durable_parent,
+        }
+    }
+}
+
 enum Body {
     File(FileState),
     Dir(DirState),
@@ -173,11 +195,7 @@ impl State {
             ROOT,
             Inode {
                 meta: Meta::from_disk(&root_meta),
-                body: Body::Dir(DirState {
-                    entries: BTreeMap::new(),
-                    durable: BTreeMap::new(),
-                    durable_parent: None,
-                }),
+                body: Body::Dir(DirState::new(None)),
             },
         );
         state.load_dir(ROOT, backing)?;
@@ -193,21 +211,12 @@ impl State {
             let ino = self.next_ino;
             self.next_ino += 1;
             let body = if meta.is_dir() {
-                Body::Dir(DirState {
-                    entries: BTreeMap::new(),
-                    durable: BTreeMap::new(),
-                    durable_parent: Some((dir, entry.file_name())),
-                })
+                Body::Dir(DirState::new(Some((dir, entry.file_name()))))
             } else if meta.is_file() {
                 let staged = self.staged(ino);
                 fs::hard_link(&child_path, &staged).map_err(at(&staged))?;
                 self.used += meta.len();
-                Body::File(FileState {
-                    size: meta.len(),
-                    durable_len: meta.len(),
-                    valid_len: meta.len(),
-                    dirty: Extents::default(),
-                })
+                Body::File(FileState::durable(meta.len()))
             } else {
                 return Err(LoadError::Unsupported(child_path));
             };
@@ -610,7 +619,7 @@ impl State {
             }
         }
         // A directory may not move below itself.
-        let mut up = Some(new_parent);
+        let mut up = self.is_dir(ino).then_some(new_parent);
         while let Some(p) = up {
             if p == ino {
                 return Err(Errno::EINVAL);
@@ -744,11 +753,7 @@ impl Filesystem for CutFs {
         reply: ReplyEntry,
     ) {
         let meta = Meta::new((mode & !umask & 0o7777) as u16, req.uid(), req.gid());
-        let body = Body::Dir(DirState {
-            entries: BTreeMap::new(),
-            durable: BTreeMap::new(),
-            durable_parent: None,
-        });
+        let body = Body::Dir(DirState::new(None));
         self.entry(reply, |s| s.new_inode(parent.0, name, body, meta));
     }
 
@@ -809,12 +814,7 @@ impl Filesystem for CutFs {
             return;
         }
         let meta = Meta::new((mode & !umask & 0o7777) as u16, req.uid(), req.gid());
-        let body = Body::File(FileState {
-            size: 0,
-            durable_len: 0,
-            valid_len: 0,
-            dirty: Extents::default(),
-        });
+        let body = Body::File(FileState::durable(0));
         let result = self.state().and_then(|mut s| {
             let ino = s.new_inode(parent.0, name, body, meta)?;
             s.attr(ino)

@@ -222,6 +222,44 @@ fn unlink_and_rename_are_volatile_until_the_directory_fsync() {
 }
 
 #[test]
+fn a_renamed_directory_moves_with_its_durable_contents() {
+    let mut s = Setup::new();
+    fs::create_dir_all(s.backing.join("a/d")).unwrap();
+    fs::write(s.backing.join("a/d/f"), b"F").unwrap();
+    fs::create_dir(s.backing.join("b")).unwrap();
+    let m = s.mount();
+    let root = m.mountpoint().to_owned();
+    assert_eq!(
+        fs::rename(root.join("a"), root.join("a/d/x"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL),
+        "a directory cannot move below itself"
+    );
+    fs::rename(root.join("a/d"), root.join("b/d")).unwrap();
+    write_new(&root.join("b/d/g"), b"G").sync_all().unwrap();
+    fsync_dir(&root.join("b/d"));
+    m.cut().unwrap();
+    assert_eq!(
+        s.after("a/d/f").unwrap(),
+        b"F",
+        "no parent fsync'd: still in a"
+    );
+    // d's own fsync made g durable in d, which durably is still a/d.
+    assert_eq!(s.after("a/d/g").unwrap(), b"G");
+    assert!(!s.backing.join("b/d").exists());
+
+    let m = s.mount();
+    let root = m.mountpoint().to_owned();
+    fs::rename(root.join("a/d"), root.join("b/d")).unwrap();
+    fsync_dir(&root.join("b"));
+    m.cut().unwrap();
+    assert_eq!(s.after("b/d/f").unwrap(), b"F");
+    assert_eq!(s.after("b/d/g").unwrap(), b"G");
+    assert!(!s.backing.join("a/d").exists(), "one directory, one place");
+}
+
+#[test]
 fn size_changes_are_volatile_until_fsync() {
     let mut s = Setup::new();
     fs::write(s.backing.join("f"), vec![b'd'; 100]).unwrap();
