@@ -84,7 +84,6 @@ async fn problems(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails until the spool fsyncs for real (issue 7 A)"]
 async fn acknowledged_events_survive_power_cuts() {
     let tmp = tempfile::tempdir().unwrap();
     let backing = tmp.path().join("backing");
