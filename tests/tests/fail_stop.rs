@@ -6,7 +6,7 @@
 //! durable); `/readyz` says why; and after a restart the server takes
 //! events again.
 
-use auditrail_tests::cutfs::CutFs;
+use auditrail_tests::cutfs::{CutDirs, CutFs};
 use auditrail_tests::load::{batch, Stored};
 use auditrail_tests::{eventually, Server};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
@@ -14,14 +14,11 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_fsync_refuses_appends_until_a_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let backing = tmp.path().join("backing");
-    let work = tmp.path().join("server");
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    let fs = CutFs::mount(&backing);
+    let dirs = CutDirs::new();
+    let (backing, work) = (&dirs.backing, &dirs.work);
+    let fs = CutFs::mount(backing);
     let spool = fs.mountpoint().join("spool");
-    let mut server = Server::try_start_at(&work, &spool, "", "", &[]).unwrap();
+    let mut server = Server::try_start_at(work, &spool, "", "", &[]).unwrap();
     let mut grpc = LogsServiceClient::connect(server.grpc_url()).await.unwrap();
 
     let (before_ids, before) = batch("before-", 0, 0, 10);
@@ -81,7 +78,7 @@ async fn a_failed_fsync_refuses_appends_until_a_restart() {
     );
     // The disk is fixed; the operator restarts auditrail.
     fs.fail_next_fsyncs(0);
-    let server = Server::try_start_at(&work, &spool, "", "", &[]).unwrap();
+    let server = Server::try_start_at(work, &spool, "", "", &[]).unwrap();
     let (status, body) = server.readyz().await;
     assert_eq!(status, 200, "{body}");
     let mut grpc = LogsServiceClient::connect(server.grpc_url()).await.unwrap();

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use auditrail_tests::cutfs::CutFs;
+use auditrail_tests::cutfs::{CutDirs, CutFs};
 use auditrail_tests::load::{load_until_killed_with, Stored};
 use auditrail_tests::Server;
 
@@ -19,19 +19,16 @@ const CUTS: [u64; 3] = [1_500, 700, 2_500];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_events_in_blob_files_survive_power_cuts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let backing = tmp.path().join("backing");
-    let work = tmp.path().join("server");
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
+    let dirs = CutDirs::new();
+    let (backing, work) = (&dirs.backing, &dirs.work);
 
     let mut acked = HashSet::new();
     let mut report = Vec::new();
     let mut durable_blobs = 0;
     for round in 0..=CUTS.len() {
-        let fs = CutFs::mount(&backing);
+        let fs = CutFs::mount(backing);
         let spool = fs.mountpoint().join("spool");
-        let mut server = Server::try_start_at(&work, &spool, "", "", &[]).unwrap_or_else(|log| {
+        let mut server = Server::try_start_at(work, &spool, "", "", &[]).unwrap_or_else(|log| {
             panic!(
                 "auditrail did not restart after cut {round}:\n{}\n{log}",
                 report.join("\n")
