@@ -73,3 +73,32 @@ impl CutFs {
         self.mount.log()
     }
 }
+
+/// The directories of a power-cut test: a backing directory for cutfs and a
+/// work directory for the server (config, log), both under one temp dir.
+pub struct CutDirs {
+    pub backing: PathBuf,
+    pub work: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl CutDirs {
+    pub fn new() -> CutDirs {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let backing = tmp.path().join("backing");
+        let work = tmp.path().join("server");
+        std::fs::create_dir_all(&backing).expect("backing dir");
+        std::fs::create_dir_all(&work).expect("server dir");
+        CutDirs {
+            backing,
+            work,
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Default for CutDirs {
+    fn default() -> Self {
+        CutDirs::new()
+    }
+}

@@ -64,6 +64,17 @@ pub async fn load_until_killed(
     clients: usize,
     kill_after: Duration,
 ) -> HashSet<String> {
+    load_until_killed_with(server, prefix, clients, 64, kill_after).await
+}
+
+/// [`load_until_killed`] with `records` records per request.
+pub async fn load_until_killed_with(
+    server: &mut Server,
+    prefix: &str,
+    clients: usize,
+    records: usize,
+    kill_after: Duration,
+) -> HashSet<String> {
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -73,7 +84,7 @@ pub async fn load_until_killed(
         tasks.push(tokio::spawn(async move {
             let mut grpc = LogsServiceClient::connect(url).await.expect("connect");
             for n in 0.. {
-                let (ids, request) = batch(&prefix, client, n, 64);
+                let (ids, request) = batch(&prefix, client, n, records);
                 match grpc.export(request).await {
                     Ok(_) => acked.lock().unwrap().extend(ids),
                     Err(_) => return, // the server is gone

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use auditrail_tests::cutfs::CutFs;
+use auditrail_tests::cutfs::{CutDirs, CutFs};
 use auditrail_tests::load::{load_until_killed, Stored};
 use auditrail_tests::{cli, Server};
 
@@ -84,20 +84,16 @@ async fn problems(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails until the spool fsyncs for real (issue 7 A)"]
 async fn acknowledged_events_survive_power_cuts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let backing = tmp.path().join("backing");
-    let work = tmp.path().join("server");
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
+    let dirs = CutDirs::new();
+    let (backing, work) = (&dirs.backing, &dirs.work);
 
     let mut acked = HashSet::new();
     let mut last_round = HashSet::new();
     let mut report = Vec::new();
     let mut failed = false;
     for round in 0..=CUTS.len() {
-        let fs = CutFs::mount(&backing);
+        let fs = CutFs::mount(backing);
         let spool = fs.mountpoint().join("spool");
         if round > 0 {
             let mut line = format!("after cut {round}:");
@@ -111,7 +107,7 @@ async fn acknowledged_events_survive_power_cuts() {
             }
             report.push(line);
         }
-        let mut server = Server::try_start_at(&work, &spool, "", "", &[]).unwrap_or_else(|log| {
+        let mut server = Server::try_start_at(work, &spool, "", "", &[]).unwrap_or_else(|log| {
             panic!(
                 "auditrail did not restart after cut {round}:\n{}\n{log}",
                 report.join("\n")

@@ -129,9 +129,9 @@ pub(crate) struct Synced {
 pub(crate) struct SyncBarrier {
     dir: PathBuf,
     db: File,
-    inotify: Inotify,
-    spool_watch: WatchDescriptor,
-    blobs_watch: WatchDescriptor,
+    /// `None` when inotify is unavailable (e.g. the per-user limit of
+    /// instances is reached): then every barrier syncs every file.
+    watch: Option<Watch>,
     pending: Pending,
     buffer: Vec<u8>,
     watermark: Watermark,
@@ -140,6 +140,32 @@ pub(crate) struct SyncBarrier {
     /// Makes the next barrier fail, as a failing disk would.
     #[cfg(test)]
     pub(crate) inject_failure: bool,
+}
+
+struct Watch {
+    inotify: Inotify,
+    spool: WatchDescriptor,
+    blobs: WatchDescriptor,
+}
+
+impl Watch {
+    fn start(dir: &Path) -> io::Result<Watch> {
+        let inotify = Inotify::init()?;
+        let mask = WatchMask::CREATE
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::ONLYDIR;
+        let spool = inotify.watches().add(dir, mask)?;
+        let blobs = inotify.watches().add(dir.join(BLOB_DIR), mask)?;
+        Ok(Watch {
+            inotify,
+            spool,
+            blobs,
+        })
+    }
 }
 
 /// Entry changes that need the directory synced.
@@ -152,24 +178,22 @@ impl SyncBarrier {
     /// and the entry of every directory in `created` (directories created
     /// for the spool, outermost first) in its parent.
     pub(crate) fn open(dir: &Path, created: &[PathBuf]) -> io::Result<SyncBarrier> {
-        let inotify = Inotify::init()?;
-        let mask = WatchMask::CREATE
-            | WatchMask::CLOSE_WRITE
-            | WatchMask::MOVED_TO
-            | WatchMask::MOVED_FROM
-            | WatchMask::DELETE
-            | WatchMask::DONT_FOLLOW
-            | WatchMask::ONLYDIR;
-        let spool_watch = inotify.watches().add(dir, mask)?;
-        let blobs_watch = inotify.watches().add(dir.join(BLOB_DIR), mask)?;
+        let watch = match Watch::start(dir) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no inotify for the spool: every commit will fsync every spool file (slower, as durable)"
+                );
+                None
+            }
+        };
         let db = File::open(dir.join(DB_FILE))?;
         let (watermark, previous) = Watermark::open(dir)?;
         let mut barrier = SyncBarrier {
             dir: dir.to_owned(),
             db,
-            inotify,
-            spool_watch,
-            blobs_watch,
+            watch,
             pending: Pending::default(),
             buffer: vec![0; 64 << 10],
             watermark,
@@ -245,8 +269,12 @@ impl SyncBarrier {
 
     /// Moves every queued inotify event into `pending`.
     fn drain_events(&mut self) -> io::Result<()> {
+        let Some(watch) = &mut self.watch else {
+            self.pending.note(Change::Overflow);
+            return Ok(());
+        };
         loop {
-            let events = match self.inotify.read_events(&mut self.buffer) {
+            let events = match watch.inotify.read_events(&mut self.buffer) {
                 Ok(events) => events,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -256,9 +284,9 @@ impl SyncBarrier {
                     self.pending.note(Change::Overflow);
                     continue;
                 }
-                let place = if event.wd == self.blobs_watch {
+                let place = if event.wd == watch.blobs {
                     Where::Blobs
-                } else if event.wd == self.spool_watch {
+                } else if event.wd == watch.spool {
                     Where::Spool
                 } else {
                     continue;
@@ -415,6 +443,21 @@ mod tests {
         let synced = barrier.sync(0).unwrap();
         assert!(synced.files.contains(&dir.path().join("snap.01")));
         assert_eq!(synced.dirs, vec![dir.path().to_owned()]);
+    }
+
+    #[test]
+    fn without_inotify_every_barrier_syncs_everything() {
+        let dir = spool_dir();
+        let mut barrier = SyncBarrier::open(dir.path(), &[]).unwrap();
+        barrier.watch = None;
+        let blob = dir.path().join(BLOB_DIR).join("12");
+        std::fs::write(&blob, b"x").unwrap();
+        let synced = barrier.sync(0).unwrap();
+        assert!(synced.files.contains(&blob), "{synced:?}");
+        assert_eq!(
+            synced.dirs,
+            vec![dir.path().join(BLOB_DIR), dir.path().to_owned()]
+        );
     }
 
     #[test]
