@@ -507,6 +507,7 @@ async fn clickhouse_outage_then_catch_up() {
     let sinks = sink("warehouse", &url, db.name())
         .delivery("max_events", "100")
         .delivery("timeout", "\"2s\"")
+        .delivery("stuck_after", "4")
         .to_string();
     let server = Server::start_with("", &sinks);
     let mut client = client(&server).await;
@@ -556,6 +557,33 @@ async fn clickhouse_outage_then_catch_up() {
         !last_error.contains("query=") && !last_error.contains("INSERT"),
         "no statement in the error: {last_error}"
     );
+    // The same error again and again: the batch shows as stuck, with the
+    // error, since when and its seqs.
+    eventually_within_status(&server, "/readyz reports the batch stuck", |status| {
+        status["state"] == "stuck" && status["stuck"]["attempts"].as_u64() >= Some(4)
+    })
+    .await;
+    let (_, status) = sink_status(&server, "warehouse").await;
+    let stuck = &status["stuck"];
+    assert!(
+        stuck["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{status}"
+    );
+    assert!(stuck["since"].as_u64() > Some(0), "{status}");
+    assert!(
+        stuck["first_seq"].as_u64() > status["cursor"].as_u64()
+            && stuck["last_seq"].as_u64() >= stuck["first_seq"].as_u64(),
+        "{status}"
+    );
+    assert_eq!(
+        server
+            .metric("auditrail_sink_stuck{sink=\"warehouse\"}")
+            .await,
+        1.0
+    );
 
     // Back on the same data and port: B arrives, once.
     ch.restart();
@@ -566,6 +594,14 @@ async fn clickhouse_outage_then_catch_up() {
     assert_exactly_once(&db, &sent).await;
     let (_, status) = sink_status(&server, "warehouse").await;
     assert_eq!(status["healthy"], true, "{status}");
+    assert_eq!(status["state"], "delivering", "{status}");
+    assert!(status["stuck"].is_null(), "{status}");
+    assert_eq!(
+        server
+            .metric("auditrail_sink_stuck{sink=\"warehouse\"}")
+            .await,
+        0.0
+    );
     assert!(status["last_error"].is_null(), "{status}");
     let (errors, samples) = sink_counter(&server, "auditrail_sink_errors_total", "warehouse").await;
     eprintln!("errors: {samples:?}");
@@ -581,6 +617,67 @@ async fn clickhouse_outage_then_catch_up() {
         0.0
     );
     assert_no_dead_letters(&server, "warehouse").await;
+}
+
+/// One OTLP request of 150 records stamped a month apart by their sender
+/// (an honest backfill, or a hostile client) spans more partitions than
+/// one ClickHouse INSERT may touch: 150 months in the `auditrail` table,
+/// 150 days in `otel_logs`. Both sinks deliver it, once, and are not
+/// stuck. (Before the sink cut such batches, the INSERT failed with code
+/// 252 and was retried forever.)
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_spanning_150_months_is_delivered() {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let db = Database::create(&url).await;
+    let sinks = format!(
+        "{}\n{}",
+        sink("warehouse", &url, db.name()),
+        sink("otel", &url, db.name())
+            .set("schema", "\"otel\"")
+            .set("table", "\"otel_logs\"")
+    );
+    let server = Server::start_with("", &sinks);
+    let mut client = client(&server).await;
+    let (mut request, ids) = numbered_batch(SPAN, "backfill", 150);
+    const Y2010: u64 = 1_262_304_000_000_000_000;
+    for (i, record) in request.resource_logs[0].scope_logs[0]
+        .log_records
+        .iter_mut()
+        .enumerate()
+    {
+        record.time_unix_nano = Y2010 + i as u64 * 31 * 86_400_000_000_000;
+    }
+    send(&mut client, request).await;
+    wait_caught_up(&server, "warehouse", ids.len(), CATCH_UP).await;
+    wait_caught_up(&server, "otel", ids.len(), CATCH_UP).await;
+    let counts = select(
+        &url,
+        &format!(
+            "SELECT count() AS rows, uniqExact(toYYYYMM(time)) AS months FROM {}.{TABLE}",
+            db.name()
+        ),
+    )
+    .await;
+    assert_eq!(num(&counts[0]["rows"]), 150, "{counts:?}");
+    assert_eq!(num(&counts[0]["months"]), 150, "{counts:?}");
+    let counts = select(
+        &url,
+        &format!(
+            "SELECT count() AS rows, uniqExact(toDate(TimestampTime)) AS days FROM {}.{OTEL_TABLE}",
+            db.name()
+        ),
+    )
+    .await;
+    assert_eq!(num(&counts[0]["rows"]), 150, "{counts:?}");
+    assert_eq!(num(&counts[0]["days"]), 150, "{counts:?}");
+    for name in ["warehouse", "otel"] {
+        let (_, status) = sink_status(&server, name).await;
+        assert_eq!(status["state"], "delivering", "{status}");
+        assert!(status["stuck"].is_null(), "{status}");
+    }
+    assert_no_dead_letters(&server, "warehouse").await;
+    assert_no_dead_letters(&server, "otel").await;
 }
 
 /// Waits (30 s) until the `warehouse` sink's `/readyz` entry passes

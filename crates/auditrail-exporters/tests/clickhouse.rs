@@ -138,6 +138,16 @@ fn assert_misconfigured(result: Result<(), ExportError>, kind: &str, needles: &[
     }
 }
 
+/// A chdb of the test's own with a fresh database: the engine (stopped
+/// when dropped), its URL and the database's name.
+async fn chdb_with_database() -> (Chdb, String, String) {
+    let ch = Chdb::start();
+    let url = ch.url();
+    let db = unique_name();
+    query(&url, &format!("CREATE DATABASE {db}")).await;
+    (ch, url, db)
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -146,11 +156,9 @@ fn assert_misconfigured(result: Result<(), ExportError>, kind: &str, needles: &[
 /// deduplication token can explain.
 #[tokio::test(flavor = "multi_thread")]
 async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
-    let ch = Chdb::start();
-    let url = ch.url();
+    // `_ch`, not `_`: the engine must run until the test ends.
+    let (_ch, url, db) = chdb_with_database().await;
     let url = url.as_str();
-    let db = unique_name();
-    query(url, &format!("CREATE DATABASE {db}")).await;
     let config =
         format!("type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"400d\"\n");
     let sink = build(&config);
@@ -292,11 +300,9 @@ async fn modern_auditrail_rows_match_and_a_retry_adds_none() {
 /// exporter creates it, and in one made by an older Collector.
 #[tokio::test(flavor = "multi_thread")]
 async fn otel_schema_fills_otel_logs_tables() {
-    let ch = Chdb::start();
-    let url = ch.url();
+    // `_ch`, not `_`: the engine must run until the test ends.
+    let (_ch, url, db) = chdb_with_database().await;
     let url = url.as_str();
-    let db = unique_name();
-    query(url, &format!("CREATE DATABASE {db}")).await;
     let sink = build(&format!(
         "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\ntable = \"otel_logs\"\nschema = \"otel\"\ncompression = \"none\"\n"
     ));
@@ -535,11 +541,9 @@ async fn legacy_server_gets_the_legacy_mapping_and_retries_collapse() {
 /// a missing table with `create_table = false` too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_of_another_shape_is_reported() {
-    let ch = Chdb::start();
-    let url = ch.url();
+    // `_ch`, not `_`: the engine must run until the test ends.
+    let (_ch, url, db) = chdb_with_database().await;
     let url = url.as_str();
-    let db = unique_name();
-    query(url, &format!("CREATE DATABASE {db}")).await;
     query(
         url,
         &format!(
@@ -776,11 +780,9 @@ fn spread(node: &str, count: u64, step_days: u64) -> Vec<AuditEvent> {
 /// partitions and carries a token naming its own events.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_spanning_more_partitions_than_an_insert_may_touch_goes_through() {
-    let ch = Chdb::start();
-    let url = ch.url();
+    // `_ch`, not `_`: the engine must run until the test ends.
+    let (_ch, url, db) = chdb_with_database().await;
     let url = url.as_str();
-    let db = unique_name();
-    query(url, &format!("CREATE DATABASE {db}")).await;
     // The engine's own limit, so the test proves what it claims.
     let limit = select(
         url,
@@ -857,11 +859,9 @@ async fn a_batch_spanning_many_months_goes_through_on_the_legacy_server() {
 /// otel table has no receive time, so `ttl` is refused there.
 #[tokio::test(flavor = "multi_thread")]
 async fn ttl_counts_from_receive_time() {
-    let ch = Chdb::start();
-    let url = ch.url();
+    // `_ch`, not `_`: the engine must run until the test ends.
+    let (_ch, url, db) = chdb_with_database().await;
     let url = url.as_str();
-    let db = unique_name();
-    query(url, &format!("CREATE DATABASE {db}")).await;
     let sink = build(&format!(
         "type = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nttl = \"30d\"\n"
     ));
