@@ -104,11 +104,30 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Server::start_configured(dir, "", spool_keys, extra_tables, env)
+    }
+
+    /// Starts a server in a fresh directory with `receiver_keys` added to
+    /// its `[receiver]` table (limits, timeouts).
+    pub fn start_with_receiver(receiver_keys: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_configured(tmp.path(), receiver_keys, "", "", &[]);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    fn start_configured(
+        dir: &Path,
+        receiver_keys: &str,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         // A port free a moment ago may be taken by another test process
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+            let mut server = Server::spawn(dir, receiver_keys, spool_keys, extra_tables, env);
             match server.wait_ready() {
                 Ok(()) => return server,
                 Err(log) if log.contains("Address already in use") && attempts < 3 => {
@@ -129,7 +148,7 @@ impl Server {
         env: &[(&str, &str)],
         within: Duration,
     ) -> (ExitStatus, String) {
-        let mut server = Server::spawn(dir, spool_keys, extra_tables, env);
+        let mut server = Server::spawn(dir, "", spool_keys, extra_tables, env);
         let mut child = server.child.take().expect("just spawned");
         let deadline = Instant::now() + within;
         loop {
@@ -149,12 +168,18 @@ impl Server {
     }
 
     /// Writes the config and starts the binary without waiting for it.
-    fn spawn(dir: &Path, spool_keys: &str, extra_tables: &str, env: &[(&str, &str)]) -> Server {
+    fn spawn(
+        dir: &Path,
+        receiver_keys: &str,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
         let spool = dir.join("spool");
         let config = format!(
-            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
         std::fs::write(&config_path, config).expect("writing config");
@@ -279,6 +304,11 @@ impl Server {
             .unwrap_or(0.0)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -319,6 +349,57 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends `body` (gRPC frames, see [`grpc_frame`]) to
+/// LogsService/Export at `grpc_url` as it is, with `grpc-encoding` when given, and
+/// returns the status the server answers.
+pub async fn grpc_export_raw(
+    grpc_url: &str,
+    encoding: Option<&str>,
+    body: tonic::body::Body,
+) -> tonic::Status {
+    use tower::{Service, ServiceExt};
+    let mut channel = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
+        .expect("gRPC URL")
+        .connect()
+        .await
+        .expect("connecting");
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "{}/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            grpc_url
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(e) = encoding {
+        req = req.header("grpc-encoding", e);
+    }
+    let req = req.body(body).expect("request");
+    let resp = channel
+        .ready()
+        .await
+        .expect("channel ready")
+        .call(req)
+        .await
+        .expect("a response");
+    if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
+        return status;
+    }
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    tonic::Status::from_header_map(&trailers).expect("a grpc-status")
+}
+
+/// One gRPC length-prefixed message: the compressed flag, the length, the bytes.
+pub fn grpc_frame(compressed: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![u8::from(compressed)];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// Runs `auditrail ARGS` to completion.
