@@ -21,9 +21,15 @@ use serde_json::Value;
 /// auditrail` in the shared target dir can resolve features differently from
 /// the workspace build and relink `target/debug/auditrail` while another
 /// test process is running it.
+///
+/// `AUDITRAIL_BIN=/path/to/auditrail` runs the tests against that binary
+/// instead (e.g. an older build, to see a new test fail on the old code).
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("AUDITRAIL_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile> → target
         let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");

@@ -95,15 +95,19 @@ impl MetricsService for NotServed {
 /// The gRPC services, ready to be served by tonic.
 pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
     let max = ingest.config().max_request_bytes;
+    let ingest_timeout = ingest.config().body_read_timeout;
     // Still declared, so tonic advertises them in grpc-accept-encoding;
     // `Decompress` below decodes them before tonic sees the body.
     let logs = LogsServiceServer::new(Logs(ingest))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
-    Routes::new(NormalizeStatus(Decompress { inner: logs, max }))
-        .add_service(TraceServiceServer::new(NotServed))
-        .add_service(MetricsServiceServer::new(NotServed))
+    Routes::new(NormalizeStatus {
+        inner: Decompress { inner: logs, max },
+        timeout: ingest_timeout,
+    })
+    .add_service(TraceServiceServer::new(NotServed))
+    .add_service(MetricsServiceServer::new(NotServed))
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
@@ -115,10 +119,8 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let config = ingest.config().clone();
     tonic::transport::Server::builder()
-        // The deadline of the whole call, reading the body included: a
-        // client that sends half a frame and stalls is answered CANCELLED
-        // and its stream closed (a shorter `grpc-timeout` from the client wins).
-        .timeout(config.body_read_timeout)
+        // (`body_read_timeout`, the deadline of an Export call, is applied
+        // by `NormalizeStatus`, so that the answer can name it.)
         // A connection whose peer stops answering pings is closed.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -283,7 +285,11 @@ async fn decompress_frames(
 /// never decode — so these become INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
 /// Only tonic's own decoding messages are rewritten; any other INTERNAL stays.
 #[derive(Clone)]
-struct NormalizeStatus<S>(S);
+struct NormalizeStatus<S> {
+    inner: S,
+    /// `body_read_timeout`: the deadline of a whole Export call.
+    timeout: std::time::Duration,
+}
 
 const DECODE_FAILURES: &[&str] = &[
     "failed to decode Protobuf message",
@@ -306,13 +312,26 @@ where
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.0.call(request);
+        let future = self.inner.call(request);
+        let timeout = self.timeout;
         Box::pin(async move {
-            let mut response = future.await?;
+            // The call's future reads the body too: a client that sends half
+            // a message and stalls is answered here, and its stream closed.
+            let Ok(response) = tokio::time::timeout(timeout, future).await else {
+                let message = format!(
+                    "the request did not arrive and complete within body_read_timeout ({})",
+                    humantime::format_duration(timeout)
+                );
+                metrics::counter!("auditrail_refused_requests_total", "reason" => "timeout")
+                    .increment(1);
+                tracing::warn!(message, "OTLP/gRPC request refused");
+                return Ok(Status::cancelled(message).into_http());
+            };
+            let mut response = response?;
             normalize(response.headers_mut());
             Ok(response)
         })
