@@ -18,9 +18,15 @@ use serde_json::Value;
 
 /// The auditrail binary, built once per test process with the tests'
 /// profile, so a test never runs a stale binary.
+///
+/// `AUDITRAIL_BIN=/path/to/auditrail` runs the tests against that binary
+/// instead (e.g. an older build, to see a new test fail on the old code).
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_binary("auditrail", "auditrail"))
+    BIN.get_or_init(|| match std::env::var_os("AUDITRAIL_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => build_binary("auditrail", "auditrail"),
+    })
 }
 
 /// Builds `bin` of `package` with the tests' profile and returns its path.
@@ -110,8 +116,25 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Server {
-        Server::try_start_at(dir, &dir.join("spool"), spool_keys, extra_tables, env)
+        Server::try_start(dir, &dir.join("spool"), "", spool_keys, extra_tables, env)
             .unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Starts a server in a fresh directory with `receiver_keys` added to
+    /// its `[receiver]` table (limits, timeouts).
+    pub fn start_with_receiver(receiver_keys: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::try_start(
+            tmp.path(),
+            &tmp.path().join("spool"),
+            receiver_keys,
+            "",
+            "",
+            &[],
+        )
+        .unwrap_or_else(|log| panic!("{log}"));
+        server._tmp = Some(tmp);
+        server
     }
 
     /// Starts a server whose config and log are in `dir` and whose spool is
@@ -124,11 +147,23 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
+        Server::try_start(dir, spool, "", spool_keys, extra_tables, env)
+    }
+
+    fn try_start(
+        dir: &Path,
+        spool: &Path,
+        receiver_keys: &str,
+        spool_keys: &str,
+        extra_tables: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         // A port free a moment ago may be taken by another test process
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server = Server::spawn(dir, spool, spool_keys, extra_tables, env);
+            let mut server =
+                Server::spawn(dir, spool, receiver_keys, spool_keys, extra_tables, env);
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 // (Or two of the free ports were the same one.)
@@ -153,7 +188,7 @@ impl Server {
         env: &[(&str, &str)],
         within: Duration,
     ) -> (ExitStatus, String) {
-        let mut server = Server::spawn(dir, &dir.join("spool"), spool_keys, extra_tables, env);
+        let mut server = Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, env);
         let mut child = server.child.take().expect("just spawned");
         let deadline = Instant::now() + within;
         loop {
@@ -176,6 +211,7 @@ impl Server {
     fn spawn(
         dir: &Path,
         spool: &Path,
+        receiver_keys: &str,
         spool_keys: &str,
         extra_tables: &str,
         env: &[(&str, &str)],
@@ -183,7 +219,7 @@ impl Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
         let config = format!(
-            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
         std::fs::write(&config_path, config).expect("writing config");
@@ -309,6 +345,11 @@ impl Server {
             .unwrap_or(0.0)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -349,6 +390,57 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends `body` (gRPC frames, see [`grpc_frame`]) to
+/// LogsService/Export at `grpc_url` as it is, with `grpc-encoding` when given, and
+/// returns the status the server answers.
+pub async fn grpc_export_raw(
+    grpc_url: &str,
+    encoding: Option<&str>,
+    body: tonic::body::Body,
+) -> tonic::Status {
+    use tower::{Service, ServiceExt};
+    let mut channel = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
+        .expect("gRPC URL")
+        .connect()
+        .await
+        .expect("connecting");
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "{}/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            grpc_url
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(e) = encoding {
+        req = req.header("grpc-encoding", e);
+    }
+    let req = req.body(body).expect("request");
+    let resp = channel
+        .ready()
+        .await
+        .expect("channel ready")
+        .call(req)
+        .await
+        .expect("a response");
+    if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
+        return status;
+    }
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    tonic::Status::from_header_map(&trailers).expect("a grpc-status")
+}
+
+/// One gRPC length-prefixed message: the compressed flag, the length, the bytes.
+pub fn grpc_frame(compressed: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![u8::from(compressed)];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// Runs `auditrail ARGS` to completion.

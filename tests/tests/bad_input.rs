@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use auditrail_tests::Server;
+use auditrail_tests::{grpc_export_raw, grpc_frame, Server};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayVa
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message;
 use tonic::Code;
-use tower::{Service, ServiceExt};
 
 fn request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
@@ -329,45 +328,10 @@ async fn raw_grpc(
     encoding: Option<&str>,
     payload: Vec<u8>,
 ) -> tonic::Status {
-    let mut channel = tonic::transport::Endpoint::from_shared(server.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connecting");
-    let mut frame = vec![u8::from(compressed)];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    let mut req = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "{}/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-            server.grpc_url()
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(e) = encoding {
-        req = req.header("grpc-encoding", e);
-    }
-    let req = req
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            Bytes::from(frame),
-        )))
-        .unwrap();
-    let resp = channel
-        .ready()
-        .await
-        .unwrap()
-        .call(req)
-        .await
-        .expect("a response");
-    if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
-        return status;
-    }
-    let collected = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .expect("body");
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    tonic::Status::from_header_map(&trailers).expect("a grpc-status")
+    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(grpc_frame(
+        compressed, &payload,
+    ))));
+    grpc_export_raw(&server.grpc_url(), encoding, body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,6 +11,7 @@ pub mod anyvalue;
 pub mod canonical;
 pub mod chain;
 mod event;
+pub mod fuzzing;
 pub mod id;
 pub mod otlp;
 

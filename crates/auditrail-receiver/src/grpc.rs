@@ -26,6 +26,7 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 
 struct Logs(Arc<Ingest>);
@@ -94,13 +95,19 @@ impl MetricsService for NotServed {
 /// The gRPC services, ready to be served by tonic.
 pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
     let max = ingest.config().max_request_bytes;
+    let ingest_timeout = ingest.config().body_read_timeout;
+    // Still declared, so tonic advertises them in grpc-accept-encoding;
+    // `Decompress` below decodes them before tonic sees the body.
     let logs = LogsServiceServer::new(Logs(ingest))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
-    Routes::new(NormalizeStatus(logs))
-        .add_service(TraceServiceServer::new(NotServed))
-        .add_service(MetricsServiceServer::new(NotServed))
+    Routes::new(NormalizeStatus {
+        inner: Decompress { inner: logs, max },
+        timeout: ingest_timeout,
+    })
+    .add_service(TraceServiceServer::new(NotServed))
+    .add_service(MetricsServiceServer::new(NotServed))
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
@@ -112,10 +119,8 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let config = ingest.config().clone();
     tonic::transport::Server::builder()
-        // The deadline of the whole call, reading the body included: a
-        // client that sends half a frame and stalls is answered CANCELLED
-        // and its stream closed (a shorter `grpc-timeout` from the client wins).
-        .timeout(config.body_read_timeout)
+        // (`body_read_timeout`, the deadline of an Export call, is applied
+        // by `NormalizeStatus`, so that the answer can name it.)
         // A connection whose peer stops answering pings is closed.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -130,6 +135,148 @@ pub async fn serve_grpc(
         .await
 }
 
+/// Decompresses gzip and zstd request messages with the receivers' own
+/// decoder (see `compression`), then hands tonic the uncompressed frames.
+///
+/// tonic's gzip decoder reads only the first gzip member of a message and
+/// ignores the rest, and ignores trailing bytes: a request would be read in
+/// part and acknowledged whole. An Export request is unary and at most
+/// `max_request_bytes`, so buffering it here costs nothing tonic would not
+/// hold anyway.
+#[derive(Clone)]
+struct Decompress<S> {
+    inner: S,
+    max: usize,
+}
+
+impl<S: NamedService> NamedService for Decompress<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Body = tonic::body::Body;
+
+impl<S> tower::Service<http::Request<Body>> for Decompress<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let compression = request
+            .headers()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Compression::from_name);
+        let Some(compression) = compression else {
+            // identity, or an encoding tonic refuses itself (UNIMPLEMENTED).
+            return Box::pin(self.inner.call(request));
+        };
+        // The clone that was made ready is the one that serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max = self.max;
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let plain = match decompress_frames(body, compression, max).await {
+                Ok(plain) => plain,
+                Err(status) => {
+                    let label = if status.code() == Code::ResourceExhausted {
+                        "too_large"
+                    } else {
+                        "malformed"
+                    };
+                    metrics::counter!("auditrail_refused_requests_total", "reason" => label)
+                        .increment(1);
+                    tracing::warn!(code = ?status.code(), reason = label, message = status.message(), "OTLP/gRPC request refused");
+                    return Ok(status.into_http());
+                }
+            };
+            parts.headers.remove("grpc-encoding");
+            let body = Body::new(http_body_util::Full::new(bytes::Bytes::from(plain)));
+            inner.call(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// The body's length-prefixed messages, each decompressed if its flag says
+/// so, re-framed uncompressed.
+async fn decompress_frames(
+    body: Body,
+    compression: Compression,
+    max: usize,
+) -> Result<Vec<u8>, Status> {
+    use http_body_util::BodyExt;
+    // Compressed input is never larger than the limit on its output, by
+    // much: a few bytes of framing per message.
+    let limit = max.saturating_add(1024);
+    let wire = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::resource_exhausted(format!(
+                    "compressed request exceeds max_request_bytes ({max} bytes)"
+                ))
+            } else {
+                Status::invalid_argument(format!("request body could not be read: {e}"))
+            }
+        })?
+        .to_bytes();
+    let mut out = Vec::with_capacity(wire.len());
+    let mut rest = wire.as_ref();
+    while !rest.is_empty() {
+        let Some((&[flag, a, b, c, d], after)) = rest.split_first_chunk::<5>() else {
+            return Err(Status::invalid_argument(
+                "request body ends inside a gRPC message header",
+            ));
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        let payload = after
+            .get(..len)
+            .ok_or_else(|| Status::invalid_argument("request body ends inside a gRPC message"))?;
+        rest = &after[len..];
+        let plain;
+        let message = match flag {
+            0 => payload,
+            1 => {
+                plain = compression
+                    .decompress(payload, max.saturating_sub(out.len()))
+                    .map_err(|e| match e {
+                        DecompressError::TooLarge(_) => Status::resource_exhausted(format!(
+                            "message after decompression exceeds max_request_bytes ({max} bytes)"
+                        )),
+                        e @ DecompressError::Corrupt { .. } => {
+                            Status::invalid_argument(e.to_string())
+                        }
+                    })?;
+                &plain[..]
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "gRPC message flag {other} is neither 0 nor 1"
+                )))
+            }
+        };
+        let len = u32::try_from(message.len()).map_err(|_| {
+            Status::resource_exhausted(format!("message exceeds max_request_bytes ({max} bytes)"))
+        })?;
+        out.push(0);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(message);
+    }
+    Ok(out)
+}
+
 /// Gives request-decoding failures the codes the OTLP spec expects.
 ///
 /// tonic reports a body that does not decode, or does not decompress, as
@@ -138,7 +285,11 @@ pub async fn serve_grpc(
 /// never decode — so these become INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
 /// Only tonic's own decoding messages are rewritten; any other INTERNAL stays.
 #[derive(Clone)]
-struct NormalizeStatus<S>(S);
+struct NormalizeStatus<S> {
+    inner: S,
+    /// `body_read_timeout`: the deadline of a whole Export call.
+    timeout: std::time::Duration,
+}
 
 const DECODE_FAILURES: &[&str] = &[
     "failed to decode Protobuf message",
@@ -161,13 +312,26 @@ where
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.0.call(request);
+        let future = self.inner.call(request);
+        let timeout = self.timeout;
         Box::pin(async move {
-            let mut response = future.await?;
+            // The call's future reads the body too: a client that sends half
+            // a message and stalls is answered here, and its stream closed.
+            let Ok(response) = tokio::time::timeout(timeout, future).await else {
+                let message = format!(
+                    "the request did not arrive and complete within body_read_timeout ({})",
+                    humantime::format_duration(timeout)
+                );
+                metrics::counter!("auditrail_refused_requests_total", "reason" => "timeout")
+                    .increment(1);
+                tracing::warn!(message, "OTLP/gRPC request refused");
+                return Ok(Status::cancelled(message).into_http());
+            };
+            let mut response = response?;
             normalize(response.headers_mut());
             Ok(response)
         })

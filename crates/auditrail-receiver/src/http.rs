@@ -2,7 +2,6 @@
 //! or zstd compressed.
 
 use std::future::Future;
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +13,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
+use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 use crate::status::{code, Status};
 
@@ -254,10 +254,7 @@ async fn read_and_export(
         }
     })?;
     let wire_len = wire.len();
-    let plain = decompress(headers, wire, max, encoding).map_err(|e| match e {
-        Decompress::TooLarge => too_large("body after decompression"),
-        Decompress::Refused(refusal) => refusal,
-    })?;
+    let plain = decompress(headers, wire, max, encoding)?;
     let request = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(plain.as_ref()).map_err(|e| {
             Refusal::bad_request(
@@ -323,109 +320,38 @@ fn content_type(headers: &HeaderMap) -> Result<Encoding, Refusal> {
     }
 }
 
-enum Decompress {
-    TooLarge,
-    Refused(Refusal),
-}
-
 fn decompress(
     headers: &HeaderMap,
     wire: Bytes,
     max: usize,
     encoding: Encoding,
-) -> Result<Bytes, Decompress> {
+) -> Result<Bytes, Refusal> {
     let name = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
-    let mut reader: Box<dyn Read + '_> = match name.as_str() {
-        "" | "identity" => return Ok(wire),
-        // RFC 1952: a gzip file is a series of members, each a whole gzip
-        // stream; they decompress to the concatenation. GzDecoder would stop
-        // after the first and ignore the rest. Bytes after the last member
-        // that do not start another one are an error, not ignored.
-        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(wire.as_ref())),
-        // zstd's decoder reads every frame (concatenated frames are legal)
-        // and fails on trailing bytes that are not a frame.
-        "zstd" => Box::new(
-            zstd::stream::read::Decoder::new(wire.as_ref()).map_err(|e| {
-                Decompress::Refused(Refusal::bad_request(format!("zstd body: {e}"), encoding))
-            })?,
-        ),
-        other => {
-            return Err(Decompress::Refused(Refusal::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code::INVALID_ARGUMENT,
-                format!("content encoding {other:?} is not supported; use gzip, zstd or none"),
-                encoding,
-            )))
+        .trim();
+    if name.is_empty() || name.eq_ignore_ascii_case("identity") {
+        return Ok(wire);
+    }
+    let compression = Compression::from_name(name).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code::INVALID_ARGUMENT,
+            format!("content encoding {name:?} is not supported; use gzip, zstd or none"),
+            encoding,
+        )
+    })?;
+    match compression.decompress(&wire, max) {
+        Ok(plain) => Ok(plain.into()),
+        Err(DecompressError::TooLarge(_)) => Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::RESOURCE_EXHAUSTED,
+            format!("request body after decompression exceeds max_request_bytes ({max} bytes)"),
+            encoding,
+        )),
+        Err(e @ DecompressError::Corrupt { .. }) => {
+            Err(Refusal::bad_request(e.to_string(), encoding))
         }
-    };
-    // Read one byte past the limit to tell "exactly max" from "more".
-    let mut out = Vec::new();
-    (&mut reader)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Decompress::Refused(Refusal::bad_request(
-                format!("{name} body does not decompress: {e}"),
-                encoding,
-            ))
-        })?;
-    if out.len() > max {
-        return Err(Decompress::TooLarge);
-    }
-    Ok(out.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-
-    use super::*;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(bytes).unwrap();
-        enc.finish().unwrap()
-    }
-
-    fn zstd(bytes: &[u8]) -> Vec<u8> {
-        zstd::stream::encode_all(bytes, 1).unwrap()
-    }
-
-    fn run(encoding: &str, body: Vec<u8>) -> Result<Bytes, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
-        decompress(&headers, body.into(), 1 << 20, Encoding::Json).map_err(|e| match e {
-            Decompress::TooLarge => "too large".to_string(),
-            Decompress::Refused(r) => r.message,
-        })
-    }
-
-    #[test]
-    fn every_gzip_member_is_read() {
-        let body = [gzip(b"first,"), gzip(b"second")].concat();
-        assert_eq!(run("gzip", body).unwrap().as_ref(), b"first,second");
-    }
-
-    #[test]
-    fn bytes_after_the_gzip_stream_are_refused() {
-        let mut body = gzip(b"{}");
-        body.extend_from_slice(b"trailing junk");
-        let err = run("gzip", body).unwrap_err();
-        assert!(err.contains("gzip body does not decompress"), "{err}");
-    }
-
-    #[test]
-    fn every_zstd_frame_is_read_and_trailing_bytes_refused() {
-        let body = [zstd(b"first,"), zstd(b"second")].concat();
-        assert_eq!(run("zstd", body).unwrap().as_ref(), b"first,second");
-        let mut body = zstd(b"{}");
-        body.extend_from_slice(b"trailing junk");
-        let err = run("zstd", body).unwrap_err();
-        assert!(err.contains("zstd body does not decompress"), "{err}");
     }
 }

@@ -469,6 +469,20 @@ table = "audit_events"
         }
     }
 
+    /// The fuzz target's seed inputs (fuzz/corpus/config) parse or fail
+    /// with an error, never a panic.
+    #[test]
+    fn fuzz_seed_corpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let _ = parse(&text);
+            seen += 1;
+        }
+        assert!(seen > 0, "no seed inputs in {}", dir.display());
+    }
+
     #[test]
     fn missing_env_is_named() {
         let err = parse("[spool]\ndir = \"${NOPE}\"\n")

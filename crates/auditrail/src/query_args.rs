@@ -122,6 +122,31 @@ pub fn parse_time(flag: &str, text: &str, now: SystemTime) -> Result<u64, String
 mod tests {
     use super::*;
 
+    /// The fuzz target's seed inputs (fuzz/corpus/query_filters) go through
+    /// the same parsing as `GET /v1/events`; each of them is a valid query.
+    #[test]
+    fn fuzz_seed_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/query_filters");
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let parsed = serde_urlencoded::from_bytes::<QueryArgs>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|args| args.to_filter(now));
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                parsed.is_ok() || parse_time("since", &text, now).is_ok(),
+                "{}: {parsed:?}",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert!(seen > 0, "no seed inputs in {}", dir.display());
+    }
+
     #[test]
     fn times_and_values_are_checked() {
         let now = UNIX_EPOCH + Duration::from_secs(10_000);
