@@ -98,8 +98,13 @@ impl Server {
     /// Starts a server in a fresh directory. `spool_keys` are added to the
     /// `[spool]` table, `extra_tables` after it (e.g. `[query]` with keys).
     pub fn start_with(spool_keys: &str, extra_tables: &str) -> Server {
+        Server::in_temp_dir(|dir| Server::start_in(dir, spool_keys, extra_tables))
+    }
+
+    /// A server started by `start` in a fresh directory, removed with it.
+    fn in_temp_dir(start: impl FnOnce(&Path) -> Server) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut server = Server::start_in(tmp.path(), spool_keys, extra_tables);
+        let mut server = start(tmp.path());
         server._tmp = Some(tmp);
         server
     }
@@ -123,18 +128,10 @@ impl Server {
     /// Starts a server in a fresh directory with `receiver_keys` added to
     /// its `[receiver]` table (limits, timeouts).
     pub fn start_with_receiver(receiver_keys: &str) -> Server {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let mut server = Server::try_start(
-            tmp.path(),
-            &tmp.path().join("spool"),
-            receiver_keys,
-            "",
-            "",
-            &[],
-        )
-        .unwrap_or_else(|log| panic!("{log}"));
-        server._tmp = Some(tmp);
-        server
+        Server::in_temp_dir(|dir| {
+            Server::try_start(dir, &dir.join("spool"), receiver_keys, "", "", &[])
+                .unwrap_or_else(|log| panic!("{log}"))
+        })
     }
 
     /// Starts a server whose config and log are in `dir` and whose spool is
