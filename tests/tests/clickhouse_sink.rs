@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use auditrail_tests::clickhouse::{self, legacy_url, num, query, select, Chdb, Database};
 use auditrail_tests::mysql::SinkToml;
 use auditrail_tests::sinks::{
-    assert_all_once, assert_no_dead_letters, client, emit_sink_event, numbered_batch,
+    assert_no_dead_letters, assert_rows_exactly_once, client, emit_sink_event, numbered_batch,
     resend_unacked, send, send_batch, sink_counter, sink_status, start_sending, tail,
-    wait_caught_up, Load,
+    wait_caught_up, wait_count, Load,
 };
 use auditrail_tests::{free_port, Server};
 use opentelemetry::logs::AnyValue;
@@ -34,23 +34,14 @@ const SPAN: u8 = 0xcd;
 /// at once if it ever holds more, and with the server's log if it takes
 /// too long.
 async fn wait_rows(db: &Database, table: &str, modifiers: &str, want: u64, server: &Server) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let rows = db.try_count(table, modifiers).await.unwrap_or(0);
-        assert!(
-            rows <= want,
-            "{rows} rows in {table} {modifiers}, more than the {want} events sent"
-        );
-        if rows == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{rows} of {want} rows in {table} after {CATCH_UP:?}; server log (tail):\n{}",
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(
+        &format!("{table} {modifiers}"),
+        want,
+        server,
+        CATCH_UP,
+        || async { db.try_count(table, modifiers).await.unwrap_or(0) },
+    )
+    .await
 }
 
 /// Raw `count()` and distinct `(node, seq)` of the table, as stored now
@@ -69,33 +60,11 @@ async fn raw_counts(db: &Database) -> (u64, u64) {
 /// (in the collapsed view, `FINAL`) with its trace id, and seqs are
 /// 1..=N without gaps or repeats.
 async fn assert_exactly_once(db: &Database, sent: &HashMap<String, String>) {
-    let rows = select(
-        db.url(),
-        &format!(
-            "SELECT event_id, trace_id, seq FROM {} FINAL ORDER BY seq",
-            db.table(TABLE)
-        ),
-    )
-    .await;
-    let mut seen = HashSet::new();
-    let mut seqs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let event_id = row["event_id"].as_str().expect("event_id").to_owned();
-        let trace_id = row["trace_id"].as_str().expect("trace_id");
-        match sent.get(&event_id) {
-            Some(sent_trace) => assert_eq!(
-                trace_id, sent_trace,
-                "trace id of {event_id} in ClickHouse differs from the one sent"
-            ),
-            None => panic!("row for {event_id}, which was never sent"),
-        }
-        assert!(
-            seen.insert(event_id.clone()),
-            "event {event_id} stored twice (FINAL)"
-        );
-        seqs.push(num(&row["seq"]));
-    }
-    assert_all_once(sent, &seen, &seqs);
+    assert_rows_exactly_once(
+        "ClickHouse FINAL",
+        &db.stored_rows(TABLE, "FINAL").await,
+        sent,
+    );
 }
 
 /// The sink table, with the delivery settings the tests share.

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_tests::mysql::{text, Database, PrivateMariaDb, SinkToml};
 use auditrail_tests::sinks::{
-    assert_all_once, assert_no_dead_letters, client, emit_sink_event, next_trace_id,
+    assert_no_dead_letters, assert_rows_exactly_once, client, emit_sink_event, next_trace_id,
     numbered_batch, resend_unacked, send, send_batch, sink_counter, sink_status, start_sending,
-    tail, wait_caught_up, Load,
+    tail, wait_caught_up, wait_count, Load,
 };
 use auditrail_tests::{cli, eventually_within, free_port, otlp, Server};
 use opentelemetry::logs::AnyValue;
@@ -30,50 +30,16 @@ const SPAN: u8 = 0xab;
 /// Waits until `table` holds exactly `want` rows; panics at once if it
 /// ever holds more, and with the server's log if it takes too long.
 async fn wait_rows(db: &Database, table: &str, want: usize, server: &Server) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let rows = db.try_count(table).await.unwrap_or(0) as usize;
-        assert!(
-            rows <= want,
-            "{rows} rows in {table}, more than the {want} events sent"
-        );
-        if rows == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{rows} of {want} rows in {table} after {CATCH_UP:?}; server log (tail):\n{}",
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(table, want as u64, server, CATCH_UP, || async {
+        db.try_count(table).await.unwrap_or(0) as u64
+    })
+    .await
 }
 
 /// Every event in `sent` (uid → trace id) is in the canonical table exactly
 /// once with its trace id, and seqs are 1..=N without gaps or repeats.
 async fn assert_exactly_once(db: &Database, sent: &HashMap<String, String>) {
-    let rows = db
-        .rows("SELECT event_id, trace_id, seq FROM audit_events ORDER BY seq")
-        .await;
-    let mut seen = HashSet::new();
-    let mut seqs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let event_id = text(row, "event_id").expect("event_id");
-        let trace_id = text(row, "trace_id").expect("trace_id");
-        assert!(
-            seen.insert(event_id.clone()),
-            "event {event_id} stored twice"
-        );
-        match sent.get(&event_id) {
-            Some(sent_trace) => assert_eq!(
-                &trace_id, sent_trace,
-                "trace id of {event_id} in MySQL differs from the one sent"
-            ),
-            None => panic!("row for {event_id}, which was never sent"),
-        }
-        seqs.push(row.get::<u64, _>("seq"));
-    }
-    assert_all_once(sent, &seen, &seqs);
+    assert_rows_exactly_once("MySQL", &db.stored_rows(TABLE).await, sent);
 }
 
 /// The sink table, with the delivery settings the tests share.
