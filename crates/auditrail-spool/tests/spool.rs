@@ -40,6 +40,19 @@ fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
     }
 }
 
+/// The spool's sled database itself, behind the spool's back (to tamper
+/// with it). The spool creates sled with 8 MiB segments; sled insists on
+/// the same.
+fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    reopen(|| {
+        sled::Config::new()
+            .path(dir)
+            .segment_size(8 << 20)
+            .flush_every_ms(None)
+            .open()
+    })
+}
+
 fn all(spool: &Spool) -> Vec<AuditEvent> {
     spool.query(&Filter::default()).unwrap()
 }
@@ -335,14 +348,7 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
     }
     // Change one byte of an event's body behind the spool's back.
     {
-        // The spool creates sled with 8 MiB segments; sled insists on the same.
-        let db = reopen(|| {
-            sled::Config::new()
-                .path(dir.path())
-                .segment_size(8 << 20)
-                .flush_every_ms(None)
-                .open()
-        });
+        let db = raw_sled(dir.path());
         let batches = db.open_tree("batches").unwrap();
         let (key, value) = batches.first().unwrap().unwrap();
         let mut bytes = value.to_vec();
@@ -399,13 +405,7 @@ async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> auditrail_spool::VerifyRe
         spool.close().unwrap();
     }
     {
-        let db = reopen(|| {
-            sled::Config::new()
-                .path(dir.path())
-                .segment_size(8 << 20)
-                .flush_every_ms(None)
-                .open()
-        });
+        let db = raw_sled(dir.path());
         tamper(&db.open_tree("batches").unwrap());
         db.flush().unwrap();
     }
