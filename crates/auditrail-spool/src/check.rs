@@ -13,6 +13,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::batch::BatchView;
+use crate::durable::{BLOB_DIR, CONF_FILE, DB_FILE};
+use crate::opening::MIN_BLOB_LEN;
 use crate::{index, seq_from_bytes, Shared, SpoolError};
 
 /// One thing found wrong, and where.
@@ -44,10 +46,6 @@ pub struct FileScan {
     pub notes: Vec<Finding>,
 }
 
-/// sled's blob files start with a CRC-32 of the rest (a kind byte, then
-/// the data): see sled's `pagecache/blob_io.rs`.
-const BLOB_HEADER: usize = 5;
-
 /// sled's `conf` holds its storage parameters and a CRC; sled reads a file
 /// of 8 bytes or less as absent (and then writes its own defaults).
 const MIN_CONF: u64 = 9;
@@ -59,8 +57,8 @@ pub fn scan_files(dir: &Path) -> Result<FileScan, SpoolError> {
     let stat = |path: &Path| {
         fs::metadata(path).map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))
     };
-    scan.db_bytes = stat(&dir.join("db"))?.len();
-    let conf = dir.join("conf");
+    scan.db_bytes = stat(&dir.join(DB_FILE))?.len();
+    let conf = dir.join(CONF_FILE);
     match fs::metadata(&conf) {
         // Safe: the spool always opens sled with the same fixed settings, and
         // sled writes them to a new `conf` when it finds none.
@@ -84,7 +82,7 @@ pub fn scan_files(dir: &Path) -> Result<FileScan, SpoolError> {
             scan.snapshots += 1;
         }
     }
-    let blobs = dir.join("blobs");
+    let blobs = dir.join(BLOB_DIR);
     if blobs.is_dir() {
         for entry in fs::read_dir(&blobs)
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", blobs.display())))?
@@ -120,7 +118,9 @@ fn blob_damage(path: &PathBuf) -> std::io::Result<(u64, Option<String>)> {
     let mut bytes = Vec::new();
     fs::File::open(path)?.read_to_end(&mut bytes)?;
     let len = bytes.len() as u64;
-    if bytes.len() < BLOB_HEADER {
+    // sled's blob files start with a CRC-32 of the rest (a kind byte, then
+    // the data): see sled's `pagecache/blob_io.rs`.
+    if len < MIN_BLOB_LEN {
         return Ok((len, Some(format!("is {len} bytes: empty or torn"))));
     }
     // Little-endian CRC-32 of the kind byte and the data, as sled writes it.
@@ -138,7 +138,6 @@ pub(crate) fn check_trees(shared: &Shared) -> Result<Vec<Finding>, SpoolError> {
         place: format!("tree {name}"),
         what,
     };
-    let mut last_seq = 0;
     for item in shared.batches.iter() {
         let (key, value) = item?;
         let first = seq_from_bytes(&key);
@@ -158,7 +157,6 @@ pub(crate) fn check_trees(shared: &Shared) -> Result<Vec<Finding>, SpoolError> {
                 ),
             ));
         }
-        last_seq = view.last_seq();
         match shared.ids.get(&key)? {
             Some(run) if run.len() == view.count() * 16 => {}
             Some(run) => findings.push(tree(
@@ -187,16 +185,16 @@ pub(crate) fn check_trees(shared: &Shared) -> Result<Vec<Finding>, SpoolError> {
             ));
         }
     }
+    let stored_last = shared.last_seq.load(std::sync::atomic::Ordering::Acquire);
     if let Some(watermark) = shared.idx.get(index::WATERMARK_KEY)? {
         let indexed = seq_from_bytes(&watermark);
-        if indexed > last_seq.max(shared.last_seq.load(std::sync::atomic::Ordering::Acquire)) {
+        if indexed > stored_last {
             findings.push(tree(
                 "idx",
-                format!("indexed up to seq {indexed}, past the last stored seq {last_seq}"),
+                format!("indexed up to seq {indexed}, past the last stored seq {stored_last}"),
             ));
         }
     }
-    let stored_last = shared.last_seq.load(std::sync::atomic::Ordering::Acquire);
     for item in shared.cursors.iter() {
         let (name, value) = item?;
         let cursor = seq_from_bytes(&value);

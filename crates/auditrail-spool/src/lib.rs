@@ -203,22 +203,6 @@ pub(crate) fn seq_from_bytes(bytes: &[u8]) -> u64 {
 }
 
 impl Shared {
-    fn over_quota(&self) -> bool {
-        self.quota.over()
-    }
-
-    fn quota_error(&self) -> SpoolError {
-        self.quota.error()
-    }
-
-    fn refresh_disk_usage(&self) {
-        self.quota.refresh(&self.db);
-    }
-
-    fn measure_disk_usage(&self) {
-        self.quota.measure(&self.db);
-    }
-
     fn stats(&self) -> SpoolStats {
         let last_seq = self.last_seq.load(Ordering::Acquire);
         let first_seq = self.first_seq.load(Ordering::Acquire);
@@ -364,7 +348,7 @@ impl Spool {
             identity: identity.map(OnceLock::from).unwrap_or_default(),
             identity_init: Mutex::new(()),
         });
-        shared.measure_disk_usage();
+        shared.quota.measure(&shared.db);
         shared.publish_gauges();
 
         let (job_tx, job_rx) = mpsc::channel(JOB_QUEUE);
@@ -443,16 +427,16 @@ impl Spool {
 
     /// Whether appends are currently refused for lack of disk quota.
     pub fn over_quota(&self) -> bool {
-        self.shared.over_quota()
+        self.shared.quota.over()
     }
 
     /// `Err(QuotaExceeded)` while appends would be refused. Re-measures the
     /// disk first, so space freed by retention is seen at once.
     pub fn check_quota(&self) -> Result<(), SpoolError> {
-        if self.shared.over_quota() {
-            self.shared.refresh_disk_usage();
-            if self.shared.over_quota() {
-                return Err(self.shared.quota_error());
+        if self.shared.quota.over() {
+            self.shared.quota.refresh(&self.shared.db);
+            if self.shared.quota.over() {
+                return Err(self.shared.quota.error());
             }
         }
         Ok(())
@@ -659,7 +643,7 @@ impl Spool {
     /// Removes events past retention. Safe to call while appends run.
     pub fn gc(&self, now_unix_nano: u64) -> Result<GcStats, SpoolError> {
         let stats = retention::gc(&self.shared, now_unix_nano)?;
-        self.shared.measure_disk_usage();
+        self.shared.quota.measure(&self.shared.db);
         self.shared.publish_gauges();
         Ok(stats)
     }

@@ -20,7 +20,7 @@ use crate::watermark::Previous;
 use crate::SpoolError;
 
 /// The smallest valid blob file: a CRC (4 bytes) and a kind byte.
-const MIN_BLOB_LEN: u64 = 5;
+pub(crate) const MIN_BLOB_LEN: u64 = 5;
 
 /// What the spool directory held before sled opened it: sled removes blob
 /// files past the end of the log it recovered, the torn ones among them, so

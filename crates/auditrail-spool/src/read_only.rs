@@ -15,6 +15,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use crate::durable::DB_FILE;
 use crate::verify::{Problem, ProblemKind, VerifyReport};
 use crate::watermark::{self, Previous, WATERMARK_FILE};
 use crate::{Spool, SpoolConfig, SpoolError};
@@ -39,11 +40,12 @@ impl ReadOnlySpool {
     /// [`SpoolError::Locked`] while a server has it open.
     pub fn open(dir: &Path) -> Result<ReadOnlySpool, SpoolError> {
         check_is_spool(dir)?;
-        let db = File::open(dir.join("db")).map_err(|e| io_error(&dir.join("db"), e))?;
+        let db_path = dir.join(DB_FILE);
+        let db = File::open(&db_path).map_err(|e| io_error(&db_path, e))?;
         match db.try_lock_shared() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(SpoolError::Locked(dir.to_owned())),
-            Err(TryLockError::Error(e)) => return Err(io_error(&dir.join("db"), e)),
+            Err(TryLockError::Error(e)) => return Err(io_error(&db_path, e)),
         }
         let scratch = tempfile::Builder::new()
             .prefix("auditrail-spool-copy-")
@@ -116,7 +118,7 @@ pub fn check_is_spool(dir: &Path) -> Result<(), SpoolError> {
     if !dir.is_dir() {
         return Err(SpoolError::NotFound(dir.to_owned()));
     }
-    if !dir.join("db").is_file() {
+    if !dir.join(DB_FILE).is_file() {
         return Err(SpoolError::NotASpool(dir.to_owned()));
     }
     Ok(())

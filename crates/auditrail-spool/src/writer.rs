@@ -92,8 +92,8 @@ pub(crate) fn run_writer(
         // A stopped spool writes nothing more, not even a duplicate's
         // acknowledgement (see `failstop.rs`).
         if let Err(refusal) = shared.failure.check().and_then(|()| {
-            if shared.over_quota() {
-                Err(shared.quota_error())
+            if shared.quota.over() {
+                Err(shared.quota.error())
             } else {
                 Ok(())
             }
@@ -323,7 +323,7 @@ pub(crate) fn run_flusher(shared: Arc<Shared>, jobs: Receiver<Vec<FlushJob>>) {
         let started = Instant::now();
         let flushed = shared.sync();
         metrics::histogram!("auditrail_spool_fsync_seconds").record(started.elapsed());
-        shared.refresh_disk_usage();
+        shared.quota.refresh(&shared.db);
         match flushed {
             Ok(_) => {
                 let mut stored = 0;
