@@ -278,7 +278,7 @@ impl Spool {
         let db = opening::open_sled(sled_config, &seen)?;
         // Before anything is read or written: the spool's files (and the
         // directories created for it) are synced once, then watched.
-        let barrier = SyncBarrier::open(&config.dir, &created).map_err(|e| {
+        let mut barrier = SyncBarrier::open(&config.dir, &created).map_err(|e| {
             SpoolError::Storage(format!(
                 "cannot make spool {} durable: {e}",
                 config.dir.display()
@@ -300,7 +300,15 @@ impl Spool {
             || !dead_letters.is_empty();
         let identity = identity::recover(&meta, has_contents, std::time::SystemTime::now())?;
         if identity.as_ref().is_some_and(|i| i.adopted) {
+            // Through the barrier like every other flush: sled's flush alone
+            // is not an fsync. (0: the watermark only ever moves forward.)
             db.flush()?;
+            barrier.sync(0).map_err(|e| {
+                SpoolError::Storage(format!(
+                    "cannot make spool {}'s identity durable: {e}",
+                    config.dir.display()
+                ))
+            })?;
         }
         let (last_seq, last_hash) = match batches.last()? {
             Some((_, value)) => {
