@@ -53,6 +53,11 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_loses_nothing_acknowledged
             "a request the full disk could not take gets a retryable error: {status:?}"
         );
     }
+    eprintln!(
+        "{} events acknowledged before the disk filled; then {:?}",
+        acked.len(),
+        refused[0]
+    );
     let (status, body) = server.readyz().await;
     assert_eq!(status, 503, "a full disk makes the node unready: {body}");
     assert!(
@@ -60,11 +65,6 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_loses_nothing_acknowledged
             .as_str()
             .is_some_and(|e| !e.is_empty()),
         "and says why: {body}"
-    );
-    eprintln!(
-        "{} events acknowledged before the disk filled; then {:?}",
-        acked.len(),
-        refused[0]
     );
     server.kill9();
 

@@ -21,6 +21,9 @@ pub enum FailedOp {
     /// Making written data durable failed (sled's flush, an fsync or an
     /// fdatasync).
     Fsync,
+    /// Writing to sled failed (an insert, e.g. with ENOSPC): sled keeps an
+    /// I/O error for the rest of the process, so no later write can work.
+    Write,
     /// A spool thread panicked.
     Panic { thread: String },
 }
@@ -29,6 +32,7 @@ impl fmt::Display for FailedOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FailedOp::Fsync => f.write_str("fsync"),
+            FailedOp::Write => f.write_str("write"),
             FailedOp::Panic { thread } => write!(f, "panic in thread {thread}"),
         }
     }
@@ -38,6 +42,7 @@ impl FailedOp {
     fn metric_label(&self) -> &'static str {
         match self {
             FailedOp::Fsync => "fsync",
+            FailedOp::Write => "write",
             FailedOp::Panic { .. } => "panic",
         }
     }

@@ -116,8 +116,10 @@ pub(crate) fn run_writer(
                 }
             }
             Err((error, taken_back)) => {
-                tracing::error!(%error, "spool write failed");
-                metrics::counter!("auditrail_spool_errors_total", "op" => "write").increment(1);
+                // Fail-stop, like a failed sync: after an I/O error sled
+                // refuses every later write, so the spool must say it is
+                // stopped instead of answering each append on its own.
+                let error = shared.failure.fail(FailedOp::Write, &error);
                 for reply in taken_back {
                     reply.send(Err(error.clone()));
                 }
