@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use crate::failstop::FailedOp;
+use crate::failstop::{FailedOp, Recovery};
 use crate::watermark::{Previous, Watermark};
 
 /// The spool's own files that sled keeps, relative to the spool directory.
@@ -137,9 +137,10 @@ pub(crate) struct SyncBarrier {
     watermark: Watermark,
     /// The watermark as it was found when the spool was opened.
     previous: Previous,
-    /// Makes the next barrier fail, as a failing disk would.
+    /// Makes the next barrier fail with this kind of error, as a failing
+    /// (or full) disk would.
     #[cfg(test)]
-    pub(crate) inject_failure: bool,
+    pub(crate) inject_failure: Option<io::ErrorKind>,
 }
 
 struct Watch {
@@ -199,7 +200,7 @@ impl SyncBarrier {
             watermark,
             previous,
             #[cfg(test)]
-            inject_failure: false,
+            inject_failure: None,
         };
         barrier.pending.note(Change::Overflow);
         barrier.sync(0)?;
@@ -252,8 +253,8 @@ impl SyncBarrier {
             synced.dirs.push(path);
         }
         #[cfg(test)]
-        if self.inject_failure {
-            return Err(io::Error::other("injected fsync failure"));
+        if let Some(kind) = self.inject_failure {
+            return Err(io::Error::new(kind, "injected fsync failure"));
         }
         self.db.sync_data()?;
         synced.files.push(self.dir.join(DB_FILE));
@@ -320,14 +321,19 @@ impl crate::Shared {
         // Every seq up to here was inserted before the flush below.
         let inserted = self.last_seq.load(std::sync::atomic::Ordering::Acquire);
         if let Err(e) = self.db.flush() {
-            return Err(self
-                .failure
-                .fail(FailedOp::Fsync, format!("sled flush: {e}")));
+            return Err(self.failure.fail(
+                FailedOp::Fsync,
+                format!("sled flush: {e}"),
+                Recovery::of_sled(&e),
+            ));
         }
         let synced = crate::failstop::lock(&self.barrier).sync(inserted);
         match synced {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.failure.fail(FailedOp::Fsync, e)),
+            Err(e) => {
+                let recovery = Recovery::of_kind(e.kind());
+                Err(self.failure.fail(FailedOp::Fsync, e, recovery))
+            }
         }
     }
 }

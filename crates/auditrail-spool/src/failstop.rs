@@ -1,5 +1,9 @@
-//! Fail-stop: after a failed fsync, or a panic in one of its threads, the
-//! spool takes no more writes until the process restarts.
+//! Fail-stop: after a failed fsync or write, or a panic in one of its
+//! threads, the spool takes no more writes on that opening of sled.
+//!
+//! Most failures hold until auditrail restarts. One clears by itself: a
+//! full disk (ENOSPC, EDQUOT). Then the spool reopens once there is space
+//! again, which is the same as a restart of the spool (see `recovery.rs`).
 //!
 //! Why not retry: after a failed fsync the kernel may already have dropped
 //! the dirty pages, or marked them clean, so a second fsync can "succeed"
@@ -11,6 +15,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::io;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::SpoolError;
@@ -48,6 +53,56 @@ impl FailedOp {
     }
 }
 
+/// What clears a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recovery {
+    /// Only a restart of auditrail: the device failed in a way an operator
+    /// must look at (EIO, a panic), and retrying would hide it.
+    Restart,
+    /// The disk was full: the spool reopens by itself once there is space.
+    WhenSpaceFrees,
+}
+
+impl Recovery {
+    /// How an I/O error of this kind clears.
+    pub fn of_kind(kind: io::ErrorKind) -> Recovery {
+        match kind {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Recovery::WhenSpaceFrees,
+            _ => Recovery::Restart,
+        }
+    }
+
+    pub(crate) fn of_sled(error: &sled::Error) -> Recovery {
+        match error {
+            sled::Error::Io(e) => Recovery::of_kind(e.kind()),
+            _ => Recovery::Restart,
+        }
+    }
+
+    /// How a spool error raised by a write clears.
+    pub(crate) fn of_error(error: &SpoolError) -> Recovery {
+        match error {
+            SpoolError::NoSpace(_) => Recovery::WhenSpaceFrees,
+            SpoolError::Failed { recovery, .. } => *recovery,
+            _ => Recovery::Restart,
+        }
+    }
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Recovery::Restart => {
+                "it refuses appends until auditrail is restarted (check the disk and the logs first)"
+            }
+            Recovery::WhenSpaceFrees => {
+                "the disk is full: it refuses appends until there is space again, then reopens by itself"
+            }
+        })
+    }
+}
+
 /// The spool's failure, set once.
 #[derive(Default)]
 pub(crate) struct FailStop {
@@ -69,15 +124,21 @@ impl FailStop {
 
     /// Stops the spool (the first cause is the one kept and reported) and
     /// returns the error every covered and later append gets.
-    pub(crate) fn fail(&self, op: FailedOp, cause: impl fmt::Display) -> SpoolError {
+    pub(crate) fn fail(
+        &self,
+        op: FailedOp,
+        cause: impl fmt::Display,
+        recovery: Recovery,
+    ) -> SpoolError {
         let error = SpoolError::Failed {
             op: op.clone(),
             cause: cause.to_string(),
+            recovery,
         };
         metrics::counter!("auditrail_spool_errors_total", "op" => op.metric_label()).increment(1);
         if self.cause.set(error.clone()).is_ok() {
             metrics::gauge!("auditrail_spool_failed").set(1.0);
-            tracing::error!(%error, "spool stopped: appends are refused until auditrail restarts");
+            tracing::error!(%error, "spool stopped");
         } else {
             tracing::error!(%error, "spool failed again (already stopped)");
         }
@@ -112,18 +173,20 @@ mod tests {
     fn the_first_failure_is_kept() {
         let stop = FailStop::default();
         assert!(stop.check().is_ok());
-        let first = stop.fail(FailedOp::Fsync, "EIO");
+        let first = stop.fail(FailedOp::Fsync, "EIO", Recovery::Restart);
         let again = stop.fail(
             FailedOp::Panic {
                 thread: "spool-writer".into(),
             },
             "boom",
+            Recovery::Restart,
         );
         assert_eq!(first.to_string(), again.to_string());
         match stop.check() {
             Err(SpoolError::Failed {
                 op: FailedOp::Fsync,
                 cause,
+                recovery: Recovery::Restart,
             }) => assert_eq!(cause, "EIO"),
             other => panic!("expected the fsync failure, got {other:?}"),
         }
@@ -163,7 +226,7 @@ mod tests {
         let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path(), "n")).unwrap();
         spool.append(vec![event("before")]).await.unwrap();
 
-        lock(&spool.shared.barrier).inject_failure = true;
+        lock(&spool.current().unwrap().shared.barrier).inject_failure = Some(io::ErrorKind::Other);
         expect_failed(spool.append(vec![event("covered")]).await, &FailedOp::Fsync);
         // The resend of the covered event is not a "duplicate": refused.
         expect_failed(spool.append(vec![event("covered")]).await, &FailedOp::Fsync);
@@ -191,12 +254,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_disk_stops_the_spool_until_it_reopens_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path(), "n")).unwrap();
+        let mut durable = spool.subscribe_durable();
+        spool.append(vec![event("before")]).await.unwrap();
+
+        lock(&spool.current().unwrap().shared.barrier).inject_failure =
+            Some(io::ErrorKind::StorageFull);
+        let refused = spool.append(vec![event("covered")]).await.unwrap_err();
+        assert!(refused.clears_with_space(), "{refused}");
+        assert!(
+            refused.to_string().contains("reopens by itself"),
+            "{refused}"
+        );
+        expect_failed(spool.append(vec![event("covered")]).await, &FailedOp::Fsync);
+        assert_eq!(spool.durable_seq(), 1, "only what was durable is readable");
+        // Reads go on from the failed opening while the disk is full.
+        assert_eq!(spool.read(0, 10).unwrap().len(), 1);
+
+        // The tempdir has space: the watcher reopens within its poll.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while spool.check_accepting().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reopened: {:?}",
+                spool.check_accepting()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // sled wrote "covered" before the injected barrier failure; the
+        // reopen read it back and synced it, so the resend is a duplicate
+        // now, and durable.
+        let resent = spool.append(vec![event("covered")]).await.unwrap();
+        assert_eq!((resent.stored, resent.duplicates), (0, 1));
+        let after = spool.append(vec![event("after")]).await.unwrap();
+        assert_eq!(after.seqs, [3]);
+        assert_eq!(spool.durable_seq(), 3);
+        // A sink's watch lives across the reopen.
+        durable.changed().await.unwrap();
+        assert_eq!(*durable.borrow_and_update(), 3);
+        let seqs: Vec<u64> = spool.read(0, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(spool.verify().unwrap().is_intact());
+    }
+
+    #[tokio::test]
+    async fn an_io_error_is_not_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path(), "n")).unwrap();
+        lock(&spool.current().unwrap().shared.barrier).inject_failure = Some(io::ErrorKind::Other);
+        let refused = spool.append(vec![event("covered")]).await.unwrap_err();
+        assert!(!refused.clears_with_space());
+        // Three of the watcher's polls: still stopped.
+        tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+        expect_failed(spool.check_accepting(), &FailedOp::Fsync);
+    }
+
+    #[tokio::test]
     async fn a_panicking_spool_thread_stops_the_spool() {
         let dir = tempfile::tempdir().unwrap();
         let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path(), "n")).unwrap();
-        crate::spawn("spool-test", &spool.shared, || panic!("injected"))
-            .join()
-            .unwrap();
+        crate::opened::spawn("spool-test", &spool.current().unwrap().shared, || {
+            panic!("injected")
+        })
+        .join()
+        .unwrap();
         let want = FailedOp::Panic {
             thread: "spool-test".into(),
         };

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::BatchBuilder;
 use crate::dedup::event_key;
-use crate::failstop::{lock, FailedOp};
+use crate::failstop::{lock, FailedOp, Recovery};
 use crate::index::IndexDigest;
 use crate::{seq_key, Appended, Shared, SpoolError};
 
@@ -53,6 +53,7 @@ impl Drop for Reply {
             let _ = sender.send(Err(SpoolError::Failed {
                 op: FailedOp::Panic { thread },
                 cause: "the thread stopped before this append was made durable".into(),
+                recovery: Recovery::Restart,
             }));
         }
     }
@@ -119,7 +120,8 @@ pub(crate) fn run_writer(
                 // Fail-stop, like a failed sync: after an I/O error sled
                 // refuses every later write, so the spool must say it is
                 // stopped instead of answering each append on its own.
-                let error = shared.failure.fail(FailedOp::Write, &error);
+                let recovery = Recovery::of_error(&error);
+                let error = shared.failure.fail(FailedOp::Write, &error, recovery);
                 for reply in taken_back {
                     reply.send(Err(error.clone()));
                 }

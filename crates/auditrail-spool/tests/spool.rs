@@ -913,7 +913,11 @@ async fn a_new_spool_is_pending_until_its_first_seq_is_decided() {
     drop(spool);
 
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
-    assert_eq!(spool.identity(), Some(&identity), "the identity lasts");
+    assert_eq!(
+        spool.identity().as_ref(),
+        Some(&identity),
+        "the identity lasts"
+    );
     assert_eq!(spool.stats().last_seq, 502);
 }
 
@@ -967,7 +971,11 @@ async fn a_spool_without_an_identity_adopts_one_on_open() {
     assert_eq!(appended.seqs, [2]);
     drop(spool);
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
-    assert_eq!(spool.identity(), Some(&identity), "adopted once, for good");
+    assert_eq!(
+        spool.identity().as_ref(),
+        Some(&identity),
+        "adopted once, for good"
+    );
 }
 
 #[tokio::test]

@@ -36,9 +36,10 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Ready means events are accepted: 503 over the disk quota, or once the
-/// spool has stopped after a failed fsync or a crashed spool thread (until a
-/// restart; `spool.error` says which). A failing sink does not make the node
+/// Ready means events are accepted: 503 over the disk quota, or while the
+/// spool is stopped after a failed fsync or write or a crashed spool thread
+/// (until a restart, or until a full disk has space again; `spool.error`
+/// says which). A failing sink does not make the node
 /// unready (ingest goes on and the sink catches up later, which is the
 /// point); it shows in `sinks`, with its error.
 async fn readyz(State(state): State<AdminState>) -> Response {
