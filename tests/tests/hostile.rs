@@ -313,6 +313,98 @@ async fn bytes_in_flight_are_backpressure_not_loss() {
     );
 }
 
+/// ~220 KiB; alone it needs ~540 KiB of the in-flight budget.
+fn small(prefix: &str, n: usize) -> Vec<u8> {
+    request("svc", records(&format!("{prefix}-{n}"), 200, 1000)).encode_to_vec()
+}
+
+/// Posts small requests until one is not taken (or 20 s pass); its answer.
+async fn until_refused(server: &Server, prefix: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        let answer = post_status(server, None, small(prefix, n)).await;
+        if answer.0 != 200 || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// Posts small requests until one is taken.
+async fn until_accepted(server: &Server, prefix: &str) {
+    let mut n = 0;
+    auditrail_tests::eventually(&format!("{prefix}: a small request is taken again"), || {
+        n += 1;
+        let answer = post_status(server, None, small(prefix, n));
+        async move { answer.await.0 == 200 }
+    })
+    .await;
+}
+
+/// Before this test's fix, bodies being read were not counted at all: any
+/// number of connections could each hold up to `max_request_bytes`.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_being_read_hold_the_in_flight_budget() {
+    let server = Server::start_with_receiver(
+        "max_request_bytes = \"1MiB\"\nmax_in_flight_bytes = \"1MiB\"\nbody_read_timeout = \"60s\"\nretry_after = \"1s\"",
+    );
+    let (status, text) = post_status(&server, None, small("alone", 0)).await;
+    assert_eq!(status, 200, "alone it fits: {text}");
+
+    // A slow HTTP client promises 900 KiB and sends ten bytes of it.
+    let mut slow_http = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    slow_http
+        .write_all(
+            b"POST /v1/logs HTTP/1.1\r\nHost: auditrail\r\ncontent-type: application/x-protobuf\r\ncontent-length: 921600\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let (status, text) = until_refused(&server, "held-1").await;
+    assert_eq!(status, 429, "the promised body holds the budget: {text}");
+    assert!(text.contains("max_in_flight_bytes"), "{text}");
+    let grpc = LogsServiceClient::connect(server.grpc_url())
+        .await
+        .unwrap()
+        .export(request("svc", records("grpc-meanwhile", 200, 1000)))
+        .await;
+    let status = grpc.expect_err("gRPC shares the budget");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max_in_flight_bytes"),
+        "{status:?}"
+    );
+
+    // The client goes away: its bytes come back.
+    drop(slow_http);
+    until_accepted(&server, "released-1").await;
+
+    // A stalled gRPC call holds what it has sent of its message.
+    let mut frame = grpc_frame(false, &vec![0; 900 << 10]);
+    frame.truncate(700 << 10);
+    let grpc_stalled = {
+        let url = server.grpc_url();
+        let body = tonic::body::Body::new(Stalled(Some(Bytes::from(frame))));
+        tokio::spawn(async move { grpc_export_raw(&url, None, body).await })
+    };
+    // Until all of it has arrived, a small request might take the room it
+    // needs to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, text) = until_refused(&server, "held-2").await;
+    assert_eq!(
+        status, 429,
+        "the stalled gRPC message holds the budget: {text}"
+    );
+    grpc_stalled.abort();
+    until_accepted(&server, "released-2").await;
+    assert!(
+        server
+            .metric("auditrail_refused_requests_total{reason=\"max_in_flight_bytes\"}")
+            .await
+            >= 3.0
+    );
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();

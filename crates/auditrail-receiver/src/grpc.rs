@@ -26,8 +26,9 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::body::{read_body, BodyError};
 use crate::compression::{Compression, DecompressError};
-use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
+use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
 
 struct Logs(Arc<Ingest>);
 
@@ -37,30 +38,48 @@ impl LogsService for Logs {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        // Decoded: from here `export` counts the request instead of its body.
+        if let Some(body) = request.extensions().get::<HeldBody>() {
+            body.release();
+        }
         let request = request.into_inner();
         // tonic decoded it from the (decompressed) frame, so the frame's
         // size is the message's encoded length.
         let size = request.encoded_len();
         match self.0.export(request, Transport::Grpc, size, size).await {
             Ok(response) => Ok(Response::new(response)),
-            Err(e) => {
-                let code = match e {
-                    IngestError::Unavailable(_) => Code::Unavailable,
-                    IngestError::QuotaExceeded(_)
-                    | IngestError::TooLarge { .. }
-                    | IngestError::Busy { .. } => Code::ResourceExhausted,
-                };
-                Err(if e.retryable() {
-                    Status::with_error_details(
-                        code,
-                        e.to_string(),
-                        ErrorDetails::with_retry_info(Some(self.0.config().retry_after)),
-                    )
-                } else {
-                    Status::new(code, e.to_string())
-                })
-            }
+            Err(e) => Err(status_of(&e, self.0.config().retry_after)),
         }
+    }
+}
+
+/// The status of a refusal, with a retry hint when a retry can help.
+fn status_of(e: &IngestError, retry_after: std::time::Duration) -> Status {
+    let code = match e {
+        IngestError::Unavailable(_) => Code::Unavailable,
+        IngestError::QuotaExceeded(_) | IngestError::TooLarge { .. } | IngestError::Busy { .. } => {
+            Code::ResourceExhausted
+        }
+    };
+    if e.retryable() {
+        Status::with_error_details(
+            code,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        )
+    } else {
+        Status::new(code, e.to_string())
+    }
+}
+
+/// A request's body account, from `ReadBody` to the handler, which lets
+/// it go once tonic has decoded the message.
+#[derive(Clone)]
+struct HeldBody(Arc<std::sync::Mutex<Option<BodyAccount>>>);
+
+impl HeldBody {
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -98,12 +117,16 @@ pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
     let ingest_timeout = ingest.config().body_read_timeout;
     // Still declared, so tonic advertises them in grpc-accept-encoding;
     // `Decompress` below decodes them before tonic sees the body.
-    let logs = LogsServiceServer::new(Logs(ingest))
+    let logs = LogsServiceServer::new(Logs(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
     Routes::new(NormalizeStatus {
-        inner: Decompress { inner: logs, max },
+        inner: ReadBody {
+            inner: logs,
+            max,
+            ingest,
+        },
         timeout: ingest_timeout,
     })
     .add_service(TraceServiceServer::new(NotServed))
@@ -135,8 +158,12 @@ pub async fn serve_grpc(
         .await
 }
 
-/// Decompresses gzip and zstd request messages with the receivers' own
-/// decoder (see `compression`), then hands tonic the uncompressed frames.
+/// Reads each Export body whole under the in-flight account (see `body`),
+/// decompresses gzip and zstd messages with the receivers' own decoder (see
+/// `compression`), then hands tonic the uncompressed frames.
+///
+/// Without it, tonic would buffer any number of bodies at once, each up to
+/// `max_request_bytes`, before `max_in_flight_bytes` saw any of them.
 ///
 /// tonic's gzip decoder reads only the first gzip member of a message and
 /// ignores the rest, and ignores trailing bytes: a request would be read in
@@ -144,18 +171,19 @@ pub async fn serve_grpc(
 /// `max_request_bytes`, so buffering it here costs nothing tonic would not
 /// hold anyway.
 #[derive(Clone)]
-struct Decompress<S> {
+struct ReadBody<S> {
     inner: S,
     max: usize,
+    ingest: Arc<Ingest>,
 }
 
-impl<S: NamedService> NamedService for Decompress<S> {
+impl<S: NamedService> NamedService for ReadBody<S> {
     const NAME: &'static str = S::NAME;
 }
 
 type Body = tonic::body::Body;
 
-impl<S> tower::Service<http::Request<Body>> for Decompress<S>
+impl<S> tower::Service<http::Request<Body>> for ReadBody<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
         + Clone
@@ -172,24 +200,35 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let compression = request
+        let encoding = request
             .headers()
             .get("grpc-encoding")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Compression::from_name);
-        let Some(compression) = compression else {
-            // identity, or an encoding tonic refuses itself (UNIMPLEMENTED).
-            return Box::pin(self.inner.call(request));
+            .map(|v| v.to_str().ok().and_then(Compression::from_name));
+        let compression = match encoding {
+            None => None,
+            Some(Some(compression)) => Some(compression),
+            // identity, or an encoding tonic refuses itself (UNIMPLEMENTED)
+            // without reading the body.
+            Some(None) if !is_identity(request.headers()) => {
+                return Box::pin(self.inner.call(request))
+            }
+            Some(None) => None,
         };
         // The clone that was made ready is the one that serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max = self.max;
+        let ingest = self.ingest.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let plain = match decompress_frames(body, compression, max).await {
-                Ok(plain) => plain,
-                Err(status) => {
+            let mut account = ingest.body_account();
+            let frames = match read_frames(body, compression, max, &mut account).await {
+                Ok(frames) => frames,
+                Err(Refused::Busy(e)) => {
+                    ingest.count_refusal(&e);
+                    return Ok(status_of(&e, ingest.config().retry_after).into_http());
+                }
+                Err(Refused::Request(status)) => {
                     let label = if status.code() == Code::ResourceExhausted {
                         "too_large"
                     } else {
@@ -202,38 +241,65 @@ where
                 }
             };
             parts.headers.remove("grpc-encoding");
-            let body = Body::new(http_body_util::Full::new(bytes::Bytes::from(plain)));
+            parts
+                .extensions
+                .insert(HeldBody(Arc::new(std::sync::Mutex::new(Some(account)))));
+            let body = Body::new(http_body_util::Full::new(frames));
             inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }
 
+fn is_identity(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+enum Refused {
+    /// No room in the in-flight account: retry later.
+    Busy(IngestError),
+    /// The request itself is wrong or too large.
+    Request(Status),
+}
+
+/// The whole body, read under `account`, with every message decompressed
+/// when the request is compressed.
+async fn read_frames(
+    body: Body,
+    compression: Option<Compression>,
+    max: usize,
+    account: &mut BodyAccount,
+) -> Result<bytes::Bytes, Refused> {
+    // Framing adds 5 bytes per message; compressed input is never larger
+    // than the limit on its output, by much.
+    let limit = max.saturating_add(1024);
+    let wire = read_body(body, limit, None, account)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => Refused::Request(Status::resource_exhausted(format!(
+                "request too large: it exceeds max_request_bytes ({max} bytes)"
+            ))),
+            BodyError::Busy(e) => Refused::Busy(e),
+            BodyError::Unreadable(e) => Refused::Request(Status::invalid_argument(format!(
+                "request body could not be read: {e}"
+            ))),
+        })?;
+    let Some(compression) = compression else {
+        // tonic checks the frames and the message size itself.
+        return Ok(wire);
+    };
+    let plain = decompress_frames(&wire, compression, max).map_err(Refused::Request)?;
+    drop(wire);
+    account.hold(plain.len() as u64).map_err(Refused::Busy)?;
+    Ok(plain.into())
+}
+
 /// The body's length-prefixed messages, each decompressed if its flag says
 /// so, re-framed uncompressed.
-async fn decompress_frames(
-    body: Body,
-    compression: Compression,
-    max: usize,
-) -> Result<Vec<u8>, Status> {
-    use http_body_util::BodyExt;
-    // Compressed input is never larger than the limit on its output, by
-    // much: a few bytes of framing per message.
-    let limit = max.saturating_add(1024);
-    let wire = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Status::resource_exhausted(format!(
-                    "compressed request exceeds max_request_bytes ({max} bytes)"
-                ))
-            } else {
-                Status::invalid_argument(format!("request body could not be read: {e}"))
-            }
-        })?
-        .to_bytes();
+fn decompress_frames(wire: &[u8], compression: Compression, max: usize) -> Result<Vec<u8>, Status> {
     let mut out = Vec::with_capacity(wire.len());
-    let mut rest = wire.as_ref();
+    let mut rest = wire;
     while !rest.is_empty() {
         let Some((&[flag, a, b, c, d], after)) = rest.split_first_chunk::<5>() else {
             return Err(Status::invalid_argument(

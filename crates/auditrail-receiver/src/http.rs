@@ -13,6 +13,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
+use crate::body::{read_body, BodyError};
 use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 use crate::status::{code, Status};
@@ -231,7 +232,17 @@ async fn read_and_export(
         )
     };
     let timeout = ingest.config().body_read_timeout;
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, max))
+    let retry_after = ingest.config().retry_after.as_secs().max(1);
+    let refuse = |e: IngestError| {
+        ingest.count_refusal(&e);
+        refusal_of(e, retry_after, encoding)
+    };
+    let mut account = ingest.body_account();
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let read = tokio::time::timeout(timeout, read_body(body, max, announced, &mut account))
         .await
         .map_err(|_| {
             Refusal::new(
@@ -244,17 +255,17 @@ async fn read_and_export(
                 encoding,
             )
         })?;
-    let wire = read.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            too_large("body")
-        } else {
+    let wire = read.map_err(|e| match e {
+        BodyError::TooLarge => too_large("body"),
+        BodyError::Busy(e) => refuse(e),
+        BodyError::Unreadable(e) => {
             Refusal::bad_request(format!("request body could not be read: {e}"), encoding)
         }
     })?;
     let wire_len = wire.len();
     let plain = decompress(headers, wire, max, encoding)?;
+    // The body is gone once decompressed (or is the same bytes).
+    account.hold(plain.len() as u64).map_err(&refuse)?;
     let request = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(plain.as_ref()).map_err(|e| {
             Refusal::bad_request(
@@ -271,29 +282,31 @@ async fn read_and_export(
     };
     let plain_len = plain.len();
     drop(plain);
+    // From here `export` counts the decoded request.
+    drop(account);
     let transport = match encoding {
         Encoding::Protobuf => Transport::HttpProtobuf,
         Encoding::Json => Transport::HttpJson,
     };
-    let retry_after = ingest.config().retry_after.as_secs().max(1);
     match ingest.export(request, transport, wire_len, plain_len).await {
         Ok(response) => Ok(encode(&response, encoding, StatusCode::OK)),
-        Err(e) => {
-            let (http, grpc_code) = match e {
-                IngestError::QuotaExceeded(_) | IngestError::Busy { .. } => {
-                    (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED)
-                }
-                IngestError::TooLarge { .. } => {
-                    (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED)
-                }
-                IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
-            };
-            Err(Refusal {
-                retry_after: e.retryable().then_some(retry_after),
-                counted: true,
-                ..Refusal::new(http, grpc_code, e.to_string(), encoding)
-            })
+        Err(e) => Err(refusal_of(e, retry_after, encoding)),
+    }
+}
+
+/// The answer to a refusal the ingest counted already.
+fn refusal_of(e: IngestError, retry_after: u64, encoding: Encoding) -> Refusal {
+    let (http, grpc_code) = match e {
+        IngestError::QuotaExceeded(_) | IngestError::Busy { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED)
         }
+        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
+        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+    };
+    Refusal {
+        retry_after: e.retryable().then_some(retry_after),
+        counted: true,
+        ..Refusal::new(http, grpc_code, e.to_string(), encoding)
     }
 }
 

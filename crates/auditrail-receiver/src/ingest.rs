@@ -138,6 +138,67 @@ impl IngestError {
     }
 }
 
+/// What a request holds of `max_in_flight_bytes` before it is decoded: its
+/// body as it arrives, then its decompressed form. Counted like the decoded
+/// request, so that many slow or large bodies at once get 429 /
+/// RESOURCE_EXHAUSTED with a retry hint instead of the server's memory.
+/// Dropped once the request is decoded and its body gone, just before
+/// [`Ingest::export`] counts the decoded request.
+pub struct BodyAccount {
+    in_flight: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    limit: u64,
+}
+
+impl BodyAccount {
+    /// An empty account on `in_flight` (1 KiB permits of `limit` bytes).
+    pub(crate) fn new(in_flight: Arc<Semaphore>, limit: u64) -> Self {
+        BodyAccount {
+            in_flight,
+            held: None,
+            limit,
+        }
+    }
+
+    /// An account of `limit` bytes of its own, for tests.
+    #[cfg(test)]
+    pub(crate) fn budget(limit: u64) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new((limit / PERMIT_BYTES) as usize))
+    }
+
+    /// Holds `bytes` in total from now on (never less than before). `Busy`
+    /// when the account has not that much room.
+    pub fn hold(&mut self, bytes: u64) -> Result<(), IngestError> {
+        let want = bytes.div_ceil(PERMIT_BYTES);
+        let have = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        if want <= have {
+            return Ok(());
+        }
+        let busy = || IngestError::Busy {
+            needed: bytes,
+            limit: self.limit,
+        };
+        let more = u32::try_from(want - have).map_err(|_| busy())?;
+        let permit = self
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| busy())?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
+
+    /// The bytes held now (a multiple of the account's 1 KiB unit).
+    pub fn held_bytes(&self) -> u64 {
+        self.held
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * PERMIT_BYTES)
+    }
+}
+
 /// Maps, stores and acknowledges export requests.
 pub struct Ingest {
     spool: Arc<Spool>,
@@ -163,6 +224,27 @@ impl Ingest {
         &self.config
     }
 
+    /// An empty account for one request's body (see [`BodyAccount`]).
+    pub fn body_account(&self) -> BodyAccount {
+        BodyAccount::new(
+            self.in_flight.clone(),
+            self.config.max_in_flight_bytes as u64,
+        )
+    }
+
+    /// Counts and logs a refusal: [`Ingest::export`]'s own, and one made
+    /// while the body was read.
+    pub fn count_refusal(&self, error: &IngestError) {
+        let reason = error.reason();
+        metrics::counter!("auditrail_refused_requests_total", "reason" => reason).increment(1);
+        match error {
+            IngestError::Unavailable(_) => {
+                tracing::error!(%error, "request refused: events could not be stored")
+            }
+            _ => tracing::warn!(%error, reason, "request refused"),
+        }
+    }
+
     /// Stores the acceptable records of `request` and says which were not.
     /// Returns only after every accepted record is fsync'd in the spool.
     ///
@@ -179,14 +261,7 @@ impl Ingest {
             .admit_and_store(request, transport, wire_bytes, decoded_bytes)
             .await;
         if let Err(e) = &result {
-            let reason = e.reason();
-            metrics::counter!("auditrail_refused_requests_total", "reason" => reason).increment(1);
-            match e {
-                IngestError::Unavailable(_) => {
-                    tracing::error!(error = %e, "request refused: events could not be stored")
-                }
-                _ => tracing::warn!(error = %e, reason, "request refused"),
-            }
+            self.count_refusal(e);
         }
         result
     }

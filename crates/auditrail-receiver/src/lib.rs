@@ -7,6 +7,7 @@
 //! `partial_success`; a request that cannot be read at all is refused with a
 //! message that says why, and changes nothing.
 
+mod body;
 mod compression;
 mod grpc;
 mod http;

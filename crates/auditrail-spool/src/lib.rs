@@ -63,7 +63,7 @@ pub struct SpoolConfig {
     /// This node's id, written into every event it stores.
     pub node: String,
     /// Appends are refused once the stored events take this many bytes, or
-    /// sled's files four times as much plus 32 MiB (see `quota.rs`).
+    /// sled's files twice as much plus 64 MiB (see `quota.rs`).
     pub max_disk_bytes: u64,
     /// Events received longer ago than this are removed by [`Spool::gc`].
     pub retention: Duration,
