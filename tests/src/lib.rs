@@ -204,6 +204,12 @@ impl Server {
         }
     }
 
+    /// Starts `auditrail serve` on `dir` (spool in `dir/spool`) without
+    /// waiting for it to listen: for tests of what happens during start-up.
+    pub fn spawn_starting(dir: &Path, spool_keys: &str, extra_tables: &str) -> Server {
+        Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, &[])
+    }
+
     /// Writes the config and starts the binary without waiting for it.
     fn spawn(
         dir: &Path,

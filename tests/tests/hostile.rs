@@ -551,6 +551,9 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
         )
         .await
         .unwrap();
+    // A connection to the gRPC port that never says a word (no HTTP/2
+    // preface: neither HTTP/2 nor TCP keepalive would ever close it).
+    let mut silent_grpc = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
     // Half a gRPC message, then silence.
     let mut frame = grpc_frame(
         false,
@@ -583,6 +586,10 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
         answer.is_some(),
         "a client that never finished its headers still holds its connection after {within:?}"
     );
+    assert!(
+        read_until_closed(&mut silent_grpc, within).await.is_some(),
+        "a connection that never sent its HTTP/2 preface is still open after {within:?}"
+    );
     let answer = read_until_closed(&mut half_body, within)
         .await
         .unwrap_or_else(|| {
@@ -607,7 +614,7 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
         server
             .metric("auditrail_refused_requests_total{reason=\"timeout\"}")
             .await,
-        2.0,
-        "the HTTP body and the gRPC call that timed out"
+        3.0,
+        "the HTTP body, the gRPC call and the silent gRPC connection that timed out"
     );
 }

@@ -331,6 +331,38 @@ async fn a_spool_restored_from_an_older_copy_is_a_loud_error() {
     drop(mariadb);
 }
 
+/// A SIGTERM that comes while start-up waits on a sink shuts down
+/// cleanly: before, the handler was installed only once serving, and the
+/// signal's default action killed the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_sink_check_hangs_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A "database" that takes connections and never says a word: the new
+    // spool's check of the sink hangs (for the pool's 10 s acquire timeout).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("mysql://root@{}/audit", silent.local_addr().unwrap());
+    let sinks = delivery(SinkToml::new("warehouse", &url)).to_string();
+    let mut server = Server::spawn_starting(dir.path(), "", &sinks);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("spool open") {
+        assert!(
+            Instant::now() < deadline,
+            "never opened the spool:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = server.terminate();
+    let log = server.log();
+    assert!(
+        status.success(),
+        "SIGTERM during start-up is a clean shutdown, not death by signal: {status}\n{log}"
+    );
+    assert!(log.contains("shutting down during start-up"), "{log}");
+    drop(silent);
+}
+
 /// A new spool with a sink that cannot be asked which seqs it holds does
 /// not start (it could reuse them), with an error that says why and what
 /// to do.

@@ -27,7 +27,10 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::body::{read_body, BodyError};
+use futures_util::StreamExt;
+
 use crate::compression::{Compression, DecompressError};
+use crate::first_bytes::FirstBytesDeadline;
 use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
 
 struct Logs(Arc<Ingest>);
@@ -141,6 +144,7 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let config = ingest.config().clone();
+    let first_bytes_within = config.header_read_timeout;
     tonic::transport::Server::builder()
         // (`body_read_timeout`, the deadline of an Export call, is applied
         // by `NormalizeStatus`, so that the answer can name it.)
@@ -152,7 +156,10 @@ pub async fn serve_grpc(
             // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
             tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
-                .with_keepalive(Some(config.keepalive_interval)),
+                .with_keepalive(Some(config.keepalive_interval))
+                .map(move |accepted| {
+                    accepted.map(|tcp| FirstBytesDeadline::new(tcp, first_bytes_within))
+                }),
             shutdown,
         )
         .await

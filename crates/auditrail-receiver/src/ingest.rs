@@ -32,7 +32,8 @@ pub struct ReceiverConfig {
     /// Bytes that all requests being mapped and stored may hold at once;
     /// above it requests are answered 429 / RESOURCE_EXHAUSTED with a retry hint.
     pub max_in_flight_bytes: usize,
-    /// OTLP/HTTP: how long a client may take to send a request's headers.
+    /// OTLP/HTTP: how long a client may take to send a request's headers;
+    /// OTLP/gRPC: how long a new connection may take to send its first bytes.
     pub header_read_timeout: Duration,
     /// How long a client may take to send a whole request body (OTLP/HTTP:
     /// 408; OTLP/gRPC: the request's deadline, CANCELLED).

@@ -9,6 +9,7 @@
 
 mod body;
 mod compression;
+mod first_bytes;
 mod grpc;
 mod http;
 mod ingest;

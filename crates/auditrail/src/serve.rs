@@ -19,17 +19,24 @@ use crate::config::Config;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // First: a SIGTERM during start-up (a supervisor giving up on a slow
+    // sink check) then shuts down cleanly, instead of killing the process
+    // by the signal's default action.
+    let mut signals = ShutdownSignals::install()?;
     let metrics = install_metrics()?;
     let node = config.node_id();
     let spool = open_spool(&config, &node)?;
     tracing::info!(node, dir = %config.spool.dir.display(), last_seq = spool.stats().last_seq, "spool open");
     // Sinks start before the receivers: a misconfigured sink stops the
     // start-up here, before any event is accepted that it could not deliver.
-    let pipeline = Arc::new(
-        Pipeline::start(spool.clone(), &config.sinks, config.spool.retention)
-            .await
-            .context("starting the sinks")?,
-    );
+    let started = tokio::select! {
+        started = Pipeline::start(spool.clone(), &config.sinks, config.spool.retention) => started,
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down during start-up, before any event was accepted");
+            return Ok(());
+        }
+    };
+    let pipeline = Arc::new(started.context("starting the sinks")?);
     if let Some(identity) = spool.identity() {
         tracing::info!(node, spool_id = %identity.spool_id, first_seq = identity.first_seq,
             created_unix_nano = identity.created_unix_nano, adopted = identity.adopted, "spool identity");
@@ -98,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     tokio::select! {
-        signal = shutdown_signal() => tracing::info!(signal, "shutting down: no new requests, finishing those in flight"),
+        signal = signals.recv() => tracing::info!(signal, "shutting down: no new requests, finishing those in flight"),
         Some(result) = servers.join_next() => {
             // A server that stops on its own is a failure worth exiting for.
             result.context("server task")??;
@@ -186,12 +193,26 @@ async fn housekeeping(
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
