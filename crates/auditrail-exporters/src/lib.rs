@@ -14,6 +14,7 @@
 pub mod config;
 pub mod cursor;
 pub mod delivery;
+pub mod encoding;
 mod error;
 pub mod fields;
 mod health;
