@@ -6,6 +6,8 @@
 pub mod clickhouse;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ pub enum SinkKind {
     Mysql(mysql::MysqlConfig),
     #[cfg(feature = "clickhouse")]
     Clickhouse(clickhouse::ClickhouseConfig),
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsConfig),
 }
 
 impl SinkKind {
@@ -31,7 +35,9 @@ impl SinkKind {
             SinkKind::Mysql(_) => "mysql",
             #[cfg(feature = "clickhouse")]
             SinkKind::Clickhouse(_) => "clickhouse",
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(_) => "nats",
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "nats")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -57,7 +63,6 @@ impl SinkKind {
                 linger: std::time::Duration::from_secs(1),
                 ..DeliveryConfig::default()
             },
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
             _ => DeliveryConfig::default(),
         }
     }
@@ -72,8 +77,10 @@ impl SinkKind {
             SinkKind::Clickhouse(config) => {
                 Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
             }
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(config) => Ok(Arc::new(nats::NatsSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "nats")))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
