@@ -2,7 +2,6 @@
 //! on a free port with its own store, so a test can stop and restart it,
 //! and read back what a stream holds.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -123,15 +122,4 @@ pub async fn stream_messages(url: &str, stream: &str) -> Vec<StreamMessage> {
         });
     }
     out
-}
-
-/// How many messages hold each event (by the `event_id` in the payload,
-/// not by the header, so that a missing header shows as doubles).
-pub fn count_by_id(messages: &[StreamMessage]) -> HashMap<&str, usize> {
-    let mut counts = HashMap::new();
-    for m in messages {
-        let id = m.payload["event_id"].as_str().unwrap_or_default();
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
 }

@@ -8,6 +8,8 @@ pub mod clickhouse;
 pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ pub enum SinkKind {
     Clickhouse(clickhouse::ClickhouseConfig),
     #[cfg(feature = "nats")]
     Nats(nats::NatsConfig),
+    #[cfg(feature = "otlp")]
+    Otlp(otlp::OtlpConfig),
 }
 
 impl SinkKind {
@@ -37,7 +41,14 @@ impl SinkKind {
             SinkKind::Clickhouse(_) => "clickhouse",
             #[cfg(feature = "nats")]
             SinkKind::Nats(_) => "nats",
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "nats")))]
+            #[cfg(feature = "otlp")]
+            SinkKind::Otlp(_) => "otlp",
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "nats",
+                feature = "otlp"
+            )))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -79,8 +90,15 @@ impl SinkKind {
             }
             #[cfg(feature = "nats")]
             SinkKind::Nats(config) => Ok(Arc::new(nats::NatsSink::new(config, context)?)),
+            #[cfg(feature = "otlp")]
+            SinkKind::Otlp(config) => Ok(Arc::new(otlp::OtlpSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "nats")))]
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "nats",
+                feature = "otlp"
+            )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
