@@ -6,6 +6,8 @@
 pub mod clickhouse;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "syslog")]
+pub mod syslog;
 
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ pub enum SinkKind {
     Mysql(mysql::MysqlConfig),
     #[cfg(feature = "clickhouse")]
     Clickhouse(clickhouse::ClickhouseConfig),
+    #[cfg(feature = "syslog")]
+    Syslog(syslog::SyslogConfig),
 }
 
 impl SinkKind {
@@ -31,7 +35,9 @@ impl SinkKind {
             SinkKind::Mysql(_) => "mysql",
             #[cfg(feature = "clickhouse")]
             SinkKind::Clickhouse(_) => "clickhouse",
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(_) => "syslog",
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -57,7 +63,14 @@ impl SinkKind {
                 linger: std::time::Duration::from_secs(1),
                 ..DeliveryConfig::default()
             },
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            // One connection: a second batch in flight would only wait for
+            // it, and could overtake the first.
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(_) => DeliveryConfig {
+                concurrency: 1,
+                ..DeliveryConfig::default()
+            },
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
             _ => DeliveryConfig::default(),
         }
     }
@@ -72,8 +85,10 @@ impl SinkKind {
             SinkKind::Clickhouse(config) => {
                 Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
             }
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(config) => Ok(Arc::new(syslog::SyslogSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
