@@ -280,15 +280,17 @@ impl StreamTransport {
                     let _ = tcp.set_nodelay(true);
                     metrics::counter!("auditrail_syslog_connections_total", "sink" => self.sink.clone())
                         .increment(1);
-                    return match &self.tls {
-                        None => Ok(Box::new(tcp)),
-                        Some(tls) => tls
-                            .connector
+                    let Some(tls) = &self.tls else {
+                        return Ok(Box::new(tcp));
+                    };
+                    let mut stream: Box<dyn Stream> = Box::new(
+                        tls.connector
                             .connect(tls.server_name.clone(), tcp)
                             .await
-                            .map(|s| Box::new(s) as Box<dyn Stream>)
-                            .map_err(|e| classify_handshake(addr, e)),
-                    };
+                            .map_err(|e| classify_handshake(addr, e))?,
+                    );
+                    refused_after_handshake(addr, &mut stream).await?;
+                    return Ok(stream);
                 }
                 Err(e) => last_error = Some(format!("connecting to {addr}: {e}")),
             }
@@ -310,6 +312,36 @@ async fn still_open(connection: &mut Box<dyn Stream>) -> bool {
         .is_err()
 }
 
+/// How long a new TLS connection is watched for a refusal before the
+/// first batch goes out.
+const TLS_REFUSAL_WINDOW: Duration = Duration::from_millis(300);
+
+/// In TLS 1.3 the client's handshake is done before the server has checked
+/// the client's certificate, so a receiver that refuses it (none given, or
+/// one it does not trust) says so only afterwards, with an alert or by
+/// closing. Without this wait the first batch would be written into that
+/// dying connection and lost, counted as delivered.
+async fn refused_after_handshake(
+    addr: SocketAddr,
+    stream: &mut Box<dyn Stream>,
+) -> Result<(), ExportError> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(TLS_REFUSAL_WINDOW, stream.read(&mut byte)).await {
+        // Nothing from the server: it kept the connection.
+        Err(_) => Ok(()),
+        Ok(Ok(0)) => Err(ExportError::misconfigured(
+            "tls",
+            format!(
+                "{addr} closed the TLS connection right after the handshake: it may require a client \
+                 certificate (tls_cert_file, tls_key_file) or not trust this one"
+            ),
+        )),
+        Ok(Err(e)) => Err(classify_handshake(addr, e)),
+        // A receiver never sends data; whatever it was, the connection is up.
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
 /// A certificate the sink does not trust (or that does not trust the
 /// sink) is a setup problem; anything else in a handshake may pass.
 fn classify_handshake(addr: SocketAddr, error: std::io::Error) -> ExportError {
@@ -323,6 +355,16 @@ fn classify_handshake(addr: SocketAddr, error: std::io::Error) -> ExportError {
             | rustls::Error::NoCertificatesPresented
             | rustls::Error::AlertReceived(_),
         ) => ExportError::misconfigured("tls", message),
+        // What rsyslog's gtls driver does to a sender without an acceptable
+        // client certificate; but also what a receiver restarting at that
+        // moment does, so it stays retryable, with the likely cause named.
+        _ if error.kind() == std::io::ErrorKind::UnexpectedEof => ExportError::retryable(
+            "connection",
+            format!(
+                "{message} (the receiver closed the connection during the handshake: does it require a client \
+                 certificate (tls_cert_file, tls_key_file) or not trust this one?)"
+            ),
+        ),
         _ => ExportError::retryable("connection", message),
     }
 }
