@@ -220,12 +220,7 @@ ruleset(name="out") {{
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.probe_port)).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = crate::exited(&mut self.child) {
                 panic!(
                     "rsyslogd exited at start ({status}):\n{}",
                     self.daemon_log()

@@ -125,26 +125,19 @@ mod tests {
     use auditrail_model::Outcome;
     use proptest::prelude::*;
 
+    /// The format tests' event as a failed login.
     fn event() -> AuditEvent {
         AuditEvent {
-            node: "node-1".into(),
-            seq: 42,
-            event_id: "evt-42".into(),
-            time_unix_nano: 1_700_000_000_123_456_789,
-            tenant: "acme".into(),
-            service_name: "imagegen-ui".into(),
             event_name: "user.login".into(),
-            severity_number: 9,
             actor_id: "u-1".into(),
             actor_name: "Alice".into(),
             client_address: "198.51.100.4".into(),
             outcome: Outcome::Failure,
             target: "account/alice".into(),
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             span_id: "b7ad6b7169203331".into(),
             body: "wrong password".into(),
             attributes: r#"{"user.id":"u-1"}"#.into(),
-            ..AuditEvent::default()
+            ..super::super::rfc5424::tests::event()
         }
     }
 

@@ -182,11 +182,12 @@ pub fn message(event: &AuditEvent, facility: Facility, sd_id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::escape::unescape;
     use super::*;
     use proptest::prelude::*;
 
+    /// An event with most canonical fields set, for the format tests.
     pub(crate) fn event() -> AuditEvent {
         AuditEvent {
             node: "node-1".into(),
