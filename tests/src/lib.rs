@@ -6,6 +6,7 @@ pub mod clickhouse;
 pub mod cutfs;
 pub mod load;
 pub mod mysql;
+pub mod nats;
 pub mod rsyslog;
 pub mod sinks;
 

@@ -6,6 +6,8 @@
 pub mod clickhouse;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "syslog")]
 pub mod syslog;
 
@@ -23,6 +25,8 @@ pub enum SinkKind {
     Mysql(mysql::MysqlConfig),
     #[cfg(feature = "clickhouse")]
     Clickhouse(clickhouse::ClickhouseConfig),
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsConfig),
     #[cfg(feature = "syslog")]
     Syslog(syslog::SyslogConfig),
 }
@@ -35,9 +39,16 @@ impl SinkKind {
             SinkKind::Mysql(_) => "mysql",
             #[cfg(feature = "clickhouse")]
             SinkKind::Clickhouse(_) => "clickhouse",
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(_) => "nats",
             #[cfg(feature = "syslog")]
             SinkKind::Syslog(_) => "syslog",
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "nats",
+                feature = "syslog"
+            )))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -70,7 +81,6 @@ impl SinkKind {
                 concurrency: 1,
                 ..DeliveryConfig::default()
             },
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
             _ => DeliveryConfig::default(),
         }
     }
@@ -85,10 +95,17 @@ impl SinkKind {
             SinkKind::Clickhouse(config) => {
                 Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
             }
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(config) => Ok(Arc::new(nats::NatsSink::new(config, context)?)),
             #[cfg(feature = "syslog")]
             SinkKind::Syslog(config) => Ok(Arc::new(syslog::SyslogSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse", feature = "syslog")))]
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "nats",
+                feature = "syslog"
+            )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
