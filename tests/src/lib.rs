@@ -7,6 +7,7 @@ pub mod cutfs;
 pub mod load;
 pub mod mysql;
 pub mod nats;
+pub mod rsyslog;
 pub mod sinks;
 
 use std::net::{SocketAddr, TcpListener};
@@ -75,6 +76,14 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("binding an ephemeral port")
         .port()
+}
+
+/// The exit status of `child` once it has exited, which also empties
+/// `child`; `None` while it runs (or when there is none).
+pub fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
+    let status = child.as_mut()?.try_wait().ok().flatten()?;
+    *child = None;
+    Some(status)
 }
 
 /// A running `auditrail serve`.
@@ -262,12 +271,7 @@ impl Server {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = exited(&mut self.child) {
                 return Err(format!(
                     "auditrail exited early ({status}):\n{}",
                     self.log()

@@ -411,12 +411,7 @@ impl PrivateMariaDb {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = self.server_url();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = crate::exited(&mut self.child) {
                 panic!(
                     "the private mariadbd exited at start ({status}):\n{}",
                     self.error_log()

@@ -10,6 +10,8 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "syslog")]
+pub mod syslog;
 
 use std::sync::Arc;
 
@@ -29,6 +31,8 @@ pub enum SinkKind {
     Nats(nats::NatsConfig),
     #[cfg(feature = "otlp")]
     Otlp(otlp::OtlpConfig),
+    #[cfg(feature = "syslog")]
+    Syslog(syslog::SyslogConfig),
 }
 
 impl SinkKind {
@@ -43,11 +47,14 @@ impl SinkKind {
             SinkKind::Nats(_) => "nats",
             #[cfg(feature = "otlp")]
             SinkKind::Otlp(_) => "otlp",
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(_) => "syslog",
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
                 feature = "nats",
-                feature = "otlp"
+                feature = "otlp",
+                feature = "syslog"
             )))]
             _ => unreachable!("no sink type is compiled in"),
         }
@@ -74,6 +81,13 @@ impl SinkKind {
                 linger: std::time::Duration::from_secs(1),
                 ..DeliveryConfig::default()
             },
+            // One connection: a second batch in flight would only wait for
+            // it, and could overtake the first.
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(_) => DeliveryConfig {
+                concurrency: 1,
+                ..DeliveryConfig::default()
+            },
             _ => DeliveryConfig::default(),
         }
     }
@@ -92,12 +106,15 @@ impl SinkKind {
             SinkKind::Nats(config) => Ok(Arc::new(nats::NatsSink::new(config, context)?)),
             #[cfg(feature = "otlp")]
             SinkKind::Otlp(config) => Ok(Arc::new(otlp::OtlpSink::new(config, context)?)),
+            #[cfg(feature = "syslog")]
+            SinkKind::Syslog(config) => Ok(Arc::new(syslog::SyslogSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
                 feature = "nats",
-                feature = "otlp"
+                feature = "otlp",
+                feature = "syslog"
             )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
