@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use auditrail_tests::rsyslog::{Listener, Rsyslog};
 use auditrail_tests::sinks::{
-    assert_none_missing, client, next_trace_id, numbered_batch, send, sink_counter, sink_status,
-    tail,
+    assert_none_missing, client, kill_9_then_outage, next_trace_id, numbered_batch, send,
+    sink_counter, sink_status, tail,
 };
 use auditrail_tests::{otlp, Server};
 use serde_json::Value;
@@ -452,4 +452,49 @@ async fn rsyslog_down_for_a_while_then_every_event_arrives() {
     );
     let (_, status) = sink_status(&server, "siem").await;
     assert_eq!(status["dead_letters"], 0, "{status}");
+}
+
+/// `kill -9` while the sink delivers, then rsyslog down while auditrail
+/// restarts and takes more: every acknowledged event arrives (at least
+/// once: syslog has no acknowledgement, so doubles are allowed and counted).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_delivery_and_an_outage_lose_nothing() {
+    let rsyslog = std::cell::RefCell::new(Rsyslog::start(Listener::Tcp));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sink("siem", &rsyslog.borrow().url(), "");
+    let (server, acked) = kill_9_then_outage(
+        dir.path(),
+        &config,
+        SPAN,
+        || rsyslog.borrow_mut().stop(),
+        || rsyslog.borrow_mut().resume(),
+    )
+    .await;
+    let rsyslog = rsyslog.into_inner();
+    let deadline = Instant::now() + DELIVERY;
+    let (seen, lines) = loop {
+        let lines = rsyslog.raw_lines();
+        let seen: HashSet<String> = lines
+            .iter()
+            .filter_map(|l| sd_value(l, "event_id"))
+            .collect();
+        if acked.is_subset(&seen) || Instant::now() > deadline {
+            break (seen, lines.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let missing: Vec<&String> = acked.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events never reached rsyslog, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "{} events, {lines} lines ({} doubles, allowed: at-least-once)",
+        acked.len(),
+        lines.saturating_sub(seen.len())
+    );
+    drop(server);
 }
