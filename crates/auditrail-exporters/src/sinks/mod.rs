@@ -4,8 +4,12 @@
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(feature = "file")]
+pub mod file;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -21,6 +25,10 @@ pub enum SinkKind {
     Mysql(mysql::MysqlConfig),
     #[cfg(feature = "clickhouse")]
     Clickhouse(clickhouse::ClickhouseConfig),
+    #[cfg(feature = "file")]
+    File(file::FileConfig),
+    #[cfg(feature = "webhook")]
+    Webhook(webhook::WebhookConfig),
 }
 
 impl SinkKind {
@@ -31,7 +39,16 @@ impl SinkKind {
             SinkKind::Mysql(_) => "mysql",
             #[cfg(feature = "clickhouse")]
             SinkKind::Clickhouse(_) => "clickhouse",
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(feature = "file")]
+            SinkKind::File(_) => "file",
+            #[cfg(feature = "webhook")]
+            SinkKind::Webhook(_) => "webhook",
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "file",
+                feature = "webhook"
+            )))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -57,7 +74,30 @@ impl SinkKind {
                 linger: std::time::Duration::from_secs(1),
                 ..DeliveryConfig::default()
             },
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            // One writer, batches in seq order: the sink skips what it
+            // already holds by seq, which two batches in flight would
+            // break. Big batches: one fdatasync each.
+            #[cfg(feature = "file")]
+            SinkKind::File(_) => DeliveryConfig {
+                concurrency: 1,
+                max_events: 20_000,
+                max_bytes: bytesize::ByteSize::mib(32),
+                ..DeliveryConfig::default()
+            },
+            // A receiver is someone's web service: moderate requests, a
+            // few at a time.
+            #[cfg(feature = "webhook")]
+            SinkKind::Webhook(_) => DeliveryConfig {
+                max_events: 1000,
+                max_bytes: bytesize::ByteSize::mib(4),
+                ..DeliveryConfig::default()
+            },
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "file",
+                feature = "webhook"
+            )))]
             _ => DeliveryConfig::default(),
         }
     }
@@ -72,8 +112,17 @@ impl SinkKind {
             SinkKind::Clickhouse(config) => {
                 Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
             }
+            #[cfg(feature = "file")]
+            SinkKind::File(config) => Ok(Arc::new(file::FileSink::new(config, context)?)),
+            #[cfg(feature = "webhook")]
+            SinkKind::Webhook(config) => Ok(Arc::new(webhook::WebhookSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
-            #[cfg(not(any(feature = "mysql", feature = "clickhouse")))]
+            #[cfg(not(any(
+                feature = "mysql",
+                feature = "clickhouse",
+                feature = "file",
+                feature = "webhook"
+            )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
     }
