@@ -78,7 +78,11 @@ fn all_lines(dir: &Path) -> Vec<Value> {
     let mut lines = Vec::new();
     for path in segments(dir) {
         let text = read_segment(&path).unwrap();
-        assert!(text.ends_with('\n'), "{} ends in a complete line", path.display());
+        assert!(
+            text.ends_with('\n'),
+            "{} ends in a complete line",
+            path.display()
+        );
         for line in text.lines() {
             let value: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display()));
@@ -169,7 +173,12 @@ async fn every_event_once_in_the_segments_through_kill_9_mid_delivery() {
     assert_no_dead_letters(&server, "archive").await;
     // A maintenance pass (every 5s) compresses the closed segments.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(server.terminate().code(), Some(0), "{}", tail(&server.log()));
+    assert_eq!(
+        server.terminate().code(),
+        Some(0),
+        "{}",
+        tail(&server.log())
+    );
 
     let names: Vec<String> = segments(&archive)
         .iter()
@@ -179,9 +188,19 @@ async fn every_event_once_in_the_segments_through_kill_9_mid_delivery() {
     let (plain, compressed): (Vec<&String>, Vec<&String>) =
         names.iter().partition(|n| n.ends_with(".ndjson"));
     assert_eq!(plain.len(), 1, "only the open segment is plain: {names:?}");
-    assert_eq!(plain[0], names.last().unwrap(), "the newest is the open one");
-    assert!(compressed.iter().all(|n| n.ends_with(".ndjson.zst")), "{names:?}");
-    assert!(names[0].starts_with("auditrail-test-node-00000000000000000001."), "{names:?}");
+    assert_eq!(
+        plain[0],
+        names.last().unwrap(),
+        "the newest is the open one"
+    );
+    assert!(
+        compressed.iter().all(|n| n.ends_with(".ndjson.zst")),
+        "{names:?}"
+    );
+    assert!(
+        names[0].starts_with("auditrail-test-node-00000000000000000001."),
+        "{names:?}"
+    );
     for path in segments(&archive) {
         let len = std::fs::metadata(&path).unwrap().len();
         if path.extension().is_some_and(|e| e == "ndjson") {
