@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditrail_tests::sinks::{
-    assert_no_dead_letters, assert_rows_exactly_once, resend_unacked, start_sending, tail,
-    wait_caught_up, Load, StoredRow,
+    assert_no_dead_letters, assert_rows_exactly_once, kill_while_behind, resend_unacked,
+    start_sending, tail, wait_caught_up, Load, StoredRow,
 };
 use auditrail_tests::Server;
 use serde_json::Value;
@@ -125,28 +125,10 @@ async fn kill_mid_delivery(
     round: usize,
     events: usize,
     load: &Arc<Mutex<Load>>,
-) -> (usize, usize) {
-    let before = lines_now(dir);
+) -> (u64, u64) {
+    let held = move || async move { lines_now(dir) as u64 };
     let sender = start_sending(server, load, SPAN, round, events);
-    let deadline = Instant::now() + CATCH_UP;
-    let killed_at = loop {
-        let lines = lines_now(dir);
-        let acked = load.lock().unwrap().acked.len();
-        if lines > before && lines < acked {
-            server.kill9();
-            break (lines, acked);
-        }
-        assert!(
-            !(sender.is_finished() && lines >= acked),
-            "round {round}: the sink caught up ({lines} lines) before it could be killed mid-delivery"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "round {round}: no delivery progress ({lines} lines, {acked} acknowledged):\n{}",
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let killed_at = kill_while_behind(server, load, &sender, round, CATCH_UP, held).await;
     sender.await.unwrap();
     killed_at
 }

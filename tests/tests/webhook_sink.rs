@@ -220,6 +220,11 @@ async fn wait_accepted(books: &Receiver, ids: &HashSet<String>, server: &Server)
     }
 }
 
+/// The ids of `sent` but `left_out`.
+fn all_but(sent: &HashMap<String, String>, left_out: &str) -> HashSet<String> {
+    sent.keys().filter(|id| *id != left_out).cloned().collect()
+}
+
 /// The first request refused with `status`, and the request after it.
 fn refused_and_next(books: &Receiver, status: u16) -> (Seen, Seen) {
     let books = books.lock().unwrap();
@@ -277,11 +282,7 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
         sent.extend(ids);
     }
     let poison_id = "poison-0".to_string();
-    let good: HashSet<String> = sent
-        .keys()
-        .filter(|id| **id != poison_id)
-        .cloned()
-        .collect();
+    let good = all_but(&sent, &poison_id);
     wait_accepted(&books, &good, &server).await;
     eventually_within(CATCH_UP, "the poison event is dead-lettered", || async {
         let (_, status) = sink_status(&server, "hook").await;
@@ -307,16 +308,7 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
     // 429 with Retry-After in seconds: the retry waits that long.
     books.lock().unwrap().refusals.push_back((429, "2".into()));
     send_batch(&mut client, &mut sent, SPAN, "T", 1).await;
-    wait_accepted(
-        &books,
-        &sent
-            .keys()
-            .filter(|id| **id != poison_id)
-            .cloned()
-            .collect(),
-        &server,
-    )
-    .await;
+    wait_accepted(&books, &all_but(&sent, &poison_id), &server).await;
     let (refused, next) = refused_and_next(&books, 429);
     let waited = next.at - refused.at;
     eprintln!("429 Retry-After: 2 → retried after {waited:?}");
@@ -329,16 +321,7 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
     let not_before = httpdate::parse_http_date(&date).unwrap(); // whole seconds
     books.lock().unwrap().refusals.push_back((503, date));
     send_batch(&mut client, &mut sent, SPAN, "U", 1).await;
-    wait_accepted(
-        &books,
-        &sent
-            .keys()
-            .filter(|id| **id != poison_id)
-            .cloned()
-            .collect(),
-        &server,
-    )
-    .await;
+    wait_accepted(&books, &all_but(&sent, &poison_id), &server).await;
     let (refused, next) = refused_and_next(&books, 503);
     eprintln!(
         "503 Retry-After: date {:?} after the refusal → retried after {:?}",
@@ -371,11 +354,7 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     receiver = Some(listen(addr, &books));
-    let good: HashSet<String> = sent
-        .keys()
-        .filter(|id| **id != poison_id)
-        .cloned()
-        .collect();
+    let good = all_but(&sent, &poison_id);
     wait_accepted(&books, &good, &server).await;
     wait_caught_up(&server, "hook", sent.len(), CATCH_UP).await;
 

@@ -53,8 +53,12 @@ fn event(seq: u64) -> AuditEvent {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let base = args.next().map_or_else(|| std::env::current_dir().unwrap(), Into::into);
-    let total: u64 = args.next().map_or(1_000_000, |n| n.parse().expect("EVENTS"));
+    let base = args
+        .next()
+        .map_or_else(|| std::env::current_dir().unwrap(), Into::into);
+    let total: u64 = args
+        .next()
+        .map_or(1_000_000, |n| n.parse().expect("EVENTS"));
     let runs: usize = args.next().map_or(3, |n| n.parse().expect("RUNS"));
     let batches: Vec<Vec<AuditEvent>> = (1..=total)
         .collect::<Vec<_>>()
@@ -66,8 +70,12 @@ async fn main() {
     let mut rates = Vec::new();
     for run in 1..=runs {
         let dir = tempfile::tempdir_in(&base).expect("a directory to write in");
-        let config: FileConfig = toml::from_str(&format!("path = {:?}", dir.path().display().to_string())).unwrap();
-        let context = SinkContext { name: "bench".into(), retention: Duration::from_secs(86_400) };
+        let config: FileConfig =
+            toml::from_str(&format!("path = {:?}", dir.path().display().to_string())).unwrap();
+        let context = SinkContext {
+            name: "bench".into(),
+            retention: Duration::from_secs(86_400),
+        };
         let sink = FileSink::new(&config, &context).unwrap();
         sink.prepare().await.unwrap();
         let started = Instant::now();
@@ -81,7 +89,10 @@ async fn main() {
         rates.push(rate);
         let started = Instant::now();
         sink.maintain(SystemTime::now()).await.unwrap();
-        let bytes: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let bytes: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
         println!("       compressing the closed segments (zstd, in the background in a server) took {:.2?}; {:.1} bytes per event on disk after", started.elapsed(), bytes as f64 / total as f64);
     }
     rates.sort_by(f64::total_cmp);

@@ -120,7 +120,7 @@ mod tests {
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             let compressed = plain.with_encoding(to).file_name();
-            assert_eq!(names, [compressed.clone()], "{to:?}");
+            assert_eq!(names, std::slice::from_ref(&compressed), "{to:?}");
             let mut back = Vec::new();
             open_segment(&dir.path().join(&compressed), to)
                 .unwrap()

@@ -536,6 +536,14 @@ mod tests {
         FileSink::new(&config, &context).unwrap()
     }
 
+    /// A prepared sink on `dir` that has written seqs `first..=last`.
+    async fn written(dir: &Path, extra: &str, first: u64, last: u64) -> FileSink {
+        let sink = sink(dir, extra);
+        sink.prepare().await.unwrap();
+        sink.export(&events(first, last)).await.unwrap();
+        sink
+    }
+
     /// Every file in `dir`, sorted.
     fn files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -594,9 +602,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_last_line_is_cut_off_and_written_again() {
         let dir = tempfile::tempdir().unwrap();
-        let first = sink(dir.path(), "");
-        first.prepare().await.unwrap();
-        first.export(&events(1, 5)).await.unwrap();
+        let first = written(dir.path(), "", 1, 5).await;
         drop(first);
         // A crash in the middle of writing seq 6.
         let path = dir.path().join("auditrail-n1-00000000000000000001.ndjson");
@@ -617,9 +623,13 @@ mod tests {
     async fn segments_rotate_by_size_and_closed_ones_are_compressed() {
         let dir = tempfile::tempdir().unwrap();
         // About 700 bytes a line: three lines fit in 2500 bytes.
-        let sink = sink(dir.path(), "rotate_bytes = 2500\ncompression = \"zstd\"");
-        sink.prepare().await.unwrap();
-        sink.export(&events(1, 10)).await.unwrap();
+        let sink = written(
+            dir.path(),
+            "rotate_bytes = 2500\ncompression = \"zstd\"",
+            1,
+            10,
+        )
+        .await;
         let before = files(dir.path());
         assert!(before.len() >= 3, "{before:?}");
         for name in segment_names(dir.path()).unwrap() {
@@ -648,12 +658,13 @@ mod tests {
     #[tokio::test]
     async fn segments_rotate_by_age_even_when_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = sink(
+        let sink = written(
             dir.path(),
             "rotate_interval = \"1h\"\ncompression = \"gzip\"",
-        );
-        sink.prepare().await.unwrap();
-        sink.export(&events(1, 3)).await.unwrap();
+            1,
+            3,
+        )
+        .await;
         let later = SystemTime::now() + Duration::from_secs(3601);
         // Maintenance closes the old segment with no event coming.
         sink.maintain(later).await.unwrap();
@@ -695,9 +706,7 @@ mod tests {
     #[tokio::test]
     async fn interrupted_compressions_are_finished_or_undone_on_start() {
         let dir = tempfile::tempdir().unwrap();
-        let first = sink(dir.path(), "rotate_bytes = 2500");
-        first.prepare().await.unwrap();
-        first.export(&events(1, 6)).await.unwrap();
+        let first = written(dir.path(), "rotate_bytes = 2500", 1, 6).await;
         drop(first);
         let names = segment_names(dir.path()).unwrap();
         assert!(names.len() >= 2, "{names:?}");
