@@ -67,6 +67,20 @@ async fn main() {
         .collect();
     let line = auditrail_exporters::encoding::event_json(&batches[0][0]).len();
     println!("{total} events of {line} bytes of JSON, batches of {BATCH}");
+    // What the encoding alone costs, without any file.
+    let started = Instant::now();
+    let mut buffer = Vec::with_capacity(BATCH * line);
+    for batch in &batches {
+        buffer.clear();
+        for event in batch {
+            auditrail_exporters::encoding::write_event_json(event, &mut buffer);
+        }
+    }
+    let encode = started.elapsed();
+    println!(
+        "encoding alone: {encode:.2?} = {:.0} events/s",
+        total as f64 / encode.as_secs_f64()
+    );
     let mut rates = Vec::new();
     for run in 1..=runs {
         let dir = tempfile::tempdir_in(&base).expect("a directory to write in");

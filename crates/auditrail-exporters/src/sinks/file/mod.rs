@@ -261,8 +261,21 @@ impl Segments {
 
     /// Appends the events of `batch` that are not written yet, rotating as
     /// the limits say, and syncs what it wrote.
-    fn write(&mut self, batch: &EncodedBatch, now: SystemTime) -> Result<(), ExportError> {
-        let result = self.write_unsynced_state(batch, now);
+    #[cfg(test)]
+    fn write(&mut self, batch: EncodedBatch, now: SystemTime) -> Result<(), ExportError> {
+        let mut chunks = std::iter::once(batch);
+        self.write_chunks(|| chunks.next(), now)
+    }
+
+    /// [`Segments::write`] for a batch that comes in chunks (as `next`
+    /// yields them): each chunk is written as it comes, and everything is
+    /// synced once the last one is in.
+    fn write_chunks(
+        &mut self,
+        next: impl FnMut() -> Option<EncodedBatch>,
+        now: SystemTime,
+    ) -> Result<(), ExportError> {
+        let result = self.write_then_sync(next, now);
         if result.is_err() {
             // What reached the file is unknown (a short write, a failed
             // fsync): forget it all and read the directory again first.
@@ -271,32 +284,64 @@ impl Segments {
         result
     }
 
-    fn write_unsynced_state(
+    fn write_then_sync(
         &mut self,
-        batch: &EncodedBatch,
+        mut next: impl FnMut() -> Option<EncodedBatch>,
         now: SystemTime,
     ) -> Result<(), ExportError> {
         if self.nodes.is_none() {
             self.recover()?;
         }
+        // Per node, the highest seq this batch wrote (not synced yet).
+        let mut written = BTreeMap::new();
+        let mut created = false;
+        while let Some(chunk) = next() {
+            created |= self.append(&chunk, now, &mut written)?;
+        }
+        let nodes = self.nodes.as_mut().expect("recovered above");
+        for (node, highest) in written {
+            let state = nodes.get_mut(&node).expect("written nodes exist");
+            if let Some(open) = &state.open {
+                open.file
+                    .sync_data()
+                    .map_err(|e| io_error(open.name.file_name(), e))?;
+            }
+            state.highest = highest;
+        }
+        if created {
+            segment::sync_dir(&self.dir).map_err(|e| io_error(self.dir.display(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes (without the final sync) the events of `chunk` above what
+    /// `written` and the files hold, rotating as the limits say. Returns
+    /// whether it created a segment.
+    fn append(
+        &mut self,
+        chunk: &EncodedBatch,
+        now: SystemTime,
+        written: &mut BTreeMap<String, u64>,
+    ) -> Result<bool, ExportError> {
         let limits = (self.rotate_bytes, self.rotate_interval);
         let dir = &self.dir;
-        let nodes = self.nodes.as_mut().expect("recovered above");
-        // Per node, the highest seq this batch wrote (not synced yet).
-        let mut written: BTreeMap<&str, u64> = BTreeMap::new();
+        let nodes = self.nodes.as_mut().expect("recovered before appending");
         let mut created = false;
         let mut start = 0;
-        for (node, seq, end) in &batch.events {
-            let line = &batch.lines[start..*end];
+        for (node, seq, end) in &chunk.events {
+            let line = &chunk.lines[start..*end];
             start = *end;
             let state = nodes.entry(node.clone()).or_default();
-            let highest = written.get(node.as_str()).copied().unwrap_or(state.highest);
+            let highest = written.get(node).copied().unwrap_or(state.highest);
             if *seq <= highest {
                 continue;
             }
             if let Some(open) = state.open.as_mut() {
                 if open.is_due(line.len() as u64, limits, now) {
-                    open.write_pending_and_sync()?;
+                    open.write_pending()?;
+                    open.file
+                        .sync_data()
+                        .map_err(|e| io_error(open.name.file_name(), e))?;
                     state.open = None;
                 }
             }
@@ -311,19 +356,14 @@ impl Segments {
             };
             open.pending.extend_from_slice(line);
             open.len += line.len() as u64;
-            written.insert(node, *seq);
+            written.insert(node.clone(), *seq);
         }
-        for (node, highest) in written {
-            let state = nodes.get_mut(node).expect("written nodes exist");
+        for state in nodes.values_mut() {
             if let Some(open) = state.open.as_mut() {
-                open.write_pending_and_sync()?;
+                open.write_pending()?;
             }
-            state.highest = highest;
         }
-        if created {
-            segment::sync_dir(dir).map_err(|e| io_error(dir.display(), e))?;
-        }
-        Ok(())
+        Ok(created)
     }
 
     /// Closes the segments open for `rotate_interval` or longer, and names
@@ -399,14 +439,39 @@ impl OpenSegment {
                 || now.duration_since(self.opened).unwrap_or_default() >= rotate_interval)
     }
 
-    /// Writes the lines gathered for this segment, then fdatasyncs it.
-    fn write_pending_and_sync(&mut self) -> Result<(), ExportError> {
-        let what = || self.name.file_name();
+    /// Writes the lines gathered for this segment, and has the kernel
+    /// start writing them to disk now, so the fdatasync that ends the
+    /// batch finds little left to do while the next chunk was encoded.
+    /// (`sync_file_range` only starts the writeback: durability still
+    /// comes from that fdatasync.)
+    fn write_pending(&mut self) -> Result<(), ExportError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let offset = self.len - self.pending.len() as u64;
         self.file
             .write_all(&self.pending)
-            .map_err(|e| io_error(what(), e))?;
+            .map_err(|e| io_error(self.name.file_name(), e))?;
+        start_writeback(&self.file, offset, self.pending.len() as u64);
         self.pending.clear();
-        self.file.sync_data().map_err(|e| io_error(what(), e))
+        Ok(())
+    }
+}
+
+/// Starts writing `len` bytes at `offset` of `file` back to disk without
+/// waiting. Only a hint: a failure changes nothing (the fdatasync after it
+/// reports real errors).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range(2) on a descriptor this process owns; it
+    // reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -448,11 +513,25 @@ impl Exporter for FileSink {
         self.with_segments(Segments::recover).await
     }
 
+    /// Encodes the batch in chunks here while a blocking thread writes the
+    /// chunks before: the encoding (CPU) and the disk work overlap, and one
+    /// fdatasync ends the batch.
     async fn export(&self, events: &[AuditEvent]) -> Result<(), ExportError> {
-        // Encoding is CPU work like any sink's; only the file calls block.
-        let batch = self.encode(events);
-        self.with_segments(move |segments| segments.write(&batch, SystemTime::now()))
-            .await
+        let (chunks, mut encoded) = tokio::sync::mpsc::channel::<EncodedBatch>(2);
+        let now = SystemTime::now();
+        let writer = self
+            .with_segments(move |segments| segments.write_chunks(|| encoded.blocking_recv(), now));
+        let encoder = async {
+            for chunk in events.chunks(CHUNK_EVENTS) {
+                if chunks.send(self.encode(chunk)).await.is_err() {
+                    // The writer failed; its error is the answer.
+                    break;
+                }
+            }
+            drop(chunks);
+        };
+        let (written, ()) = tokio::join!(writer, encoder);
+        written
     }
 
     async fn highest_seq(&self, node: &str) -> Result<HeldSeq, ExportError> {
@@ -500,6 +579,9 @@ impl Exporter for FileSink {
         Some(MAINTENANCE_EVERY.min(rotate_interval))
     }
 }
+
+/// Events encoded (and written) at a time within a batch.
+const CHUNK_EVENTS: usize = 2000;
 
 /// How often idle segments are closed and closed ones compressed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
@@ -600,6 +682,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_of_many_chunks_rotates_and_resends_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Chunks of 2,000 events; segments of about 700 lines.
+        let first = written(dir.path(), "rotate_bytes = \"500KiB\"", 1, 4500).await;
+        assert!(segment_names(dir.path()).unwrap().len() >= 6);
+        // A resend overlapping the end, and new events, in one batch.
+        first.export(&events(3000, 9000)).await.unwrap();
+        assert_eq!(seqs(dir.path()), (1..=9000).collect::<Vec<_>>());
+        drop(first);
+        let again = sink(dir.path(), "");
+        again.prepare().await.unwrap();
+        assert_eq!(
+            again.highest_seq("n1").await.unwrap(),
+            HeldSeq::Highest(9000)
+        );
+    }
+
+    #[tokio::test]
     async fn a_torn_last_line_is_cut_off_and_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let first = written(dir.path(), "", 1, 5).await;
@@ -683,7 +783,7 @@ mod tests {
         // A write after the interval starts a new segment too.
         sink.with_segments(move |s| {
             s.write(
-                &EncodedBatch {
+                EncodedBatch {
                     lines: Vec::new(),
                     events: Vec::new(),
                 },
@@ -693,7 +793,7 @@ mod tests {
         .await
         .unwrap();
         let batch = sink.encode(&events(6, 6));
-        sink.with_segments(move |s| s.write(&batch, later + Duration::from_secs(3600)))
+        sink.with_segments(move |s| s.write(batch, later + Duration::from_secs(3600)))
             .await
             .unwrap();
         assert_eq!(
