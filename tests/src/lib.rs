@@ -6,6 +6,7 @@ pub mod clickhouse;
 pub mod cutfs;
 pub mod load;
 pub mod mysql;
+pub mod nats;
 pub mod sinks;
 
 use std::net::{SocketAddr, TcpListener};
@@ -364,6 +365,27 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reaping");
+        }
+    }
+
+    /// Starts the server again after [`Server::terminate`] or
+    /// [`Server::kill9`]: the same config, so the same ports and spool.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting auditrail serve");
+        self.child = Some(child);
+        if let Err(log) = self.wait_ready() {
+            panic!("auditrail did not start again:\n{log}");
         }
     }
 

@@ -445,3 +445,64 @@ pub async fn wait_count<F, Fut>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The load of a sink's crash-and-outage test: 3,000 events sent while
+/// the server at `dir` (with `config`) delivers, killed with `kill -9`
+/// 0.7 s in; then the far side goes down (`far_side_down`) while a
+/// restarted server takes the unacknowledged resends and 1,000 more, and
+/// comes back (`far_side_up`) 2 s later. Returns the server, still
+/// running, and every acknowledged event id.
+pub async fn kill_9_then_outage(
+    dir: &std::path::Path,
+    config: &str,
+    span: u8,
+    far_side_down: impl FnOnce(),
+    far_side_up: impl FnOnce(),
+) -> (Server, HashSet<String>) {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let mut server = Server::start_in(dir, "", config);
+    let sending = start_sending(&server, &load, span, 0, 3000);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill9();
+    sending.await.unwrap();
+
+    far_side_down();
+    let server = Server::start_in(dir, "", config);
+    resend_unacked(&server, &load).await;
+    start_sending(&server, &load, span, 1, 1000).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    far_side_up();
+    let acked = load.lock().unwrap().acked.clone();
+    (server, acked)
+}
+
+/// Every `acked` id is among the ids `store` holds (`stored`, one per
+/// stored copy), exactly once; names a few of those missing or doubled.
+pub fn assert_each_once<'a>(
+    store: &str,
+    acked: &HashSet<String>,
+    stored: impl IntoIterator<Item = &'a str>,
+) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in stored {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events never reached {store}, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let doubled: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "{} events stored more than once in {store}, e.g. {:?}",
+        doubled.len(),
+        &doubled[..doubled.len().min(5)]
+    );
+}

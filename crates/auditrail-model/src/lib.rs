@@ -14,6 +14,7 @@ mod event;
 pub mod fuzzing;
 pub mod id;
 pub mod otlp;
+pub mod to_otlp;
 
 pub use canonical::DecodeError;
 pub use chain::{chain_hash, Hash, GENESIS_HASH};

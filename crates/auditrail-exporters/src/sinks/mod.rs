@@ -8,6 +8,10 @@ pub mod clickhouse;
 pub mod file;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
@@ -25,6 +29,10 @@ pub enum SinkKind {
     Mysql(mysql::MysqlConfig),
     #[cfg(feature = "clickhouse")]
     Clickhouse(clickhouse::ClickhouseConfig),
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsConfig),
+    #[cfg(feature = "otlp")]
+    Otlp(otlp::OtlpConfig),
     #[cfg(feature = "file")]
     File(file::FileConfig),
     #[cfg(feature = "webhook")]
@@ -39,6 +47,10 @@ impl SinkKind {
             SinkKind::Mysql(_) => "mysql",
             #[cfg(feature = "clickhouse")]
             SinkKind::Clickhouse(_) => "clickhouse",
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(_) => "nats",
+            #[cfg(feature = "otlp")]
+            SinkKind::Otlp(_) => "otlp",
             #[cfg(feature = "file")]
             SinkKind::File(_) => "file",
             #[cfg(feature = "webhook")]
@@ -46,6 +58,8 @@ impl SinkKind {
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
+                feature = "nats",
+                feature = "otlp",
                 feature = "file",
                 feature = "webhook"
             )))]
@@ -92,12 +106,6 @@ impl SinkKind {
                 max_bytes: bytesize::ByteSize::mib(4),
                 ..DeliveryConfig::default()
             },
-            #[cfg(not(any(
-                feature = "mysql",
-                feature = "clickhouse",
-                feature = "file",
-                feature = "webhook"
-            )))]
             _ => DeliveryConfig::default(),
         }
     }
@@ -112,6 +120,10 @@ impl SinkKind {
             SinkKind::Clickhouse(config) => {
                 Ok(Arc::new(clickhouse::ClickhouseSink::new(config, context)?))
             }
+            #[cfg(feature = "nats")]
+            SinkKind::Nats(config) => Ok(Arc::new(nats::NatsSink::new(config, context)?)),
+            #[cfg(feature = "otlp")]
+            SinkKind::Otlp(config) => Ok(Arc::new(otlp::OtlpSink::new(config, context)?)),
             #[cfg(feature = "file")]
             SinkKind::File(config) => Ok(Arc::new(file::FileSink::new(config, context)?)),
             #[cfg(feature = "webhook")]
@@ -120,6 +132,8 @@ impl SinkKind {
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
+                feature = "nats",
+                feature = "otlp",
                 feature = "file",
                 feature = "webhook"
             )))]

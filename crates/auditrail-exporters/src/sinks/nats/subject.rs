@@ -1,0 +1,222 @@
+//! The subject template: `audit.{tenant}.{service_name}` and the like.
+//!
+//! A NATS subject is tokens separated by `.`; `*` and `>` are wildcards and
+//! whitespace ends the subject. A placeholder's value therefore has those
+//! characters replaced by `_`, and an empty value becomes `_`, so one value
+//! is always exactly one token and no event can publish to a subject the
+//! template did not mean.
+
+use auditrail_model::AuditEvent;
+
+/// What a placeholder stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholder {
+    Tenant,
+    ServiceName,
+    EventName,
+    Node,
+}
+
+impl Placeholder {
+    fn parse(name: &str) -> Option<Placeholder> {
+        Some(match name {
+            "tenant" => Placeholder::Tenant,
+            "service_name" => Placeholder::ServiceName,
+            "event_name" => Placeholder::EventName,
+            "node" => Placeholder::Node,
+            _ => return None,
+        })
+    }
+
+    fn value(self, event: &AuditEvent) -> &str {
+        match self {
+            Placeholder::Tenant => &event.tenant,
+            Placeholder::ServiceName => &event.service_name,
+            Placeholder::EventName => &event.event_name,
+            Placeholder::Node => &event.node,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Value(Placeholder),
+}
+
+/// A parsed subject template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTemplate {
+    parts: Vec<Part>,
+}
+
+/// Why a template is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error(
+        "unknown placeholder {{{0}}}: use {{tenant}}, {{service_name}}, {{event_name}} or {{node}}"
+    )]
+    Unknown(String),
+    #[error("an unclosed {{ in {0:?}")]
+    Unclosed(String),
+    #[error(
+        "{0:?} is not a subject: it is empty, or has an empty token, a wildcard or whitespace"
+    )]
+    NotASubject(String),
+    #[error("a placeholder must be a whole token (between dots) in {0:?}")]
+    PartToken(String),
+}
+
+impl SubjectTemplate {
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(template.to_owned()))?;
+            let name = &rest[open + 1..open + close];
+            let placeholder =
+                Placeholder::parse(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
+            parts.push(Part::Value(placeholder));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        let parsed = SubjectTemplate { parts };
+        // A placeholder must be a token of its own, so that the wildcard
+        // form (one `*` per placeholder) captures every rendered subject.
+        for (i, part) in parsed.parts.iter().enumerate() {
+            if let Part::Value(_) = part {
+                let before_ok =
+                    i == 0 || matches!(&parsed.parts[i - 1], Part::Text(t) if t.ends_with('.'));
+                let after_ok = i + 1 == parsed.parts.len()
+                    || matches!(&parsed.parts[i + 1], Part::Text(t) if t.starts_with('.'));
+                if !before_ok || !after_ok {
+                    return Err(TemplateError::PartToken(template.to_owned()));
+                }
+            }
+        }
+        if !is_subject(&parsed.wildcard().replace('*', "x")) {
+            return Err(TemplateError::NotASubject(template.to_owned()));
+        }
+        Ok(parsed)
+    }
+
+    /// The subject for `event`.
+    pub fn render(&self, event: &AuditEvent) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Value(p) => push_token(&mut out, p.value(event)),
+            }
+        }
+        out
+    }
+
+    /// The subjects every rendering falls under: each placeholder a `*`.
+    pub fn wildcard(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => text.as_str(),
+                Part::Value(_) => "*",
+            })
+            .collect()
+    }
+}
+
+fn push_token(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push('_');
+        return;
+    }
+    out.extend(value.chars().map(|c| match c {
+        '.' | '*' | '>' => '_',
+        c if c.is_whitespace() || c.is_control() => '_',
+        c => c,
+    }));
+}
+
+fn is_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(tenant: &str, service: &str) -> AuditEvent {
+        AuditEvent {
+            tenant: tenant.into(),
+            service_name: service.into(),
+            event_name: "image.generate".into(),
+            node: "n1".into(),
+            ..AuditEvent::default()
+        }
+    }
+
+    #[test]
+    fn placeholders_become_single_tokens() {
+        let t = SubjectTemplate::parse("audit.{tenant}.{service_name}.{event_name}").unwrap();
+        assert_eq!(
+            t.render(&event("acme", "web ui")),
+            "audit.acme.web_ui.image_generate"
+        );
+        assert_eq!(
+            t.render(&event("", "a.b>c*")),
+            "audit._.a_b_c_.image_generate"
+        );
+        assert_eq!(t.wildcard(), "audit.*.*.*");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(matches!(
+            SubjectTemplate::parse("audit.{user}"),
+            Err(TemplateError::Unknown(_))
+        ));
+        assert!(matches!(
+            SubjectTemplate::parse("audit.{tenant"),
+            Err(TemplateError::Unclosed(_))
+        ));
+        assert!(matches!(
+            SubjectTemplate::parse("audit.x{tenant}"),
+            Err(TemplateError::PartToken(_))
+        ));
+        assert!(matches!(
+            SubjectTemplate::parse("audit..x"),
+            Err(TemplateError::NotASubject(_))
+        ));
+        assert!(matches!(
+            SubjectTemplate::parse("audit.>"),
+            Err(TemplateError::NotASubject(_))
+        ));
+        assert!(SubjectTemplate::parse("{node}").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_renders_a_subject_the_wildcard_captures(
+            tenant in any::<String>(),
+            service in any::<String>(),
+        ) {
+            let t = SubjectTemplate::parse("audit.{tenant}.{service_name}").unwrap();
+            let subject = t.render(&event(&tenant, &service));
+            prop_assert!(is_subject(&subject), "{subject:?}");
+            prop_assert_eq!(subject.split('.').count(), 3);
+        }
+    }
+}
