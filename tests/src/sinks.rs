@@ -269,6 +269,44 @@ pub fn start_sending(
     })
 }
 
+/// Waits while `sender` sends until the destination holds more than
+/// `before` events but fewer than were acknowledged (`held` counts them),
+/// then `kill -9`s the server: in the middle of delivery. Returns what the
+/// destination held and what was acknowledged at the kill.
+pub async fn kill_while_behind<F, Fut>(
+    server: &mut Server,
+    load: &Arc<Mutex<Load>>,
+    sender: &tokio::task::JoinHandle<()>,
+    round: usize,
+    within: Duration,
+    mut held: F,
+) -> (u64, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let before = held().await;
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = held().await;
+        let acked = load.lock().unwrap().acked.len() as u64;
+        if rows > before && rows < acked {
+            server.kill9();
+            return (rows, acked);
+        }
+        assert!(
+            !(sender.is_finished() && rows >= acked),
+            "round {round}: the sink caught up ({rows}) before it could be killed mid-delivery"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: no delivery progress ({rows} held, {acked} acknowledged):\n{}",
+            tail(&server.log())
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Resends what was never acknowledged, as a client would.
 pub async fn resend_unacked(server: &Server, load: &Arc<Mutex<Load>>) {
     let unacked = std::mem::take(&mut load.lock().unwrap().unacked);

@@ -258,7 +258,7 @@ impl SinkShared {
                     // Events wait while the sink cannot even be prepared:
                     // the lag has to say so.
                     self.publish_waiting(cursor).await;
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    tokio::time::sleep(backoff.delay_after(&e)).await;
                 }
             }
         }
@@ -516,7 +516,7 @@ impl SinkShared {
                         match error.class {
                             ErrorClass::Retryable | ErrorClass::Misconfigured => {
                                 attempts.failed(&error);
-                                tokio::time::sleep(backoff.next_delay()).await;
+                                tokio::time::sleep(backoff.delay_after(&error)).await;
                             }
                             ErrorClass::Permanent if chunk.len() == 1 => {
                                 drop(attempts);
@@ -763,6 +763,66 @@ mod tests {
                 ..AuditEvent::default()
             })
             .collect()
+    }
+
+    /// Refuses its first export with a `Retry-After` hint, then accepts;
+    /// records when each export came.
+    struct Throttled {
+        hint: Duration,
+        calls: std::sync::Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for Throttled {
+        async fn prepare(&self) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn export(&self, _: &[AuditEvent]) -> Result<(), ExportError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Instant::now());
+            if calls.len() == 1 {
+                return Err(
+                    ExportError::retryable("throttled", "HTTP 429").with_retry_after(self.hint)
+                );
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_at_least_as_long_as_the_sink_was_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(
+            Spool::open(auditrail_spool::SpoolConfig::new(
+                dir.path().join("spool"),
+                "n",
+            ))
+            .unwrap(),
+        );
+        let hint = Duration::from_millis(700);
+        let exporter = Arc::new(Throttled {
+            hint,
+            calls: Default::default(),
+        });
+        let sink = Arc::new(SinkShared {
+            name: "throttled".into(),
+            spool,
+            exporter: exporter.clone(),
+            // The loop's own first retry would come after 10-20ms.
+            config: DeliveryConfig {
+                backoff_initial: Duration::from_millis(20),
+                ..DeliveryConfig::default()
+            },
+            health: Arc::new(Health::new("throttled", "test", 0)),
+        });
+        sink.deliver(events(1, 3), Some((1, 3))).await;
+        let calls = exporter.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "refused once, then delivered");
+        let waited = calls[1] - calls[0];
+        assert!(
+            waited >= hint,
+            "retried after {waited:?}, before the {hint:?} asked for"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! How a sink says what went wrong, so the delivery loop can decide between
 //! waiting, splitting the batch, and dead-lettering.
 
+use std::time::Duration;
+
 /// What kind of failure an [`ExportError`] is, which decides what the
 /// delivery loop does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub struct ExportError {
     /// `deadlock`, `auth`, `schema`, `data`, `server`, ...
     pub kind: &'static str,
     pub message: String,
+    /// The destination asked not to be tried again before this much time
+    /// has passed (HTTP `Retry-After`): the delivery loop waits at least
+    /// this long, however short its own backoff is at that point.
+    pub retry_after: Option<Duration>,
 }
 
 impl ExportError {
@@ -35,6 +41,7 @@ impl ExportError {
             class: ErrorClass::Retryable,
             kind,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -43,6 +50,7 @@ impl ExportError {
             class: ErrorClass::Misconfigured,
             kind,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -51,6 +59,13 @@ impl ExportError {
             class: ErrorClass::Permanent,
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// This error with the destination's own hint of when to try again.
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 }

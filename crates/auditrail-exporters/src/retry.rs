@@ -1,8 +1,16 @@
-//! Exponential backoff with jitter and a cap.
+//! Exponential backoff with jitter and a cap, stretched to the
+//! destination's own `Retry-After` when it gives one.
 
 use std::time::Duration;
 
 use rand::Rng;
+
+use crate::ExportError;
+
+/// The longest `Retry-After` honoured: a far-future HTTP date (a wrong
+/// clock, a typo) must not park a sink for days without anyone noticing;
+/// past this the sink is retried and shows as failing again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Delays between attempts: doubling from `initial` up to `max`, each one
 /// drawn uniformly from its upper half so that sinks (and auditrail nodes)
@@ -33,6 +41,18 @@ impl Backoff {
             rand::rng().random_range(ceiling.as_secs_f64() / 2.0..=ceiling.as_secs_f64());
         Duration::from_secs_f64(jittered)
     }
+
+    /// The wait before retrying after `error`: the next backoff delay, or
+    /// the destination's `retry_after` hint (up to [`MAX_RETRY_AFTER`]) when
+    /// that is longer. The backoff still advances, so a destination that
+    /// keeps answering with short hints is not hammered.
+    pub fn delay_after(&mut self, error: &ExportError) -> Duration {
+        let own = self.next_delay();
+        match error.retry_after {
+            Some(hint) => own.max(hint.min(MAX_RETRY_AFTER)),
+            None => own,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +76,31 @@ mod tests {
             delays[4..].windows(2).any(|w| w[0] != w[1]),
             "capped delays are still jittered: {delays:?}"
         );
+    }
+
+    #[test]
+    fn a_retry_after_hint_is_a_floor_and_the_backoff_still_advances() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+        let hinted =
+            ExportError::retryable("throttled", "429").with_retry_after(Duration::from_secs(5));
+        assert_eq!(backoff.delay_after(&hinted), Duration::from_secs(5));
+        // Shorter than the backoff by now (ceiling 200ms, then 400ms...):
+        // the backoff wins.
+        let short =
+            ExportError::retryable("throttled", "429").with_retry_after(Duration::from_millis(1));
+        let delay = backoff.delay_after(&short);
+        assert!(
+            delay >= Duration::from_millis(100) && delay <= Duration::from_millis(200),
+            "{delay:?}"
+        );
+        let plain = ExportError::retryable("connection", "refused");
+        let delay = backoff.delay_after(&plain);
+        assert!(
+            delay >= Duration::from_millis(200) && delay <= Duration::from_millis(400),
+            "{delay:?}"
+        );
+        let absurd = ExportError::retryable("throttled", "503")
+            .with_retry_after(Duration::from_secs(86_400 * 365));
+        assert_eq!(backoff.delay_after(&absurd), MAX_RETRY_AFTER);
     }
 }
