@@ -6,8 +6,8 @@
 //!   with a `RetryInfo` (the server can recover), otherwise the request is
 //!   too large for it and the loop splits it; auth and unknown-service codes
 //!   mean the config is wrong; every other code is permanent.
-//! * HTTP: 429, 502, 503 and 504 are retryable (honouring `Retry-After`
-//!   when the delivery loop can); 401, 403 and 404 mean the config is wrong;
+//! * HTTP: 429, 502, 503 and 504 are retryable, not sooner than a
+//!   `Retry-After` says; 401, 403 and 404 mean the config is wrong;
 //!   every other status is permanent.
 //! * A success whose `partial_success` rejects records is permanent: the
 //!   spec forbids retrying what was rejected, so the loop narrows the batch
@@ -19,6 +19,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use std::time::SystemTime;
+
+use crate::retry::parse_retry_after;
 use crate::ExportError;
 
 pub(super) fn grpc_error(status: &tonic::Status) -> ExportError {
@@ -58,7 +61,13 @@ pub(super) fn http_error(status: u16, retry_after: Option<&str>, body: &[u8]) ->
         message.push_str(&format!(" (Retry-After: {hint})"));
     }
     match status {
-        429 | 502 | 503 | 504 => ExportError::retryable("server", message),
+        429 | 502 | 503 | 504 => {
+            let error = ExportError::retryable("server", message);
+            match retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())) {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            }
+        }
         401 | 403 => ExportError::misconfigured("auth", message),
         404 => ExportError::misconfigured("endpoint", message),
         _ => ExportError::permanent("data", message),
@@ -129,9 +138,9 @@ mod tests {
             assert_eq!(class(s), ErrorClass::Permanent, "{s}");
         }
         assert_eq!(class(401), ErrorClass::Misconfigured);
-        assert!(http_error(503, Some("7"), b"down\nfor now")
-            .message
-            .contains("down for now (Retry-After: 7)"));
+        let busy = http_error(503, Some("7"), b"down\nfor now");
+        assert!(busy.message.contains("down for now (Retry-After: 7)"));
+        assert_eq!(busy.retry_after, Some(std::time::Duration::from_secs(7)));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::encoding::LineFormat;
+pub use crate::retry::parse_retry_after;
 use crate::{ExportError, Exporter, SinkContext};
-pub use response::{classify, parse_retry_after};
+pub use response::classify;
 
 pub const TIMESTAMP_HEADER: &str = "x-auditrail-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-auditrail-signature";
