@@ -99,10 +99,14 @@ impl NatsSink {
             .map_err(|e| {
                 ExportError::retryable("connection", format!("{}: {e}", self.config.url))
             })?;
-        Ok(Connection {
-            jetstream: jetstream::new(client.clone()),
-            client,
-        })
+        // The client's own cap on acks in flight (5,000 by default) is
+        // shared by every batch: batches in flight that each hold part of
+        // it while waiting for more deadlock until their timeout. Each
+        // export bounds its own acks instead (ACK_WINDOW).
+        let jetstream = jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(1 << 20)
+            .build(client.clone());
+        Ok(Connection { jetstream, client })
     }
 
     async fn connection(&self) -> Result<&Connection, ExportError> {
@@ -150,41 +154,47 @@ impl Exporter for NatsSink {
         // The server's limit on one message (1 MiB by default), less room
         // for the headers: an event over it can never be published.
         let max_payload = connection.client.max_payload().saturating_sub(HEADER_ROOM);
-        // Send them all, then wait for the acks: one round trip per batch,
-        // not per event.
-        let mut acks = Vec::with_capacity(events.len());
+        // Send a window of messages, then wait for their acks: one round
+        // trip per window, not per event, and a bounded number of acks
+        // pending per batch.
         let mut payload = Vec::new();
-        for event in events {
-            payload.clear();
-            write_event_json(event, &mut payload);
-            if payload.len() > max_payload {
-                return Err(ExportError::permanent(
-                    "data",
-                    format!(
-                        "event {} takes {} bytes, over the server's max_payload ({} bytes with headers)",
-                        event.event_id,
-                        payload.len(),
-                        max_payload + HEADER_ROOM
-                    ),
-                ));
+        for window in events.chunks(ACK_WINDOW) {
+            let mut acks = Vec::with_capacity(window.len());
+            for event in window {
+                payload.clear();
+                write_event_json(event, &mut payload);
+                if payload.len() > max_payload {
+                    return Err(ExportError::permanent(
+                        "data",
+                        format!(
+                            "event {} takes {} bytes, over the server's max_payload ({} bytes with headers)",
+                            event.event_id,
+                            payload.len(),
+                            max_payload + HEADER_ROOM
+                        ),
+                    ));
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+                let subject = self.subject.render(event);
+                let ack = connection
+                    .jetstream
+                    .publish_with_headers(subject, headers, payload.clone().into())
+                    .await
+                    .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
+                acks.push((ack, event));
             }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
-            let subject = self.subject.render(event);
-            let ack = connection
-                .jetstream
-                .publish_with_headers(subject, headers, payload.clone().into())
-                .await
-                .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
-            acks.push((ack, event));
-        }
-        for (ack, event) in acks {
-            ack.await
-                .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
+            for (ack, event) in acks {
+                ack.await
+                    .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
+            }
         }
         Ok(())
     }
 }
+
+/// Messages published before the sink waits for their acks.
+const ACK_WINDOW: usize = 1024;
 
 /// Bytes kept for the message's headers (`Nats-Msg-Id` and framing).
 const HEADER_ROOM: usize = 512;
