@@ -318,6 +318,21 @@ impl Server {
             .unwrap_or_else(|| panic!("no events in {page}"))
     }
 
+    /// `GET /v1/dead-letters[?sink=…]`: the `dead_letters` array.
+    pub async fn dead_letters(&self, sink: Option<&str>) -> Value {
+        let mut url = format!("{}/v1/dead-letters", self.admin_url());
+        if let Some(sink) = sink {
+            url.push_str(&format!("?sink={sink}"));
+        }
+        let page: Value = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .expect("dead letters are JSON");
+        page["dead_letters"].clone()
+    }
+
     /// `GET /readyz`: the status code and the JSON body.
     pub async fn readyz(&self) -> (u16, Value) {
         let response = reqwest::get(format!("{}/readyz", self.admin_url()))

@@ -144,13 +144,7 @@ async fn an_event_over_max_payload_is_dead_lettered_and_the_rest_delivered() {
     let messages = wait_for_messages(&nats, 2, Duration::from_secs(30)).await;
     let ids: HashSet<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids, HashSet::from(["small-1", "small-2"]));
-    let letters: serde_json::Value =
-        reqwest::get(format!("{}/v1/dead-letters?sink=bus", server.admin_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let letters = server.dead_letters(Some("bus")).await;
     assert!(
         letters.to_string().contains("max_payload"),
         "the dead letter says why: {letters}"

@@ -173,15 +173,7 @@ async fn a_record_the_downstream_rejects_is_dead_lettered_and_the_rest_arrive() 
         7,
         "the records resent while narrowing down are stored once"
     );
-    let letters: Value = reqwest::get(format!(
-        "{}/v1/dead-letters?sink=upstream",
-        forwarder.admin_url()
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let letters = forwarder.dead_letters(Some("upstream")).await;
     assert!(letters.to_string().contains("rej-5"), "{letters}");
     assert!(
         letters.to_string().contains("max_event_bytes"),

@@ -369,13 +369,8 @@ async fn udp_one_datagram_per_event_and_an_oversized_event_is_dead_lettered() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let letters: Value = reqwest::get(format!("{}/v1/dead-letters", server.admin_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let letters = letters["dead_letters"].as_array().unwrap();
+    let letters = server.dead_letters(None).await;
+    let letters = letters.as_array().unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["event"]["event_id"], big_uid.as_str());
     let reason = letters[0]["reason"].as_str().unwrap();

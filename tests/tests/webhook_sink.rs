@@ -289,14 +289,8 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
         status["dead_letters"] == 1
     })
     .await;
-    let letters: serde_json::Value =
-        reqwest::get(format!("{}/v1/dead-letters?sink=hook", server.admin_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    let letters = letters["dead_letters"].as_array().unwrap();
+    let letters = server.dead_letters(Some("hook")).await;
+    let letters = letters.as_array().unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["event"]["event_id"], poison_id);
     let reason = letters[0]["reason"].as_str().unwrap();

@@ -11,8 +11,6 @@
 //! double with an integral value as an int, and a non-string body as its
 //! canonical JSON text (which the downstream stores as the same body).
 
-use std::collections::BTreeMap;
-
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value::Value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
@@ -26,47 +24,49 @@ use crate::AuditEvent;
 /// One request holding `events`, grouped by resource and scope (in the
 /// order each group first appears).
 pub fn events_to_request(events: &[AuditEvent]) -> ExportLogsServiceRequest {
-    // (resource attributes, scope name) → records, in first-seen order.
-    let mut order: Vec<(&str, &str)> = Vec::new();
-    let mut groups: BTreeMap<(&str, &str), Vec<LogRecord>> = BTreeMap::new();
+    // Resources by their attributes text, each parsed once; events of one
+    // batch share a handful of them, so a linear search is the cheap one.
+    let mut resources: Vec<(&str, ResourceLogs)> = Vec::new();
     for event in events {
-        let key = (
-            event.resource_attributes.as_str(),
-            event.scope_name.as_str(),
-        );
-        let records = groups.entry(key).or_insert_with(|| {
-            order.push(key);
-            Vec::new()
-        });
-        records.push(event_to_record(event));
-    }
-    // Resources in first-seen order, each with its scopes in that order.
-    let mut resource_logs: Vec<ResourceLogs> = Vec::new();
-    for (resource, scope) in order {
-        let records = groups.remove(&(resource, scope)).unwrap_or_default();
-        let scope_logs = ScopeLogs {
-            scope: Some(InstrumentationScope {
-                name: scope.to_owned(),
-                ..Default::default()
-            }),
-            log_records: records,
-            schema_url: String::new(),
+        let text = event.resource_attributes.as_str();
+        let at = match resources.iter().position(|(seen, _)| *seen == text) {
+            Some(at) => at,
+            None => {
+                resources.push((
+                    text,
+                    ResourceLogs {
+                        resource: Some(Resource {
+                            attributes: json_to_key_values(text),
+                            ..Default::default()
+                        }),
+                        scope_logs: Vec::new(),
+                        schema_url: String::new(),
+                    },
+                ));
+                resources.len() - 1
+            }
         };
-        match resource_logs.iter_mut().find(|r| {
-            r.resource.as_ref().map(|r| &r.attributes) == Some(&json_to_key_values(resource))
-        }) {
-            Some(existing) => existing.scope_logs.push(scope_logs),
-            None => resource_logs.push(ResourceLogs {
-                resource: Some(Resource {
-                    attributes: json_to_key_values(resource),
-                    ..Default::default()
-                }),
-                scope_logs: vec![scope_logs],
-                schema_url: String::new(),
-            }),
-        }
+        let scopes = &mut resources[at].1.scope_logs;
+        let in_scope = |s: &ScopeLogs| s.scope.as_ref().is_some_and(|s| s.name == event.scope_name);
+        let at = match scopes.iter().position(in_scope) {
+            Some(at) => at,
+            None => {
+                scopes.push(ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: event.scope_name.clone(),
+                        ..Default::default()
+                    }),
+                    log_records: Vec::new(),
+                    schema_url: String::new(),
+                });
+                scopes.len() - 1
+            }
+        };
+        scopes[at].log_records.push(event_to_record(event));
     }
-    ExportLogsServiceRequest { resource_logs }
+    ExportLogsServiceRequest {
+        resource_logs: resources.into_iter().map(|(_, logs)| logs).collect(),
+    }
 }
 
 /// One event as an OTLP log record.

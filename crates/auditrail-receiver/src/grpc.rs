@@ -207,19 +207,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let encoding = request
-            .headers()
-            .get("grpc-encoding")
-            .map(|v| v.to_str().ok().and_then(Compression::from_name));
-        let compression = match encoding {
+        let compression = match request.headers().get("grpc-encoding") {
             None => None,
-            Some(Some(compression)) => Some(compression),
-            // identity, or an encoding tonic refuses itself (UNIMPLEMENTED)
-            // without reading the body.
-            Some(None) if !is_identity(request.headers()) => {
-                return Box::pin(self.inner.call(request))
-            }
-            Some(None) => None,
+            Some(name) if name.as_bytes().eq_ignore_ascii_case(b"identity") => None,
+            Some(name) => match name.to_str().ok().and_then(Compression::from_name) {
+                Some(compression) => Some(compression),
+                // An encoding tonic refuses itself (UNIMPLEMENTED) without
+                // reading the body.
+                None => return Box::pin(self.inner.call(request)),
+            },
         };
         // The clone that was made ready is the one that serves this call.
         let clone = self.inner.clone();
@@ -255,12 +251,6 @@ where
             inner.call(http::Request::from_parts(parts, body)).await
         })
     }
-}
-
-fn is_identity(headers: &http::HeaderMap) -> bool {
-    headers
-        .get("grpc-encoding")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 enum Refused {
