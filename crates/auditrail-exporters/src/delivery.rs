@@ -9,7 +9,12 @@
 //! A batch task never gives up on a batch: retryable errors wait with
 //! backoff and are tried again; a permanent error splits the batch in two
 //! until the record(s) to blame stand alone, and those go to the spool's
-//! dead-letter tree while the rest is delivered.
+//! dead-letter tree while the rest is delivered. A destination that
+//! answers for each record on its own ([`ErrorClass::Partial`]) names the
+//! records to dead-letter and to send again itself. A destination that
+//! confirms only later ([`crate::acks`]) frees the batch's sending slot
+//! while the batch waits for its acknowledgement, and the batch is sent
+//! again if the acknowledgement does not come in time.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -17,10 +22,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_model::AuditEvent;
 use auditrail_spool::{ForgottenSink, Spool, SpoolError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::acks::{AckId, AckPolicy, AckTracker, Sent};
 use crate::cursor::AckWindow;
 use crate::health::{Health, StuckBatch};
+use crate::partial::SortedBatch;
 use crate::removed::{self, ForgetError, RemovedSink};
 use crate::retry::Backoff;
 use crate::{
@@ -129,17 +137,19 @@ impl Pipeline {
             let ready = outcome.is_ok();
             let cursor = spool.register_sink(&config.name)?;
             let health = Arc::new(Health::new(&config.name, config.kind.type_name(), cursor));
-            let delivery = config.delivery.clone();
-            let sink = Arc::new(SinkShared {
-                name: config.name.clone(),
-                spool: spool.clone(),
+            let sink = Arc::new(SinkShared::new(
+                &config.name,
+                spool.clone(),
                 exporter,
-                config: delivery,
-                health: health.clone(),
-            });
+                config.delivery.clone(),
+                health.clone(),
+            ));
             let mut tasks = vec![tokio::spawn(sink.clone().run(cursor, ready))];
             if let Some(every) = sink.exporter.maintenance_interval() {
                 tasks.push(tokio::spawn(sink.clone().maintain(every)));
+            }
+            if let Some((policy, _)) = &sink.acks {
+                tasks.push(tokio::spawn(sink.clone().poll_acks(policy.poll_interval)));
             }
             sinks.push(RunningSink {
                 health,
@@ -197,6 +207,14 @@ struct SinkShared {
     exporter: Arc<dyn Exporter>,
     config: DeliveryConfig,
     health: Arc<Health>,
+    /// One permit per batch being sent (`concurrency` of them). A batch
+    /// that waits for its acknowledgement gives its permit back.
+    sending: Arc<Semaphore>,
+    /// A batch gave its sending permit back while it waits: the loop may
+    /// send the next one.
+    slot_freed: Notify,
+    /// For a sink that confirms later: how to wait, and who waits.
+    acks: Option<(AckPolicy, AckTracker)>,
 }
 
 /// What a finished batch task reports back to its loop.
@@ -248,6 +266,42 @@ impl Progress {
 }
 
 impl SinkShared {
+    fn new(
+        name: &str,
+        spool: Arc<Spool>,
+        exporter: Arc<dyn Exporter>,
+        config: DeliveryConfig,
+        health: Arc<Health>,
+    ) -> SinkShared {
+        let acks = exporter
+            .acknowledgements()
+            .map(|policy| (policy, AckTracker::default()));
+        SinkShared {
+            name: name.to_owned(),
+            spool,
+            exporter,
+            sending: Arc::new(Semaphore::new(config.concurrency)),
+            config,
+            health,
+            slot_freed: Notify::new(),
+            acks,
+        }
+    }
+
+    /// At most this many batch tasks at once: the ones being sent, and
+    /// those waiting for their acknowledgement.
+    fn max_batches(&self) -> usize {
+        self.config.concurrency + self.acks.as_ref().map_or(0, |(p, _)| p.max_pending)
+    }
+
+    /// A sending permit, when one is free and there is room for a batch.
+    fn free_slot(&self, batches: usize) -> Option<OwnedSemaphorePermit> {
+        if batches >= self.max_batches() {
+            return None;
+        }
+        self.sending.clone().try_acquire_owned().ok()
+    }
+
     async fn run(self: Arc<Self>, cursor: u64, mut ready: bool) {
         let mut backoff = self.backoff();
         while !ready {
@@ -312,21 +366,22 @@ impl SinkShared {
                 }
             }
 
-            let slot_free = tasks.len() < self.config.concurrency;
+            let slot_free =
+                tasks.len() < self.max_batches() && self.sending.available_permits() > 0;
             if slot_free && !progress.pending.is_empty() {
                 let full = progress.pending.len() >= self.config.max_events
                     || progress.pending_bytes >= max_bytes;
                 let lingered = progress
                     .pending_since
                     .is_some_and(|t| t.elapsed() >= self.config.linger);
-                if full || lingered {
+                if let (true, Some(permit)) = (full || lingered, self.free_slot(tasks.len())) {
                     let batch = self.take_batch(&mut progress);
                     let range = (batch[0].seq, batch[batch.len() - 1].seq);
                     progress.window.dispatched(range.0, range.1);
                     progress
                         .in_flight
                         .insert(range.0, batch[0].received_time_unix_nano);
-                    tasks.spawn(self.clone().deliver(batch, Some(range)));
+                    tasks.spawn(self.clone().deliver(batch, Some(range), permit));
                     continue;
                 }
             }
@@ -348,6 +403,7 @@ impl SinkShared {
                         return Ok(());
                     }
                 }
+                _ = self.slot_freed.notified(), if !slot_free => {}
                 _ = tokio::time::sleep_until(linger_deadline.unwrap_or_else(tokio::time::Instant::now)), if slot_free && linger_deadline.is_some() => {}
                 _ = tick.tick() => {
                     self.publish_progress(&progress, *durable.borrow());
@@ -441,11 +497,15 @@ impl SinkShared {
             }
             Err(_) => return,
         };
-        if !events.is_empty() {
-            tracing::info!(sink = %self.name, events = events.len(), "replaying dead letters");
-            progress.replaying = true;
-            tasks.spawn(self.clone().deliver(events, None));
+        if events.is_empty() {
+            return;
         }
+        let Some(permit) = self.free_slot(tasks.len()) else {
+            return;
+        };
+        tracing::info!(sink = %self.name, events = events.len(), "replaying dead letters");
+        progress.replaying = true;
+        tasks.spawn(self.clone().deliver(events, None, permit));
     }
 
     fn publish_progress(&self, progress: &Progress, durable: u64) {
@@ -483,58 +543,153 @@ impl SinkShared {
     }
 
     /// Delivers one batch, whatever it takes: retries what is transient,
-    /// splits what is permanent, dead-letters the records to blame. Returns
-    /// only once every event of the batch is stored by the sink or in the
-    /// dead-letter tree.
+    /// splits what is permanent, dead-letters the records to blame, waits
+    /// for a late acknowledgement (without its sending slot) and sends
+    /// again when it does not come. Returns only once every event of the
+    /// batch is stored by the sink or in the dead-letter tree.
     async fn deliver(
         self: Arc<Self>,
         events: Vec<AuditEvent>,
         range: Option<(u64, u64)>,
+        permit: OwnedSemaphorePermit,
     ) -> BatchDone {
         let replay = range.is_none();
+        let mut permit = Some(permit);
         // Depth-first, left half first, so a sink sees seqs in order.
         let mut work = vec![events];
         while let Some(mut chunk) = work.pop() {
             let mut backoff = self.backoff();
             let mut attempts = Attempts::new(&self.health, self.config.stuck_after, &chunk);
             loop {
+                if permit.is_none() {
+                    let acquired = self.sending.clone().acquire_owned().await;
+                    permit = Some(acquired.expect("the sending semaphore is never closed"));
+                }
                 let started = Instant::now();
-                match self.attempt(self.exporter.export(&chunk)).await {
+                let outcome = match self.attempt(self.exporter.send(&chunk)).await {
+                    Ok(Sent::Stored) => Ok(()),
+                    Ok(Sent::Awaiting(id)) => {
+                        // The destination has the batch; while it decides,
+                        // the next batch may go out.
+                        permit = None;
+                        self.slot_freed.notify_one();
+                        self.await_ack(id).await
+                    }
+                    Err(error) => Err(error),
+                };
+                let error = match outcome {
                     Ok(()) => {
-                        metrics::histogram!("auditrail_sink_batch_seconds", "sink" => self.name.clone())
-                            .record(started.elapsed());
-                        metrics::counter!("auditrail_sink_delivered_events_total", "sink" => self.name.clone())
-                            .increment(chunk.len() as u64);
-                        self.recovered();
-                        if replay {
-                            self.resolve_replayed(&chunk).await;
-                        }
+                        self.delivered(&chunk, started, replay).await;
                         break;
                     }
-                    Err(error) => {
-                        self.record_error(&error);
-                        match error.class {
-                            ErrorClass::Retryable | ErrorClass::Misconfigured => {
-                                attempts.failed(&error);
-                                tokio::time::sleep(backoff.delay_after(&error)).await;
+                    Err(error) => error,
+                };
+                self.record_error(&error);
+                match error.class {
+                    ErrorClass::Retryable | ErrorClass::Misconfigured => {}
+                    ErrorClass::Permanent if chunk.len() == 1 => {
+                        drop(attempts);
+                        self.dead_letter(&chunk[0], &error.to_string()).await;
+                        break;
+                    }
+                    ErrorClass::Permanent => {
+                        let right = chunk.split_off(chunk.len() / 2);
+                        work.push(right);
+                        work.push(chunk);
+                        break;
+                    }
+                    ErrorClass::Partial => {
+                        match SortedBatch::sort(std::mem::take(&mut chunk), &error.records) {
+                            Ok(sorted) => {
+                                if !sorted.stored.is_empty() {
+                                    self.delivered(&sorted.stored, started, replay).await;
+                                }
+                                for (event, reason) in &sorted.rejected {
+                                    self.dead_letter(event, reason).await;
+                                }
+                                if sorted.retry.is_empty() {
+                                    break;
+                                }
+                                chunk = sorted.retry;
                             }
-                            ErrorClass::Permanent if chunk.len() == 1 => {
-                                drop(attempts);
-                                self.dead_letter(&chunk[0], &error.to_string()).await;
-                                break;
-                            }
-                            ErrorClass::Permanent => {
-                                let right = chunk.split_off(chunk.len() / 2);
-                                work.push(right);
-                                work.push(chunk);
-                                break;
+                            Err((whole, mismatch)) => {
+                                tracing::error!(sink = %self.name, %mismatch, "the sink's per-record answer does not fit the batch; the whole batch is sent again");
+                                chunk = whole;
                             }
                         }
                     }
                 }
+                attempts.failed(&error);
+                tokio::time::sleep(backoff.delay_after(&error)).await;
             }
         }
         BatchDone { range }
+    }
+
+    /// `events` are in the sink now.
+    async fn delivered(&self, events: &[AuditEvent], started: Instant, replay: bool) {
+        metrics::histogram!("auditrail_sink_batch_seconds", "sink" => self.name.clone())
+            .record(started.elapsed());
+        metrics::counter!("auditrail_sink_delivered_events_total", "sink" => self.name.clone())
+            .increment(events.len() as u64);
+        self.recovered();
+        if replay {
+            self.resolve_replayed(events).await;
+        }
+    }
+
+    /// Waits for the destination to acknowledge `id`; an acknowledgement
+    /// that does not come in time is an error, so the batch is sent again
+    /// rather than taken as delivered.
+    async fn await_ack(&self, id: AckId) -> Result<(), ExportError> {
+        let Some((policy, tracker)) = &self.acks else {
+            return Err(ExportError::misconfigured(
+                "acks",
+                format!("the sink answered with ack id {id} but has no acknowledgement policy"),
+            ));
+        };
+        let acknowledged = tracker.wait_for(id);
+        if let Ok(Ok(())) = tokio::time::timeout(policy.timeout, acknowledged).await {
+            return Ok(());
+        }
+        tracker.forget(id);
+        metrics::counter!("auditrail_sink_ack_timeouts_total", "sink" => self.name.clone())
+            .increment(1);
+        tracing::warn!(sink = %self.name, ack_id = id, timeout = ?policy.timeout,
+            "the destination did not acknowledge a batch in time; it is sent again (the destination may end up with it twice)");
+        Err(ExportError::retryable(
+            "ack_timeout",
+            format!(
+                "ack id {id} not acknowledged within {:?}; the batch is sent again",
+                policy.timeout
+            ),
+        ))
+    }
+
+    /// Asks the destination about every batch waiting for its
+    /// acknowledgement, every `every`, and lets the acknowledged ones go.
+    async fn poll_acks(self: Arc<Self>, every: Duration) {
+        let Some((_, tracker)) = &self.acks else {
+            return;
+        };
+        loop {
+            tracker.waiting().await;
+            // Give the destination time before asking (and between asks).
+            tokio::time::sleep(every).await;
+            let ids = tracker.waiting().await;
+            match self.attempt(self.exporter.acknowledged(&ids)).await {
+                Ok(acknowledged) => {
+                    let resolved = tracker.acknowledged(&acknowledged);
+                    metrics::counter!("auditrail_sink_acknowledged_batches_total", "sink" => self.name.clone())
+                        .increment(resolved as u64);
+                }
+                Err(error) => {
+                    // Batches keep waiting, and are sent again when their
+                    // timeout passes; the error is what an operator sees.
+                    self.record_error(&error);
+                }
+            }
+        }
     }
 
     /// Stores `event` in the dead-letter tree, retrying until it is there:
@@ -612,10 +767,10 @@ impl SinkShared {
     }
 
     /// Runs one call with the configured timeout; a timeout is retryable.
-    async fn attempt(
+    async fn attempt<T>(
         &self,
-        call: impl std::future::Future<Output = Result<(), ExportError>>,
-    ) -> Result<(), ExportError> {
+        call: impl std::future::Future<Output = Result<T, ExportError>>,
+    ) -> Result<T, ExportError> {
         tokio::time::timeout(self.config.timeout, call)
             .await
             .unwrap_or_else(|_| {
@@ -629,9 +784,15 @@ impl SinkShared {
     fn record_error(&self, error: &ExportError) {
         metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => error.kind)
             .increment(1);
-        if error.class == ErrorClass::Permanent {
+        let only_refusals = match error.class {
+            ErrorClass::Permanent => true,
+            ErrorClass::Partial => !error.records.contains(&crate::RecordOutcome::Retry),
+            ErrorClass::Retryable | ErrorClass::Misconfigured => false,
+        };
+        if only_refusals {
             // The sink works; a record in the batch does not fit. Splitting
-            // finds it, and dead-lettering it is what gets logged.
+            // (or the sink's own answer) finds it, and dead-lettering it is
+            // what gets logged.
             tracing::debug!(sink = %self.name, %error, "batch rejected; isolating the record to blame");
             return;
         }
@@ -756,6 +917,13 @@ fn now_unix_nano() -> u64 {
 mod tests {
     use super::*;
 
+    impl SinkShared {
+        fn spawn_ack_poller_for_test(self: Arc<Self>) {
+            let every = self.acks.as_ref().expect("acks").0.poll_interval;
+            tokio::spawn(self.poll_acks(every));
+        }
+    }
+
     fn events(first: u64, last: u64) -> Vec<AuditEvent> {
         (first..=last)
             .map(|seq| AuditEvent {
@@ -792,36 +960,191 @@ mod tests {
     #[tokio::test]
     async fn a_retry_waits_at_least_as_long_as_the_sink_was_told() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(
-            Spool::open(auditrail_spool::SpoolConfig::new(
-                dir.path().join("spool"),
-                "n",
-            ))
-            .unwrap(),
-        );
+        let spool = test_spool(&dir);
         let hint = Duration::from_millis(700);
         let exporter = Arc::new(Throttled {
             hint,
             calls: Default::default(),
         });
-        let sink = Arc::new(SinkShared {
-            name: "throttled".into(),
+        let sink = Arc::new(SinkShared::new(
+            "throttled",
             spool,
-            exporter: exporter.clone(),
+            exporter.clone(),
             // The loop's own first retry would come after 10-20ms.
-            config: DeliveryConfig {
+            DeliveryConfig {
                 backoff_initial: Duration::from_millis(20),
                 ..DeliveryConfig::default()
             },
-            health: Arc::new(Health::new("throttled", "test", 0)),
-        });
-        sink.deliver(events(1, 3), Some((1, 3))).await;
+            Arc::new(Health::new("throttled", "test", 0)),
+        ));
+        let permit = sink.free_slot(0).unwrap();
+        sink.deliver(events(1, 3), Some((1, 3)), permit).await;
         let calls = exporter.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2, "refused once, then delivered");
         let waited = calls[1] - calls[0];
         assert!(
             waited >= hint,
             "retried after {waited:?}, before the {hint:?} asked for"
+        );
+    }
+
+    fn test_spool(dir: &tempfile::TempDir) -> Arc<Spool> {
+        Arc::new(
+            Spool::open(auditrail_spool::SpoolConfig::new(
+                dir.path().join("spool"),
+                "n",
+            ))
+            .unwrap(),
+        )
+    }
+
+    fn test_sink(name: &str, spool: Arc<Spool>, exporter: Arc<dyn Exporter>) -> Arc<SinkShared> {
+        Arc::new(SinkShared::new(
+            name,
+            spool,
+            exporter,
+            DeliveryConfig {
+                backoff_initial: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(20),
+                concurrency: 1,
+                ..DeliveryConfig::default()
+            },
+            Arc::new(Health::new(name, "test", 0)),
+        ))
+    }
+
+    /// Answers for each record: the first time, seq 3 is refused and seqs
+    /// 1 and 4 are to be sent again; then everything is stored.
+    #[derive(Default)]
+    struct PerItem {
+        calls: std::sync::Mutex<Vec<Vec<u64>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for PerItem {
+        async fn prepare(&self) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn export(&self, events: &[AuditEvent]) -> Result<(), ExportError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(events.iter().map(|e| e.seq).collect());
+            if calls.len() > 1 {
+                return Ok(());
+            }
+            let records = events
+                .iter()
+                .map(|e| match e.seq {
+                    1 | 4 => crate::RecordOutcome::Retry,
+                    3 => crate::RecordOutcome::Rejected("mapper_parsing_exception".into()),
+                    _ => crate::RecordOutcome::Stored,
+                })
+                .collect();
+            Err(ExportError::partial(
+                "items",
+                "2 of 4 items failed",
+                records,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_per_record_answer_dead_letters_the_refused_and_resends_only_the_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = test_spool(&dir);
+        let exporter = Arc::new(PerItem::default());
+        let sink = test_sink("items", spool.clone(), exporter.clone());
+        let batch: Vec<AuditEvent> = events(1, 4)
+            .into_iter()
+            .map(|e| AuditEvent {
+                event_id: format!("e{}", e.seq),
+                ..e
+            })
+            .collect();
+        let permit = sink.free_slot(0).unwrap();
+        sink.deliver(batch, Some((1, 4)), permit).await;
+        let calls = exporter.calls.lock().unwrap().clone();
+        assert_eq!(calls, [vec![1, 2, 3, 4], vec![1, 4]]);
+        let letters = spool.dead_letters(Some("items")).unwrap();
+        let seqs: Vec<u64> = letters.iter().map(|l| l.event.seq).collect();
+        assert_eq!(seqs, [3]);
+        assert!(letters[0].reason.contains("mapper_parsing_exception"));
+    }
+
+    /// Confirms later: each send gets the next ack id; only ids in `acks`
+    /// are ever acknowledged.
+    struct LateAcks {
+        sends: std::sync::Mutex<Vec<Vec<u64>>>,
+        acks: Vec<AckId>,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for LateAcks {
+        async fn prepare(&self) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn export(&self, _: &[AuditEvent]) -> Result<(), ExportError> {
+            unreachable!("the loop calls send")
+        }
+        async fn send(&self, events: &[AuditEvent]) -> Result<Sent, ExportError> {
+            let mut sends = self.sends.lock().unwrap();
+            sends.push(events.iter().map(|e| e.seq).collect());
+            Ok(Sent::Awaiting(sends.len() as AckId - 1))
+        }
+        fn acknowledgements(&self) -> Option<AckPolicy> {
+            Some(AckPolicy {
+                timeout: Duration::from_millis(300),
+                poll_interval: Duration::from_millis(20),
+                max_pending: 4,
+            })
+        }
+        async fn acknowledged(&self, ids: &[AckId]) -> Result<Vec<AckId>, ExportError> {
+            Ok(ids
+                .iter()
+                .copied()
+                .filter(|id| self.acks.contains(id))
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_its_ack_without_its_slot_and_is_sent_again_when_none_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Ack id 0 (the first send) never comes; id 1 (the resend) does.
+        let exporter = Arc::new(LateAcks {
+            sends: Default::default(),
+            acks: vec![1],
+        });
+        let sink = test_sink("late", test_spool(&dir), exporter.clone());
+        sink.clone().spawn_ack_poller_for_test();
+        let permit = sink.free_slot(0).unwrap();
+        assert!(
+            sink.free_slot(1).is_none(),
+            "concurrency 1: one batch sends at a time"
+        );
+        let batch = tokio::spawn(sink.clone().deliver(events(1, 3), Some((1, 3)), permit));
+        // Sent and waiting: its slot is free for the next batch.
+        let freed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(permit) = sink.free_slot(1) {
+                    return permit;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the waiting batch gave its slot back");
+        assert!(!batch.is_finished(), "not delivered before its ack");
+        drop(freed);
+        let done = tokio::time::timeout(Duration::from_secs(5), batch)
+            .await
+            .expect("delivered after the resend was acknowledged")
+            .unwrap();
+        assert_eq!(done.range, Some((1, 3)));
+        let sends = exporter.sends.lock().unwrap().clone();
+        assert_eq!(
+            sends,
+            [vec![1, 2, 3], vec![1, 2, 3]],
+            "sent again after the timeout"
         );
     }
 

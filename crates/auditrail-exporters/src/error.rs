@@ -18,6 +18,26 @@ pub enum ErrorClass {
     /// Something in the batch cannot be stored (a value the table cannot
     /// hold, say). The batch is split to find the record(s) to blame.
     Permanent,
+    /// The destination answered for each record on its own (an
+    /// Elasticsearch `_bulk` response): [`ExportError::records`] says which
+    /// were stored, which are to be sent again and which it refused. The
+    /// refused ones are dead-lettered, the others sent again after a
+    /// backoff; no split is needed, since the destination named them.
+    Partial,
+}
+
+/// What the destination said of one record of a batch, in a
+/// [`ErrorClass::Partial`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Stored: it counts as delivered.
+    Stored,
+    /// Not stored this time, for a reason that passes (HTTP 429 or 5xx for
+    /// this item): it is sent again.
+    Retry,
+    /// Refused for what it holds (a mapping or parse error): it goes to the
+    /// dead letters with this reason.
+    Rejected(String),
 }
 
 /// A failed export or prepare.
@@ -33,6 +53,9 @@ pub struct ExportError {
     /// has passed (HTTP `Retry-After`): the delivery loop waits at least
     /// this long, however short its own backoff is at that point.
     pub retry_after: Option<Duration>,
+    /// For [`ErrorClass::Partial`], one outcome per record of the batch,
+    /// in the batch's order; empty otherwise.
+    pub records: Vec<RecordOutcome>,
 }
 
 impl ExportError {
@@ -42,6 +65,7 @@ impl ExportError {
             kind,
             message: message.into(),
             retry_after: None,
+            records: Vec::new(),
         }
     }
 
@@ -51,6 +75,7 @@ impl ExportError {
             kind,
             message: message.into(),
             retry_after: None,
+            records: Vec::new(),
         }
     }
 
@@ -60,6 +85,24 @@ impl ExportError {
             kind,
             message: message.into(),
             retry_after: None,
+            records: Vec::new(),
+        }
+    }
+
+    /// The destination answered for each record of the batch on its own,
+    /// and not every one was stored. `records` holds one outcome per event
+    /// sent, in order; `kind` labels the failures (`items`, `throttled`...).
+    pub fn partial(
+        kind: &'static str,
+        message: impl Into<String>,
+        records: Vec<RecordOutcome>,
+    ) -> Self {
+        ExportError {
+            class: ErrorClass::Partial,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            records,
         }
     }
 

@@ -11,6 +11,7 @@
 //! Adding a sink is one module under [`sinks`] and one variant of
 //! [`SinkKind`]; each sink is a cargo feature.
 
+pub mod acks;
 pub mod config;
 pub mod cursor;
 pub mod delivery;
@@ -18,6 +19,7 @@ pub mod encoding;
 mod error;
 pub mod fields;
 mod health;
+mod partial;
 mod removed;
 mod retry;
 pub mod sinks;
@@ -28,9 +30,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use auditrail_model::AuditEvent;
 
+pub use acks::{AckId, AckPolicy, Sent};
 pub use config::{DeliveryConfig, SinkConfig};
 pub use delivery::Pipeline;
-pub use error::{ErrorClass, ExportError};
+pub use error::{ErrorClass, ExportError, RecordOutcome};
 pub use health::SinkStatus;
 pub use removed::{forget as forget_sink, ForgetError, RemovedSink};
 pub use sinks::SinkKind;
@@ -52,6 +55,31 @@ pub trait Exporter: Send + Sync + 'static {
     /// confirmed them. It must be idempotent: the same events may be sent
     /// again after a crash or a retry, and must not be stored twice.
     async fn export(&self, events: &[AuditEvent]) -> Result<(), ExportError>;
+
+    /// What the delivery loop calls to send a batch. The default is
+    /// [`Exporter::export`]: the batch is delivered once it returns. A
+    /// destination that confirms only later (see [`acks`]) answers
+    /// [`Sent::Awaiting`] with its id for the batch, and then must also
+    /// implement [`Exporter::acknowledgements`] and
+    /// [`Exporter::acknowledged`].
+    async fn send(&self, events: &[AuditEvent]) -> Result<Sent, ExportError> {
+        self.export(events).await.map(|()| Sent::Stored)
+    }
+
+    /// How to wait for a sink whose [`Exporter::send`] answers
+    /// [`Sent::Awaiting`]; `None` (the default) for a sink that never does.
+    fn acknowledgements(&self) -> Option<AckPolicy> {
+        None
+    }
+
+    /// Which of `ids` the destination has acknowledged by now. Called
+    /// every [`AckPolicy::poll_interval`] with every id still waited for.
+    async fn acknowledged(&self, _ids: &[AckId]) -> Result<Vec<AckId>, ExportError> {
+        Err(ExportError::misconfigured(
+            "acks",
+            "this sink answered with an ack id but cannot be asked about acknowledgements",
+        ))
+    }
 
     /// Periodic upkeep such as creating partitions ahead of time; called
     /// every [`Exporter::maintenance_interval`] with the current time.
