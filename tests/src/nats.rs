@@ -123,3 +123,24 @@ pub async fn stream_messages(url: &str, stream: &str) -> Vec<StreamMessage> {
     }
     out
 }
+
+/// Creates `stream` over `subjects` with a `max_msg_size` of its own (the
+/// stream's limit, below the server's max_payload), as an operator would
+/// before auditrail starts.
+pub async fn create_stream_with_max_msg_size(
+    url: &str,
+    stream: &str,
+    subjects: &str,
+    max_msg_size: i32,
+) {
+    let client = async_nats::connect(url).await.expect("connecting to NATS");
+    jetstream::new(client)
+        .create_stream(jetstream::stream::Config {
+            name: stream.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            max_message_size: max_msg_size,
+            ..Default::default()
+        })
+        .await
+        .expect("creating the stream");
+}

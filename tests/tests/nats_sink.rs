@@ -2,12 +2,15 @@
 //! each event arrives once, with its id as `Nats-Msg-Id`, on its templated
 //! subject; `kill -9` during delivery and the server down for a while lose
 //! and double nothing (JetStream drops resends inside the duplicate
-//! window); an event over the server's max_payload is dead-lettered.
+//! window); an event over the server's max_payload, or over the stream's
+//! own max_msg_size, is dead-lettered.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use auditrail_tests::nats::{stream_messages, NatsServer, StreamMessage};
+use auditrail_tests::nats::{
+    create_stream_with_max_msg_size, stream_messages, NatsServer, StreamMessage,
+};
 use auditrail_tests::otlp;
 use auditrail_tests::sinks::{
     assert_each_once, assert_no_dead_letters, client, kill_9_then_outage, numbered_batch, send,
@@ -99,10 +102,10 @@ async fn kill_9_during_delivery_and_an_outage_lose_and_double_nothing() {
     drop(server);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_over_max_payload_is_dead_lettered_and_the_rest_delivered() {
-    let nats = NatsServer::start(Some(16 * 1024));
-    let server = Server::start_with("", &sink(&nats));
+/// One small event, one of `huge_bytes`, one small: the huge one is
+/// dead-lettered (with a reason holding `why`), the others delivered.
+async fn huge_event_is_dead_lettered(nats: &NatsServer, huge_bytes: usize, why: &str) {
+    let server = Server::start_with("", &sink(nats));
     let mut grpc = client(&server).await;
     let (trace, _) = otlp::trace_id(9_000_001);
     let records = vec![
@@ -117,7 +120,7 @@ async fn an_event_over_max_payload_is_dead_lettered_and_the_rest_delivered() {
             "huge",
             trace,
             [SPAN, 1, 0, 0, 0, 0, 0, 2],
-            &"x".repeat(40_000),
+            &"x".repeat(huge_bytes),
             vec![],
         ),
         otlp::record(
@@ -141,12 +144,27 @@ async fn an_event_over_max_payload_is_dead_lettered_and_the_rest_delivered() {
         },
     )
     .await;
-    let messages = wait_for_messages(&nats, 2, Duration::from_secs(30)).await;
+    let messages = wait_for_messages(nats, 2, Duration::from_secs(30)).await;
     let ids: HashSet<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids, HashSet::from(["small-1", "small-2"]));
     let letters = server.dead_letters(Some("bus")).await;
     assert!(
-        letters.to_string().contains("max_payload"),
-        "the dead letter says why: {letters}"
+        letters.to_string().contains(why),
+        "the dead letter says why ({why}): {letters}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_max_payload_is_dead_lettered_and_the_rest_delivered() {
+    let nats = NatsServer::start(Some(16 * 1024));
+    huge_event_is_dead_lettered(&nats, 40_000, "max_payload").await;
+}
+
+/// The stream refuses what the server would carry: its answer (JetStream
+/// error 10054) is a refusal of that event, not an outage to wait out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_the_streams_max_msg_size_is_dead_lettered_and_the_rest_delivered() {
+    let nats = NatsServer::start(None);
+    create_stream_with_max_msg_size(&nats.url(), STREAM, "audit.>", 8 * 1024).await;
+    huge_event_is_dead_lettered(&nats, 20_000, "max_msg_size").await;
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    context::{CreateStreamErrorKind, PublishErrorKind},
+    context::{CreateStreamErrorKind, PublishError, PublishErrorKind},
+    ErrorCode,
 };
 use async_trait::async_trait;
 use auditrail_model::AuditEvent;
@@ -181,12 +182,11 @@ impl Exporter for NatsSink {
                     .jetstream
                     .publish_with_headers(subject, headers, payload.clone().into())
                     .await
-                    .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
+                    .map_err(|e| classify(&e, event))?;
                 acks.push((ack, event));
             }
             for (ack, event) in acks {
-                ack.await
-                    .map_err(|e| classify(&e.kind(), e.to_string(), event))?;
+                ack.await.map_err(|e| classify(&e, event))?;
             }
         }
         Ok(())
@@ -200,9 +200,22 @@ const ACK_WINDOW: usize = 1024;
 const HEADER_ROOM: usize = 512;
 
 /// What a failed publish or ack means for delivery.
-fn classify(kind: &PublishErrorKind, message: String, event: &AuditEvent) -> ExportError {
-    let message = format!("event {}: {message}", event.event_id);
-    match kind {
+fn classify(error: &PublishError, event: &AuditEvent) -> ExportError {
+    let message = format!("event {}: {error}", event.event_id);
+    // The stream's own answer, when the server refused the message.
+    let refusal = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .map(async_nats::jetstream::Error::error_code);
+    if refusal == Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) {
+        // The stream's max_msg_size (smaller than the server's
+        // max_payload): this event will never fit, however often it is
+        // sent.
+        return ExportError::permanent(
+            "data",
+            format!("{message} (over the stream's max_msg_size)"),
+        );
+    }
+    match error.kind() {
         // No stream captures the subject: the config (or the stream) is wrong.
         PublishErrorKind::StreamNotFound => ExportError::misconfigured(
             "stream",
