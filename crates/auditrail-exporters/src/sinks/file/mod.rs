@@ -166,7 +166,7 @@ impl Segments {
     /// and learns each node's highest seq.
     fn recover(&mut self) -> Result<(), ExportError> {
         let dir = self.dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| {
+        segment::create_dir_durably(&dir).map_err(|e| {
             ExportError::misconfigured("config", format!("creating {}: {e}", dir.display()))
         })?;
         for entry in fs::read_dir(&dir).map_err(|e| {

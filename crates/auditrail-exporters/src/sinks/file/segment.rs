@@ -6,7 +6,7 @@
 //! written in. Characters of the node id that do not belong in a file name
 //! are written as `%XX`.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -155,10 +155,64 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and whatever of its parents is missing, so that it
+/// survives a power cut: each new directory's entry is fsync'd in its
+/// parent. The parent of `dir` is fsync'd even when `dir` already exists:
+/// a run killed before making the entry durable left a directory that a
+/// power cut would still take away, with every segment in it.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    for new in missing.iter().rev() {
+        match fs::create_dir(new) {
+            Ok(()) => {}
+            // Another process (or a racing start) made it meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Each directory's entry lives in its parent: fsync the parent of
+    // `dir`, and upwards as long as the parent is new too.
+    let mut child = dir;
+    loop {
+        let parent = match child.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+        if !missing.contains(&parent) {
+            return Ok(());
+        }
+        child = parent;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn a_durable_dir_is_made_with_its_missing_parents_and_may_exist_already() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/archive");
+        create_dir_durably(&dir).unwrap();
+        assert!(dir.is_dir());
+        create_dir_durably(&dir).unwrap();
+        let file = root.path().join("a/file");
+        fs::write(&file, b"x").unwrap();
+        assert!(
+            create_dir_durably(&file.join("below")).is_err(),
+            "under a file"
+        );
+    }
 
     #[test]
     fn names_sort_by_first_seq_and_read_back() {
