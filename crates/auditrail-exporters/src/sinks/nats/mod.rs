@@ -1,7 +1,7 @@
 //! The NATS JetStream sink (`async-nats`).
 //!
-//! Each event is published as one message (its `json` encoding) to a
-//! subject templated from the event, with the event id as `Nats-Msg-Id`,
+//! Each event is published as one message (in the sink's `format`, `json`
+//! by default) to a subject templated from the event, with the event id as `Nats-Msg-Id`,
 //! and counts as delivered only when JetStream's publish ack says the
 //! stream stored it. The server drops a resend with the same id inside the
 //! stream's duplicate window (2 minutes by default), which is far longer
@@ -22,7 +22,7 @@ use auditrail_model::AuditEvent;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::encoding::write_event_json;
+use crate::encoding::LineFormat;
 use crate::{ExportError, Exporter, SinkContext};
 pub use subject::SubjectTemplate;
 
@@ -45,6 +45,8 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// A file with NATS credentials (`.creds`), for servers that need them.
     pub credentials_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub format: LineFormat,
 }
 
 fn default_subject() -> String {
@@ -162,7 +164,7 @@ impl Exporter for NatsSink {
             let mut acks = Vec::with_capacity(window.len());
             for event in window {
                 payload.clear();
-                write_event_json(event, &mut payload);
+                self.config.format.write(event, &mut payload);
                 if payload.len() > max_payload {
                     return Err(ExportError::permanent(
                         "data",
