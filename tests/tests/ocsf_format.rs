@@ -1,7 +1,8 @@
 //! `format = "ocsf"` end to end: events sent through the real Rust OTel
-//! SDK reach the file sink (and NATS JetStream) of the real `auditrail
-//! serve` as OCSF 1.5.0 events, one a line, classed by event name (the
-//! defaults and the sink's own rules), with their trace ids.
+//! SDK reach the file sink (and NATS JetStream, and a real rsyslog) of the
+//! real `auditrail serve` as OCSF 1.5.0 events, one a line, classed by
+//! event name (the defaults and the sink's own rules), with their trace
+//! ids.
 //!
 //! Every line is judged by the real OCSF schema too:
 //! `tests/python/validate_ocsf.py` with `pydantic-ocsf` from PyPI (the
@@ -16,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use auditrail_tests::nats::{stream_messages, NatsServer};
+use auditrail_tests::rsyslog::{Listener, Rsyslog};
 use auditrail_tests::sinks::{
     assert_no_dead_letters, client, emit_in_span, numbered_batch, send, tail, wait_caught_up,
 };
@@ -282,6 +284,55 @@ async fn nats_carries_ocsf_with_the_event_id_as_msg_id() {
     let lines: Vec<String> = messages.iter().map(|m| m.payload.to_string()).collect();
     assert_valid_ocsf(&lines);
     assert_no_dead_letters(&server, "bus").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syslog_carries_one_ocsf_event_per_message_into_rsyslog() {
+    let rsyslog = Rsyslog::start(Listener::Tcp);
+    let sink = format!(
+        "[[sinks]]\nname = \"siem\"\ntype = \"syslog\"\nurl = \"{}\"\n\n\
+         [sinks.format.ocsf.events]\n\"workflow.run\" = {{ class = \"api_activity\", activity = \"create\" }}\n\n\
+         [sinks.delivery]\nlinger = \"20ms\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n",
+        rsyslog.url()
+    );
+    let server = Server::start_with("", &sink);
+    let names = ["user.login", "workflow.run", "dataset.read"];
+    let mut sent = HashMap::new();
+    for name in names {
+        let url = server.grpc_url();
+        let (trace, _) = tokio::task::spawn_blocking(move || emit(url, name))
+            .await
+            .unwrap();
+        sent.insert(name, trace);
+    }
+    let deadline = Instant::now() + CATCH_UP;
+    while rsyslog.parsed().len() < names.len() {
+        assert!(Instant::now() < deadline, "{}", tail(&server.log()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rsyslog.raw_lines().len(), names.len(), "one line per event");
+    let mut lines = Vec::new();
+    for fields in rsyslog.parsed() {
+        let msg = fields["msg"].as_str().unwrap();
+        let v: Value = serde_json::from_str(msg).unwrap_or_else(|e| panic!("{e}: {msg}"));
+        let name = v["metadata"]["event_code"].as_str().unwrap();
+        assert_eq!(
+            fields["msgid"], name,
+            "the header's MSGID is the event name"
+        );
+        let class = match name {
+            "user.login" => 3002,
+            "workflow.run" => 6003,
+            "dataset.read" => 6005,
+            other => panic!("unexpected {other}"),
+        };
+        assert_eq!(v["class_uid"], class, "{msg}");
+        assert_eq!(v["metadata"]["correlation_uid"], sent[name].as_str());
+        assert_eq!(v["message"], format!("{name}: {HOSTILE}").as_str());
+        lines.push(msg.to_owned());
+    }
+    assert_valid_ocsf(&lines);
+    assert_no_dead_letters(&server, "siem").await;
 }
 
 #[test]
