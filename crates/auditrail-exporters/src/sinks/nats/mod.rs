@@ -4,10 +4,10 @@
 //! by default) to a subject templated from the event, with the event id
 //! as `Nats-Msg-Id`, and counts as delivered only when JetStream's publish
 //! ack says the stream stored it. The server drops a resend with the same
-//! id inside the stream's duplicate window (2 minutes by default), which is far longer
-//! than what a crash or a retry redelivers (the cursor is flushed every
-//! second), so delivery is exactly-once within the window and
-//! at-least-once beyond it.
+//! id inside the stream's duplicate window (2 minutes by default), which
+//! is far longer than what a crash or a retry redelivers (the cursor is
+//! flushed every second), so delivery is exactly-once within the window
+//! and at-least-once beyond it.
 
 mod subject;
 
