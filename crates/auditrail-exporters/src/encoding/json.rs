@@ -49,7 +49,7 @@ pub struct EventJson<'a> {
 /// not JSON (never stored by the spool, but not trusted either) is written
 /// as a string, so the line stays valid JSON.
 #[derive(Debug)]
-pub struct JsonObject<'a>(&'a str);
+pub struct JsonObject<'a>(pub(crate) &'a str);
 
 impl Serialize for JsonObject<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -1,8 +1,9 @@
 //! The file sink: rotating NDJSON segments in a local directory.
 //!
-//! Each line is one event in the sink's `format` (the canonical JSON,
-//! which keeps `node`, `seq`, `prev_hash` and `hash`, so a set of segments
-//! can be checked against the chain offline). A segment is rotated by size
+//! Each line is one event in the sink's `format`: the canonical JSON, or
+//! OCSF (`crate::encoding`). Both keep `node`, `seq`, `prev_hash` and
+//! `hash` (OCSF under `unmapped.auditrail`), so a set of segments can be
+//! checked against the chain offline. A segment is rotated by size
 //! and by age; a closed one is compressed by [`FileSink::maintain`]
 //! (`compress.rs`).
 //!
@@ -125,7 +126,7 @@ impl FileSink {
                 compression: config.compression,
                 nodes: None,
             })),
-            format: config.format,
+            format: config.format.clone(),
         })
     }
 
@@ -489,13 +490,9 @@ fn segment_names(dir: &Path) -> Result<Vec<SegmentName>, ExportError> {
     Ok(names)
 }
 
-/// The `seq` of a line of canonical JSON.
+/// The `seq` of a line in any `format`.
 fn seq_of(line: &[u8], path: &Path) -> Result<u64, ExportError> {
-    #[derive(Deserialize)]
-    struct Seq {
-        seq: u64,
-    }
-    serde_json::from_slice::<Seq>(line).map(|s| s.seq).map_err(|e| {
+    crate::encoding::seq_of_line(line).map_err(|e| {
         ExportError::misconfigured(
             "segment",
             format!(

@@ -1,13 +1,13 @@
 //! The NATS JetStream sink (`async-nats`).
 //!
-//! Each event is published as one message (its `json` encoding) to a
-//! subject templated from the event, with the event id as `Nats-Msg-Id`,
-//! and counts as delivered only when JetStream's publish ack says the
-//! stream stored it. The server drops a resend with the same id inside the
-//! stream's duplicate window (2 minutes by default), which is far longer
-//! than what a crash or a retry redelivers (the cursor is flushed every
-//! second), so delivery is exactly-once within the window and
-//! at-least-once beyond it.
+//! Each event is published as one message (in the sink's `format`, `json`
+//! by default) to a subject templated from the event, with the event id
+//! as `Nats-Msg-Id`, and counts as delivered only when JetStream's publish
+//! ack says the stream stored it. The server drops a resend with the same
+//! id inside the stream's duplicate window (2 minutes by default), which
+//! is far longer than what a crash or a retry redelivers (the cursor is
+//! flushed every second), so delivery is exactly-once within the window
+//! and at-least-once beyond it.
 
 mod subject;
 
@@ -23,7 +23,7 @@ use auditrail_model::AuditEvent;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::encoding::write_event_json;
+use crate::encoding::LineFormat;
 use crate::{ExportError, Exporter, SinkContext};
 pub use subject::SubjectTemplate;
 
@@ -46,6 +46,8 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// A file with NATS credentials (`.creds`), for servers that need them.
     pub credentials_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub format: LineFormat,
 }
 
 fn default_subject() -> String {
@@ -163,7 +165,7 @@ impl Exporter for NatsSink {
             let mut acks = Vec::with_capacity(window.len());
             for event in window {
                 payload.clear();
-                write_event_json(event, &mut payload);
+                self.config.format.write(event, &mut payload);
                 if payload.len() > max_payload {
                     return Err(ExportError::permanent(
                         "data",

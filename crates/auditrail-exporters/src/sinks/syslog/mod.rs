@@ -1,7 +1,8 @@
 //! The syslog sink: RFC 5424 messages over TCP (RFC 6587 octet-counting),
 //! TLS (RFC 5425) or UDP (RFC 5426), carrying each event as RFC 5424
-//! structured data (`rfc5424.rs`), as ArcSight CEF (`cef.rs`) or as the
-//! canonical JSON line (`crate::encoding::json`).
+//! structured data (`rfc5424.rs`), as ArcSight CEF (`cef.rs`), as the
+//! canonical JSON line (`crate::encoding::json`) or as an OCSF event
+//! (`crate::encoding::ocsf`).
 //!
 //! Every event becomes exactly one message, and every message is one line:
 //! whatever an event holds, control characters are escaped
@@ -20,13 +21,17 @@ pub mod escape;
 mod rfc5424;
 mod transport;
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use auditrail_model::AuditEvent;
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
+use crate::encoding::{LineFormat, OcsfMapping};
 use crate::{ExportError, Exporter, SinkContext};
 pub use rfc5424::Facility;
 use transport::{Endpoint, Scheme, StreamTransport, Tls, TlsFiles, UdpTransport};
@@ -66,9 +71,10 @@ fn default_structured_data_id() -> String {
     "auditrail@32473".into()
 }
 
-/// What each message carries (`format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What each message carries (`format`): a name, or for OCSF with rules
+/// of the sink's own, a table as for the other JSON sinks
+/// ([`LineFormat`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Format {
     /// The canonical fields as RFC 5424 structured data, the body as MSG.
     #[default]
@@ -77,6 +83,42 @@ pub enum Format {
     Cef,
     /// The canonical event as one JSON object as MSG.
     Json,
+    /// The event as one OCSF JSON object as MSG.
+    Ocsf(Arc<OcsfMapping>),
+}
+
+impl<'de> Deserialize<'de> for Format {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FormatVisitor;
+
+        impl<'de> Visitor<'de> for FormatVisitor {
+            type Value = Format;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"rfc5424\", \"cef\", \"json\", \"ocsf\", or a table [format.ocsf] of OCSF rules")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Format, E> {
+                match name {
+                    "rfc5424" => Ok(Format::Rfc5424),
+                    "cef" => Ok(Format::Cef),
+                    _ => match LineFormat::from_name(name) {
+                        Some(LineFormat::Json) => Ok(Format::Json),
+                        Some(LineFormat::Ocsf(mapping)) => Ok(Format::Ocsf(mapping)),
+                        None => Err(E::custom(format!(
+                            "unknown format {name:?}; expected \"rfc5424\", \"cef\", \"json\" or \"ocsf\""
+                        ))),
+                    },
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Format, A::Error> {
+                LineFormat::ocsf_from_table(map).map(Format::Ocsf)
+            }
+        }
+
+        deserializer.deserialize_any(FormatVisitor)
+    }
 }
 
 const UDP_DEFAULT_MAX: u64 = 2048;
@@ -152,7 +194,7 @@ impl SyslogSink {
         };
         Ok(SyslogSink {
             transport,
-            format: config.format,
+            format: config.format.clone(),
             facility: config.facility,
             structured_data_id: config.structured_data_id.clone(),
             max_message_bytes: max_message_bytes as usize,
@@ -161,10 +203,13 @@ impl SyslogSink {
 
     /// The whole syslog message for `event` in the configured format.
     pub fn message(&self, event: &AuditEvent) -> String {
-        match self.format {
+        match &self.format {
             Format::Rfc5424 => rfc5424::message(event, self.facility, &self.structured_data_id),
             Format::Cef => self.with_header(event, &cef::message(event)),
             Format::Json => self.with_header(event, &crate::encoding::event_json(event)),
+            Format::Ocsf(mapping) => {
+                self.with_header(event, &crate::encoding::event_ocsf(event, mapping))
+            }
         }
     }
 
@@ -252,7 +297,7 @@ mod tests {
     fn config_defaults_and_checks() {
         let c = config("tcp://127.0.0.1:514");
         assert_eq!(
-            (c.format, c.facility),
+            (c.format.clone(), c.facility),
             (Format::Rfc5424, Facility::Authpriv)
         );
         assert_eq!(c.structured_data_id, "auditrail@32473");
@@ -282,6 +327,17 @@ mod tests {
         cert_without_key.tls_cert_file = Some("client.pem".into());
         assert!(error(&cert_without_key).message.contains("go together"));
         assert!(toml::from_str::<SyslogConfig>("url = \"tcp://h:1\"\nformat = \"xml\"").is_err());
+        for (format, want) in [
+            ("rfc5424", Format::Rfc5424),
+            ("cef", Format::Cef),
+            ("json", Format::Json),
+        ] {
+            let c: SyslogConfig =
+                toml::from_str(&format!("url = \"tcp://h:1\"\nformat = {format:?}")).unwrap();
+            assert_eq!(c.format, want);
+        }
+        let c: SyslogConfig = toml::from_str("url = \"tcp://h:1\"\n[format.ocsf.events]\n\"a.b\" = { class = \"api_activity\", activity = \"read\" }\n").unwrap();
+        assert!(matches!(c.format, Format::Ocsf(_)), "{:?}", c.format);
         assert!(toml::from_str::<SyslogConfig>("url = \"tcp://h:1\"\nport = 1").is_err());
     }
 
@@ -337,5 +393,19 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&body[3..]).unwrap();
         assert_eq!(value["body"], "line one\nline two");
         assert!(!json.contains('\n'));
+        c.format = Format::Ocsf(Arc::default());
+        let ocsf = SyslogSink::new(&c, &context()).unwrap().message(&event);
+        let (header, body) = ocsf.split_at(ocsf.find(" - {").unwrap());
+        assert_eq!(
+            header,
+            "<86>1 1970-01-01T00:00:00.000000Z n1 svc - user.login"
+        );
+        let value: serde_json::Value = serde_json::from_str(&body[3..]).unwrap();
+        assert_eq!(
+            (value["class_uid"].as_u64(), value["activity_id"].as_u64()),
+            (Some(3002), Some(1))
+        );
+        assert_eq!(value["message"], "line one\nline two");
+        assert!(!ocsf.contains('\n'));
     }
 }

@@ -111,7 +111,7 @@ impl WebhookSink {
             url,
             secret: secret.into_bytes(),
             headers,
-            format: config.format,
+            format: config.format.clone(),
         })
     }
 }
