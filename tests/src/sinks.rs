@@ -459,15 +459,28 @@ pub async fn kill_9_then_outage(
     far_side_down: impl FnOnce(),
     far_side_up: impl FnOnce(),
 ) -> (Server, HashSet<String>) {
+    kill_9_then_outage_with_env(dir, config, &[], span, far_side_down, far_side_up).await
+}
+
+/// [`kill_9_then_outage`] with environment variables for every server it
+/// starts (a sink's secret, named by its `*_env` key).
+pub async fn kill_9_then_outage_with_env(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+    span: u8,
+    far_side_down: impl FnOnce(),
+    far_side_up: impl FnOnce(),
+) -> (Server, HashSet<String>) {
     let load = Arc::new(Mutex::new(Load::default()));
-    let mut server = Server::start_in(dir, "", config);
+    let mut server = Server::start_in_env(dir, "", config, env);
     let sending = start_sending(&server, &load, span, 0, 3000);
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.kill9();
     sending.await.unwrap();
 
     far_side_down();
-    let server = Server::start_in(dir, "", config);
+    let server = Server::start_in_env(dir, "", config, env);
     resend_unacked(&server, &load).await;
     start_sending(&server, &load, span, 1, 1000).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_tests::sinks::{
-    client, kill_9_then_outage, numbered_batch, send, send_batch, sink_status, tail, wait_caught_up,
+    client, kill_9_then_outage_with_env, numbered_batch, send, send_batch, sink_status, tail,
+    wait_caught_up,
 };
 use auditrail_tests::{eventually_within, free_port, Server};
 use axum::body::Bytes;
@@ -382,13 +383,11 @@ async fn kill_9_during_delivery_and_an_outage_lose_nothing() {
          [sinks.headers]\nAuthorization = \"{TOKEN}\"\n\
          [sinks.delivery]\nlinger = \"20ms\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n"
     );
-    // The restarted servers inherit it (kill_9_then_outage passes no env);
-    // no other test of this process reads this variable.
-    std::env::set_var("HOOK_SECRET_KILL", SECRET);
     let dir = tempfile::tempdir().unwrap();
-    let (server, acked) = kill_9_then_outage(
+    let (server, acked) = kill_9_then_outage_with_env(
         dir.path(),
         &sinks,
+        &[("HOOK_SECRET_KILL", SECRET)],
         SPAN,
         || drop(receiver.borrow_mut().take()),
         || *receiver.borrow_mut() = Some(listen(addr, &books)),
