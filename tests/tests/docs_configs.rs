@@ -1,0 +1,134 @@
+//! The configs the docs tell users to copy: every ```toml block of
+//! `docs/sinks.md` and the README passes `auditrail check-config` (with
+//! each variable it names from the environment set), and every sink type
+//! auditrail has is shown in `docs/sinks.md` with a config to copy.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use auditrail_tests::binary;
+
+/// Every sink `type` auditrail builds (`SinkKind`, default features).
+const SINK_TYPES: &[&str] = &[
+    "mysql",
+    "clickhouse",
+    "nats",
+    "otlp",
+    "syslog",
+    "file",
+    "webhook",
+];
+
+/// The ```toml blocks of a markdown file, with the line each starts on.
+fn toml_blocks(markdown: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in markdown.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start().starts_with("```toml") => {
+                current = Some((n + 1, String::new()))
+            }
+            None => {}
+            Some(_) if line.trim_start().starts_with("```") => blocks.push(current.take().unwrap()),
+            Some((_, text)) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+/// The environment variables a block names: `*_env = "VAR"` keys and
+/// `${VAR}` in values.
+fn variables(block: &str) -> BTreeSet<String> {
+    let mut vars = BTreeSet::new();
+    for line in block.lines() {
+        let code = line.split('#').next().unwrap_or("");
+        if let Some((key, value)) = code.split_once('=') {
+            if key.trim().ends_with("_env") {
+                vars.insert(value.trim().trim_matches('"').to_owned());
+            }
+        }
+        let mut rest = code;
+        while let Some(start) = rest.find("${") {
+            let Some(len) = rest[start + 2..].find('}') else {
+                break;
+            };
+            vars.insert(rest[start + 2..start + 2 + len].to_owned());
+            rest = &rest[start + 2 + len..];
+        }
+    }
+    vars
+}
+
+fn check_config(block: &str, dir: &Path) -> Result<(), String> {
+    let path = dir.join("auditrail.toml");
+    std::fs::write(&path, block).unwrap();
+    let mut command = Command::new(binary());
+    command.arg("check-config").arg(&path).stdin(Stdio::null());
+    for var in variables(block) {
+        command.env(var, "from-the-environment");
+    }
+    let out = command.output().expect("running auditrail check-config");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut types_shown = BTreeSet::new();
+    for doc in ["docs/sinks.md", "README.md"] {
+        let text = std::fs::read_to_string(repo.join(doc)).unwrap();
+        for (line, block) in toml_blocks(&text) {
+            if let Err(error) = check_config(&block, dir.path()) {
+                failures.push(format!("{doc}:{line}: {error}"));
+            }
+            if doc == "docs/sinks.md" {
+                for l in block.lines() {
+                    if let Some(("type", value)) = l
+                        .split('#')
+                        .next()
+                        .unwrap()
+                        .split_once('=')
+                        .map(|(k, v)| (k.trim(), v))
+                    {
+                        types_shown.insert(value.trim().trim_matches('"').to_owned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "configs in the docs that check-config refuses:\n{}",
+        failures.join("\n")
+    );
+    let missing: Vec<&&str> = SINK_TYPES
+        .iter()
+        .filter(|t| !types_shown.contains(**t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "sink types with no config to copy in docs/sinks.md: {missing:?}"
+    );
+}
+
+#[test]
+fn the_block_reader_finds_blocks_and_their_variables() {
+    let md = "text\n```toml\na = 1\nsecret_env = \"S\"  # the key\nurl = \"x://${U}@h/${V}\"\n```\n```sh\nnot = 2\n```\n";
+    let blocks = toml_blocks(md);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].0, 2);
+    assert_eq!(
+        variables(&blocks[0].1),
+        BTreeSet::from(["S".to_owned(), "U".to_owned(), "V".to_owned()])
+    );
+}
