@@ -310,9 +310,18 @@ impl SinkShared {
                 Err(e) => {
                     self.record_error(&e);
                     // Events wait while the sink cannot even be prepared:
-                    // the lag has to say so.
-                    self.publish_waiting(cursor).await;
-                    tokio::time::sleep(backoff.delay_after(&e)).await;
+                    // the lag has to say so, every second (as it does
+                    // while delivering), not once per backoff of up to
+                    // `backoff_max`.
+                    let retry_at = Instant::now() + backoff.delay_after(&e);
+                    loop {
+                        self.publish_waiting(cursor).await;
+                        let left = retry_at.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+                    }
                 }
             }
         }
