@@ -46,7 +46,10 @@
 //! Where the docs say nothing, the double takes the case that is worst
 //! for the sender: on an invalid event (code 6) the events before it in
 //! the request are indexed anyway (the answer says nothing of them, and
-//! carries no ack id), so a sender that resends them indexes them twice.
+//! carries no ack id), so a sender that resends them indexes them twice;
+//! and a stop (a crash of Splunk) loses the events of every request whose
+//! ack was not yet reported true, since only a true ack says that events
+//! are safe (a sender that counted the 200 loses them).
 //!
 //! Knobs ([`Knobs`]) make it misbehave the ways a sender must survive:
 //! acks that come late (after N polls, or held until released), acks that
@@ -145,6 +148,8 @@ impl Default for Knobs {
 /// One event as it was indexed.
 #[derive(Debug, Clone)]
 pub struct Indexed {
+    /// The `/event` request that carried it, numbered from 1.
+    pub request: usize,
     /// `event.event_id`, when the event is an object that has one.
     pub event_id: String,
     pub channel: Option<String>,
@@ -185,6 +190,8 @@ struct Pending {
     polls: u32,
     /// Its events were lost: it never reports true.
     lost: bool,
+    /// The request that got this id (see [`Indexed::request`]).
+    request: usize,
 }
 
 /// Everything the double holds.
@@ -198,6 +205,11 @@ pub struct Books {
     pub requests: Vec<Seen>,
     /// Requests taken (answered 200) on `/event`, for `lose_first`.
     accepted: usize,
+    /// `/event` requests so far, to number them.
+    received: usize,
+    /// Event copies of requests whose ack is not reported yet, by request,
+    /// lost if the double stops first.
+    unconfirmed: HashMap<usize, Vec<String>>,
     channels: HashMap<String, Channel>,
 }
 
@@ -273,7 +285,23 @@ impl HecDouble {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-        self.books().channels.clear();
+        let mut books = self.books();
+        books.channels.clear();
+        // Only a true ack says events are safe: the rest is lost.
+        let unconfirmed = std::mem::take(&mut books.unconfirmed);
+        for ids in unconfirmed.values() {
+            for id in ids {
+                if let Some(n) = books.counts.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        books.counts.remove(id);
+                    }
+                }
+            }
+        }
+        books
+            .indexed
+            .retain(|e| !unconfirmed.contains_key(&e.request));
     }
 
     /// Listens again, on the same port.
@@ -461,6 +489,7 @@ fn parse_event(raw: &RawValue, n: usize, knobs: &Knobs, channel: &Option<String>
         .and_then(|e| e.event_id)
         .unwrap_or_default();
     Parsed::Event(Indexed {
+        request: 0,
         event_id,
         channel: channel.clone(),
         index: hec.index,
@@ -550,6 +579,11 @@ async fn event(
     }
 
     let mut books = books.lock().expect("double lock");
+    books.received += 1;
+    let request = books.received;
+    for event in &mut events {
+        event.request = request;
+    }
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     if let Some(response) = refusal {
         // The events before the bad one went into the pipeline.
@@ -575,11 +609,21 @@ async fn event(
             let channel = books.channels.entry(channel.clone()).or_default();
             let id = channel.next_ack_id;
             channel.next_ack_id += 1;
-            channel.pending.insert(id, Pending { polls: 0, lost });
+            channel.pending.insert(
+                id,
+                Pending {
+                    polls: 0,
+                    lost,
+                    request,
+                },
+            );
             Some(id)
         }
         _ => None,
     };
+    if ack_id.is_some() && !lost {
+        books.unconfirmed.insert(request, ids.clone());
+    }
     books.requests.push(Seen {
         at: Instant::now(),
         endpoint: "event",
@@ -651,6 +695,7 @@ async fn ack(
     let channel = books.channels.entry(channel.expect("checked")).or_default();
     let mut answers = serde_json::Map::new();
     let mut acked = Vec::new();
+    let mut confirmed = Vec::new();
     for id in &asked {
         let ready = match channel.pending.get_mut(id) {
             Some(pending) => {
@@ -662,10 +707,15 @@ async fn ack(
         };
         if ready {
             // Reported true once, then forgotten.
-            channel.pending.remove(id);
+            if let Some(pending) = channel.pending.remove(id) {
+                confirmed.push(pending.request);
+            }
             acked.push(*id);
         }
         answers.insert(id.to_string(), Value::Bool(ready));
+    }
+    for request in confirmed {
+        books.unconfirmed.remove(&request);
     }
     seen.ids = asked.iter().map(u64::to_string).collect();
     seen.acked = acked;
