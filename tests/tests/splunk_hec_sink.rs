@@ -76,76 +76,77 @@ async fn each_event_is_indexed_with_its_metadata_once_acknowledged() {
     wait_indexed(&hec, &wanted, &server, CATCH_UP).await;
     wait_caught_up(&server, "splunk", wanted.len(), CATCH_UP).await;
 
-    let books = hec.books();
-    for id in &wanted {
-        assert_eq!(
-            books.copies(id),
-            1,
-            "{id} indexed once (no fault, no resend)"
-        );
-    }
-    assert_eq!(books.indexed.len(), wanted.len(), "nothing else indexed");
-    for indexed in &books.indexed {
-        assert_eq!(indexed.index.as_deref(), Some("audit"));
-        assert_eq!(indexed.sourcetype.as_deref(), Some("auditrail:test"));
-        assert_eq!(indexed.source.as_deref(), Some("imagegen"));
-        assert_eq!(indexed.host.as_deref(), Some("test-node"));
-        let json = indexed.json.as_ref().unwrap();
-        let event = &json["event"];
-        assert_eq!(event["event_id"], indexed.event_id.as_str());
-        if let Some(trace) = sent.get(&indexed.event_id) {
-            assert_eq!(event["trace_id"], trace.as_str(), "{json}");
-            assert_eq!(json["fields"]["trace_id"], trace.as_str(), "{json}");
+    let (given, polls) = {
+        let books = hec.books();
+        for id in &wanted {
+            assert_eq!(
+                books.copies(id),
+                1,
+                "{id} indexed once (no fault, no resend)"
+            );
         }
-    }
-    let sdk = books
-        .indexed
-        .iter()
-        .find(|e| e.event_id == "sdk-event-1")
-        .and_then(|e| e.json.clone())
-        .unwrap();
-    eprintln!("the SDK's event as indexed: {sdk}");
-    assert_eq!(
-        sdk["time"].to_string(),
-        "1795000000.123",
-        "epoch seconds with ms"
-    );
-    assert_eq!(sdk["event"]["trace_id"], trace_id.as_str());
-    assert_eq!(sdk["event"]["span_id"], span_id.as_str());
-    assert_eq!(sdk["event"]["body"], "generated 2 images of a cat");
-    assert_eq!(sdk["event"]["actor_id"], "alice");
-    assert_eq!(sdk["event"]["attributes"]["audit.target"], "model/sdxl");
-    assert_eq!(
-        sdk["fields"],
-        serde_json::json!({
-            "event_id": "sdk-event-1", "tenant": "default", "service_name": "imagegen-ui",
-            "event_name": "image.generate", "outcome": "success", "actor_id": "alice",
-            "trace_id": trace_id, "span_id": span_id,
-        })
-    );
+        assert_eq!(books.indexed.len(), wanted.len(), "nothing else indexed");
+        for indexed in &books.indexed {
+            assert_eq!(indexed.index.as_deref(), Some("audit"));
+            assert_eq!(indexed.sourcetype.as_deref(), Some("auditrail:test"));
+            assert_eq!(indexed.source.as_deref(), Some("imagegen"));
+            assert_eq!(indexed.host.as_deref(), Some("test-node"));
+            let json = indexed.json.as_ref().unwrap();
+            let event = &json["event"];
+            assert_eq!(event["event_id"], indexed.event_id.as_str());
+            if let Some(trace) = sent.get(&indexed.event_id) {
+                assert_eq!(event["trace_id"], trace.as_str(), "{json}");
+                assert_eq!(json["fields"]["trace_id"], trace.as_str(), "{json}");
+            }
+        }
+        let sdk = books
+            .indexed
+            .iter()
+            .find(|e| e.event_id == "sdk-event-1")
+            .and_then(|e| e.json.clone())
+            .unwrap();
+        eprintln!("the SDK's event as indexed: {sdk}");
+        assert_eq!(
+            sdk["time"].to_string(),
+            "1795000000.123",
+            "epoch seconds with ms"
+        );
+        assert_eq!(sdk["event"]["trace_id"], trace_id.as_str());
+        assert_eq!(sdk["event"]["span_id"], span_id.as_str());
+        assert_eq!(sdk["event"]["body"], "generated 2 images of a cat");
+        assert_eq!(sdk["event"]["actor_id"], "alice");
+        assert_eq!(sdk["event"]["attributes"]["audit.target"], "model/sdxl");
+        assert_eq!(
+            sdk["fields"],
+            serde_json::json!({
+                "event_id": "sdk-event-1", "tenant": "default", "service_name": "imagegen-ui",
+                "event_name": "image.generate", "outcome": "success", "actor_id": "alice",
+                "trace_id": trace_id, "span_id": span_id,
+            })
+        );
 
-    // One channel, a GUID, on every request; the token checked on each
-    // (a wrong one is 401/403, and none was).
-    let channels: HashSet<_> = books.requests.iter().map(|r| r.channel.clone()).collect();
-    assert_eq!(channels.len(), 1, "{channels:?}");
-    let channel = channels.into_iter().next().flatten().expect("a channel");
-    assert_eq!(channel.len(), 36, "{channel}");
-    assert!(
-        books.requests.iter().all(|r| r.status == 200),
-        "{:?}",
-        books.requests
-    );
-    // Acks were polled, and every ack id given out was reported true.
-    let given: Vec<u64> = books.event_requests().filter_map(|r| r.ack_id).collect();
-    let acked: HashSet<u64> = books.ack_queries().flat_map(|r| r.acked.clone()).collect();
-    assert!(!given.is_empty());
-    assert!(
-        given.iter().all(|id| acked.contains(id)),
-        "given {given:?}, acked {acked:?}"
-    );
-    assert_eq!(books.unreported_acks(), 0);
-    let polls = books.ack_queries().count();
-    drop(books);
+        // One channel, a GUID, on every request; the token checked on each
+        // (a wrong one is 401/403, and none was).
+        let channels: HashSet<_> = books.requests.iter().map(|r| r.channel.clone()).collect();
+        assert_eq!(channels.len(), 1, "{channels:?}");
+        let channel = channels.into_iter().next().flatten().expect("a channel");
+        assert_eq!(channel.len(), 36, "{channel}");
+        assert!(
+            books.requests.iter().all(|r| r.status == 200),
+            "{:?}",
+            books.requests
+        );
+        // Acks were polled, and every ack id given out was reported true.
+        let given: Vec<u64> = books.event_requests().filter_map(|r| r.ack_id).collect();
+        let acked: HashSet<u64> = books.ack_queries().flat_map(|r| r.acked.clone()).collect();
+        assert!(!given.is_empty());
+        assert!(
+            given.iter().all(|id| acked.contains(id)),
+            "given {given:?}, acked {acked:?}"
+        );
+        assert_eq!(books.unreported_acks(), 0);
+        (given, books.ack_queries().count())
+    };
     let (batches, _) = sink_counter(
         &server,
         "auditrail_sink_acknowledged_batches_total",
@@ -233,26 +234,27 @@ async fn an_ack_that_never_comes_means_a_resend_not_a_loss() {
     wait_indexed(&hec, &ids(&sent), &server, CATCH_UP).await;
     wait_caught_up(&server, "splunk", 50, CATCH_UP).await;
 
-    let books = hec.books();
-    let requests: Vec<_> = books.event_requests().cloned().collect();
-    let first = &requests[0];
-    let lost_id = first.ack_id.expect("an ack id for the lost request");
-    let acked: Vec<u64> = books.ack_queries().flat_map(|q| q.acked.clone()).collect();
-    assert!(
-        !acked.contains(&lost_id),
-        "the lost request was never acknowledged"
-    );
-    // Its events were sent again, no sooner than the ack timeout.
-    for id in &first.ids {
-        let again = requests[1..]
-            .iter()
-            .find(|r| r.ids.contains(id))
-            .unwrap_or_else(|| panic!("{id} never sent again: {requests:?}"));
-        let waited = again.at - first.at;
-        assert!(waited >= Duration::from_secs(2), "resent after {waited:?}");
-        assert_eq!(books.copies(id), 1, "{id}: lost once, indexed once");
+    {
+        let books = hec.books();
+        let requests: Vec<_> = books.event_requests().cloned().collect();
+        let first = &requests[0];
+        let lost_id = first.ack_id.expect("an ack id for the lost request");
+        let acked: Vec<u64> = books.ack_queries().flat_map(|q| q.acked.clone()).collect();
+        assert!(
+            !acked.contains(&lost_id),
+            "the lost request was never acknowledged"
+        );
+        // Its events were sent again, no sooner than the ack timeout.
+        for id in &first.ids {
+            let again = requests[1..]
+                .iter()
+                .find(|r| r.ids.contains(id))
+                .unwrap_or_else(|| panic!("{id} never sent again: {requests:?}"));
+            let waited = again.at - first.at;
+            assert!(waited >= Duration::from_secs(2), "resent after {waited:?}");
+            assert_eq!(books.copies(id), 1, "{id}: lost once, indexed once");
+        }
     }
-    drop(books);
     let timeouts = server
         .metric("auditrail_sink_ack_timeouts_total{sink=\"splunk\"}")
         .await;
@@ -359,22 +361,23 @@ async fn a_busy_server_is_waited_out() {
     wait_caught_up(&server, "splunk", 100, CATCH_UP).await;
     wait_indexed(&hec, &ids(&sent), &server, CATCH_UP).await;
 
-    let books = hec.books();
-    let requests: Vec<_> = books.event_requests().cloned().collect();
-    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
-    eprintln!("answers: {statuses:?}");
-    assert_eq!(&statuses[..5], [503, 503, 503, 429, 503]);
-    for pair in requests[..4].windows(2).take(3) {
-        let waited = pair[1].at - pair[0].at;
-        assert!(
-            waited >= Duration::from_secs(1),
-            "Retry-After: 1 honoured: {waited:?}"
-        );
+    {
+        let books = hec.books();
+        let requests: Vec<_> = books.event_requests().cloned().collect();
+        let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+        eprintln!("answers: {statuses:?}");
+        assert_eq!(&statuses[..5], [503, 503, 503, 429, 503]);
+        for pair in requests[..4].windows(2).take(3) {
+            let waited = pair[1].at - pair[0].at;
+            assert!(
+                waited >= Duration::from_secs(1),
+                "Retry-After: 1 honoured: {waited:?}"
+            );
+        }
+        for id in sent.keys() {
+            assert_eq!(books.copies(id), 1, "{id}");
+        }
     }
-    for id in sent.keys() {
-        assert_eq!(books.copies(id), 1, "{id}");
-    }
-    drop(books);
     let (_, samples) = sink_counter(&server, "auditrail_sink_errors_total", "splunk").await;
     eprintln!("{samples:?}");
     let count = |kind: &str| -> f64 {

@@ -385,6 +385,16 @@ fn code(status: u16, code: u32, text: &str) -> Response {
     answer(status, json!({"text": text, "code": code}))
 }
 
+/// One of HEC's error answers: status, code and text.
+#[derive(Debug, Clone, Copy)]
+struct HecError(u16, u32, &'static str);
+
+impl HecError {
+    fn response(self) -> Response {
+        code(self.0, self.1, self.2)
+    }
+}
+
 #[derive(Deserialize)]
 struct ChannelQuery {
     channel: Option<String>,
@@ -392,15 +402,15 @@ struct ChannelQuery {
 
 /// The token check HEC does first: 401 code 2 without a header, 401 code
 /// 3 for one that is not `Splunk <token>`, 403 code 4 for a wrong token.
-fn check_token(headers: &HeaderMap, token: &str) -> Result<(), Response> {
+fn check_token(headers: &HeaderMap, token: &str) -> Result<(), HecError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Err(code(401, 2, "Token is required"));
+        return Err(HecError(401, 2, "Token is required"));
     };
     let Some(given) = value.strip_prefix("Splunk ") else {
-        return Err(code(401, 3, "Invalid authorization"));
+        return Err(HecError(401, 3, "Invalid authorization"));
     };
     if given.trim() != token {
-        return Err(code(403, 4, "Invalid token"));
+        return Err(HecError(403, 4, "Invalid token"));
     }
     Ok(())
 }
@@ -425,10 +435,10 @@ fn is_guid(channel: &str) -> bool {
 }
 
 /// With acknowledgement on, a channel is required and must be a GUID.
-fn check_channel(channel: &Option<String>) -> Result<(), Response> {
+fn check_channel(channel: &Option<String>) -> Result<(), HecError> {
     match channel {
-        None => Err(code(400, 10, "Data channel is missing")),
-        Some(c) if !is_guid(c) => Err(code(400, 11, "Invalid data channel")),
+        None => Err(HecError(400, 10, "Data channel is missing")),
+        Some(c) if !is_guid(c) => Err(HecError(400, 11, "Invalid data channel")),
         Some(_) => Ok(()),
     }
 }
@@ -522,9 +532,8 @@ async fn event(
         });
         response
     };
-    if let Err(response) = check_token(&headers, &knobs.token) {
-        let status = response.status().as_u16();
-        return refused(&books, status, response);
+    if let Err(e) = check_token(&headers, &knobs.token) {
+        return refused(&books, e.0, e.response());
     }
     let next_refusal = books
         .lock()
@@ -546,9 +555,8 @@ async fn event(
         return refused(&books, refusal.status, response);
     }
     if knobs.acks {
-        if let Err(response) = check_channel(&channel) {
-            let status = response.status().as_u16();
-            return refused(&books, status, response);
+        if let Err(e) = check_channel(&channel) {
+            return refused(&books, e.0, e.response());
         }
     }
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -675,20 +683,20 @@ async fn ack(
     let result = (|| {
         check_token(&headers, &books.knobs.token)?;
         if !books.knobs.acks {
-            return Err(code(400, 14, "ACK is disabled"));
+            return Err(HecError(400, 14, "ACK is disabled"));
         }
         check_channel(&channel)?;
         let Ok(asked) = serde_json::from_slice::<AckQuery>(&body) else {
-            return Err(code(400, 6, "Invalid data format"));
+            return Err(HecError(400, 6, "Invalid data format"));
         };
         Ok(asked.acks)
     })();
     let asked = match result {
         Ok(asked) => asked,
-        Err(response) => {
-            seen.status = response.status().as_u16();
+        Err(e) => {
+            seen.status = e.0;
             books.requests.push(seen);
-            return response;
+            return e.response();
         }
     };
     let (hold, after) = (books.knobs.hold_acks, books.knobs.ack_after_polls);
