@@ -9,6 +9,7 @@ pub mod mysql;
 pub mod nats;
 pub mod rsyslog;
 pub mod sinks;
+pub mod splunk;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@ const SINK_TYPES: &[&str] = &[
     "syslog",
     "file",
     "webhook",
+    "splunk_hec",
 ];
 
 /// The ```toml blocks of a markdown file, with the line each starts on.

@@ -12,6 +12,8 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "splunk_hec")]
+pub mod splunk_hec;
 #[cfg(feature = "syslog")]
 pub mod syslog;
 #[cfg(feature = "webhook")]
@@ -41,6 +43,8 @@ pub enum SinkKind {
     File(file::FileConfig),
     #[cfg(feature = "webhook")]
     Webhook(webhook::WebhookConfig),
+    #[cfg(feature = "splunk_hec")]
+    SplunkHec(splunk_hec::SplunkHecConfig),
 }
 
 impl SinkKind {
@@ -61,6 +65,8 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(_) => "webhook",
+            #[cfg(feature = "splunk_hec")]
+            SinkKind::SplunkHec(_) => "splunk_hec",
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
@@ -68,7 +74,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "splunk_hec"
             )))]
             _ => unreachable!("no sink type is compiled in"),
         }
@@ -120,6 +127,15 @@ impl SinkKind {
                 max_bytes: bytesize::ByteSize::mib(4),
                 ..DeliveryConfig::default()
             },
+            // HEC takes requests up to its max_content_length (limits.conf
+            // [http_input]; 1 MB on older Splunk): batches stay near that,
+            // and acknowledgement lets more wait besides (max_pending_acks).
+            #[cfg(feature = "splunk_hec")]
+            SinkKind::SplunkHec(_) => DeliveryConfig {
+                max_events: 1000,
+                max_bytes: bytesize::ByteSize::kib(768),
+                ..DeliveryConfig::default()
+            },
             _ => DeliveryConfig::default(),
         }
     }
@@ -144,6 +160,10 @@ impl SinkKind {
             SinkKind::File(config) => Ok(Arc::new(file::FileSink::new(config, context)?)),
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(config) => Ok(Arc::new(webhook::WebhookSink::new(config, context)?)),
+            #[cfg(feature = "splunk_hec")]
+            SinkKind::SplunkHec(config) => {
+                Ok(Arc::new(splunk_hec::SplunkHecSink::new(config, context)?))
+            }
             // Built without sink features, no config can name a sink type.
             #[cfg(not(any(
                 feature = "mysql",
@@ -152,7 +172,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "splunk_hec"
             )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
