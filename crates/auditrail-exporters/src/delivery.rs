@@ -569,10 +569,25 @@ impl SinkShared {
         while let Some(mut chunk) = work.pop() {
             let mut backoff = self.backoff();
             let mut attempts = Attempts::new(&self.health, self.config.stuck_after, &chunk);
+            // After a misconfigured answer the sink is checked again
+            // before the batch is: `prepare` may mend it (a table dropped
+            // meanwhile is created again), and one that still fails sends
+            // nothing (a Splunk token without acknowledgement would index
+            // every resend).
+            let mut check_first = false;
             loop {
                 if permit.is_none() {
                     let acquired = self.sending.clone().acquire_owned().await;
                     permit = Some(acquired.expect("the sending semaphore is never closed"));
+                }
+                if check_first {
+                    if let Err(error) = self.attempt(self.exporter.prepare()).await {
+                        self.record_error(&error);
+                        attempts.failed(&error);
+                        tokio::time::sleep(backoff.delay_after(&error)).await;
+                        continue;
+                    }
+                    check_first = false;
                 }
                 let started = Instant::now();
                 let outcome = match self.attempt(self.exporter.send(&chunk)).await {
@@ -595,7 +610,8 @@ impl SinkShared {
                 };
                 self.record_error(&error);
                 match error.class {
-                    ErrorClass::Retryable | ErrorClass::Misconfigured => {}
+                    ErrorClass::Retryable => {}
+                    ErrorClass::Misconfigured => check_first = true,
                     ErrorClass::Permanent if chunk.len() == 1 => {
                         drop(attempts);
                         self.dead_letter(&chunk[0], &error.to_string()).await;
@@ -1077,6 +1093,44 @@ mod tests {
         let seqs: Vec<u64> = letters.iter().map(|l| l.event.seq).collect();
         assert_eq!(seqs, [3]);
         assert!(letters[0].reason.contains("mapper_parsing_exception"));
+    }
+
+    /// Answers its first export as misconfigured (the table is gone), and
+    /// its next two prepares fail too; records every call in order.
+    #[derive(Default)]
+    struct Unprepared {
+        calls: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for Unprepared {
+        async fn prepare(&self) -> Result<(), ExportError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push("prepare");
+            if calls.iter().filter(|c| **c == "prepare").count() <= 2 {
+                return Err(ExportError::misconfigured("schema", "no table"));
+            }
+            Ok(())
+        }
+        async fn export(&self, _: &[AuditEvent]) -> Result<(), ExportError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push("export");
+            if calls.len() == 1 {
+                return Err(ExportError::misconfigured("schema", "table dropped"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_misconfigured_answer_nothing_is_sent_until_prepare_passes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exporter = Arc::new(Unprepared::default());
+        let sink = test_sink("unprepared", test_spool(&dir), exporter.clone());
+        let permit = sink.free_slot(0).unwrap();
+        sink.deliver(events(1, 2), Some((1, 2)), permit).await;
+        let calls = exporter.calls.lock().unwrap().clone();
+        assert_eq!(calls, ["export", "prepare", "prepare", "prepare", "export"]);
     }
 
     /// Confirms later: each send gets the next ack id; only ids in `acks`

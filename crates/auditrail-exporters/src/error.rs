@@ -12,8 +12,9 @@ pub enum ErrorClass {
     Retryable,
     /// The sink itself is set up wrongly (bad password, missing database or
     /// table, no permission). No record is to blame, so nothing is
-    /// dead-lettered; the batch waits and is retried. At start-up this is a
-    /// fatal error.
+    /// dead-lettered; the batch waits, and is sent again once
+    /// [`Exporter::prepare`](crate::Exporter::prepare) passes again. At
+    /// start-up this is a fatal error.
     Misconfigured,
     /// Something in the batch cannot be stored (a value the table cannot
     /// hold, say). The batch is split to find the record(s) to blame.

@@ -47,8 +47,10 @@ pub use spool_check::HeldSeq;
 pub trait Exporter: Send + Sync + 'static {
     /// Checks the destination and creates what is missing (a table, its
     /// partitions). Runs before the first batch, and again after a failure
-    /// until it succeeds. [`ErrorClass::Misconfigured`] here stops
-    /// `auditrail serve` at start-up with the message.
+    /// until it succeeds; also before a batch is sent again after a
+    /// [`ErrorClass::Misconfigured`] answer, and the batch waits until it
+    /// succeeds. [`ErrorClass::Misconfigured`] here stops `auditrail serve`
+    /// at start-up with the message.
     async fn prepare(&self) -> Result<(), ExportError>;
 
     /// Writes `events` (in seq order) and returns once the destination has

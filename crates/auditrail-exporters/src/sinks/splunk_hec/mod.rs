@@ -242,7 +242,7 @@ impl SplunkHecSink {
                 &config.source,
                 &config.sourcetype,
                 config.index.as_deref(),
-                config.format,
+                config.format.clone(),
             ),
             acks,
             told_unused_acks: AtomicBool::new(false),
