@@ -4,6 +4,8 @@
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "mysql")]
@@ -41,6 +43,8 @@ pub enum SinkKind {
     File(file::FileConfig),
     #[cfg(feature = "webhook")]
     Webhook(webhook::WebhookConfig),
+    #[cfg(feature = "elasticsearch")]
+    Elasticsearch(elasticsearch::ElasticsearchConfig),
 }
 
 impl SinkKind {
@@ -61,6 +65,8 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(_) => "webhook",
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(_) => "elasticsearch",
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
@@ -68,7 +74,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "elasticsearch"
             )))]
             _ => unreachable!("no sink type is compiled in"),
         }
@@ -120,6 +127,14 @@ impl SinkKind {
                 max_bytes: bytesize::ByteSize::mib(4),
                 ..DeliveryConfig::default()
             },
+            // Elastic's guidance for _bulk: requests of a few MB, a few
+            // at a time; larger ones only queue up in the write pool.
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(_) => DeliveryConfig {
+                max_events: 2000,
+                max_bytes: bytesize::ByteSize::mib(8),
+                ..DeliveryConfig::default()
+            },
             _ => DeliveryConfig::default(),
         }
     }
@@ -144,6 +159,10 @@ impl SinkKind {
             SinkKind::File(config) => Ok(Arc::new(file::FileSink::new(config, context)?)),
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(config) => Ok(Arc::new(webhook::WebhookSink::new(config, context)?)),
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(config) => Ok(Arc::new(elasticsearch::ElasticsearchSink::new(
+                config, context,
+            )?)),
             // Built without sink features, no config can name a sink type.
             #[cfg(not(any(
                 feature = "mysql",
@@ -152,7 +171,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "elasticsearch"
             )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
