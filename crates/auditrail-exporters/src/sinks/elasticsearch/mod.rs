@@ -167,7 +167,7 @@ impl ElasticsearchSink {
         }
         let target = match (&config.index, &config.data_stream) {
             (Some(index), None) => Target::Index(
-                IndexPattern::parse(index).map_err(|e| misconfigured(e))?,
+                IndexPattern::parse(index).map_err(misconfigured)?,
             ),
             (None, Some(stream)) => {
                 check_index_name(stream)
