@@ -577,3 +577,52 @@ async fn misconfigurations_stop_serve_at_start_with_a_clear_message() {
     assert!(c.unauthorized >= 1);
     assert!(c.docs.is_empty() && c.bulks.is_empty());
 }
+
+/// Documents are keyed by `(node, seq)`, so a wiped spool must not start
+/// at seq 1 again: its events would meet the old `_id`s, answer 409 and be
+/// taken as stored without ever being written. The new spool asks the
+/// cluster for the highest seq of its node and starts after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_spool_starts_after_the_highest_seq_the_cluster_holds() {
+    let cluster = shared(Flavor::Elasticsearch);
+    let double = Double::start(addr(), &cluster);
+    let config = sink(&double, "index = \"audit-%Y.%m.%d\"", "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), "", &config);
+    let mut first = client(&server).await;
+    let (request, before) = numbered_batch(SPAN, "before-wipe", 30);
+    send(&mut first, request).await;
+    wait_caught_up(&server, "search", 30, CATCH_UP).await;
+    assert!(server.terminate().success());
+    drop(first);
+
+    std::fs::remove_dir_all(server.spool_dir()).unwrap();
+    let server = Server::start_in(dir.path(), "", &config);
+    assert!(
+        server
+            .log()
+            .contains("the sink already holds events of this node"),
+        "{}",
+        server.log()
+    );
+    let mut client = client(&server).await;
+    let (request, after) = numbered_batch(SPAN, "after-wipe", 20);
+    send(&mut client, request).await;
+    let mut all = ids_of(&before);
+    all.extend(ids_of(&after));
+    wait_stored(&cluster, &all, &server).await;
+    assert_each_once(
+        "the double",
+        &all,
+        stored_ids(&cluster).iter().map(String::as_str),
+    );
+    let c = cluster.lock().unwrap();
+    let mut seqs: Vec<u64> = c.docs.values().filter_map(|d| d.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=50).collect::<Vec<u64>>(),
+        "the new spool went on at 31"
+    );
+    assert_eq!(c.item_statuses().iter().filter(|s| **s == 409).count(), 0);
+}
