@@ -263,7 +263,12 @@ impl Drop for Double {
 
 /// The double's HTTP routes, for a server of one's own (the benchmark's).
 pub fn router(cluster: Shared) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(cluster)
+    axum::Router::new()
+        .fallback(handle)
+        // Elasticsearch's default http.max_content_length; a larger
+        // request is answered 413, as there (axum's own default is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024))
+        .with_state(cluster)
 }
 
 async fn handle(

@@ -128,11 +128,14 @@ impl SinkKind {
                 ..DeliveryConfig::default()
             },
             // Elastic's guidance for _bulk: requests of a few MB, a few
-            // at a time; larger ones only queue up in the write pool.
+            // at a time; larger ones only queue up in the write pool. The
+            // ECS documents are larger than the canonical fields max_bytes
+            // counts, and small AWS OpenSearch domains refuse requests
+            // over 10 MiB.
             #[cfg(feature = "elasticsearch")]
             SinkKind::Elasticsearch(_) => DeliveryConfig {
                 max_events: 2000,
-                max_bytes: bytesize::ByteSize::mib(8),
+                max_bytes: bytesize::ByteSize::mib(5),
                 ..DeliveryConfig::default()
             },
             _ => DeliveryConfig::default(),
