@@ -19,6 +19,7 @@ const SINK_TYPES: &[&str] = &[
     "file",
     "webhook",
     "splunk_hec",
+    "elasticsearch",
 ];
 
 /// The ```toml blocks of a markdown file, with the line each starts on.

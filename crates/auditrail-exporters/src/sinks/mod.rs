@@ -4,6 +4,8 @@
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "mysql")]
@@ -45,6 +47,8 @@ pub enum SinkKind {
     Webhook(webhook::WebhookConfig),
     #[cfg(feature = "splunk_hec")]
     SplunkHec(splunk_hec::SplunkHecConfig),
+    #[cfg(feature = "elasticsearch")]
+    Elasticsearch(elasticsearch::ElasticsearchConfig),
 }
 
 impl SinkKind {
@@ -67,6 +71,8 @@ impl SinkKind {
             SinkKind::Webhook(_) => "webhook",
             #[cfg(feature = "splunk_hec")]
             SinkKind::SplunkHec(_) => "splunk_hec",
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(_) => "elasticsearch",
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
@@ -75,7 +81,8 @@ impl SinkKind {
                 feature = "syslog",
                 feature = "file",
                 feature = "webhook",
-                feature = "splunk_hec"
+                feature = "splunk_hec",
+                feature = "elasticsearch"
             )))]
             _ => unreachable!("no sink type is compiled in"),
         }
@@ -136,6 +143,17 @@ impl SinkKind {
                 max_bytes: bytesize::ByteSize::kib(768),
                 ..DeliveryConfig::default()
             },
+            // Elastic's guidance for _bulk: requests of a few MB, a few
+            // at a time; larger ones only queue up in the write pool. The
+            // ECS documents are larger than the canonical fields max_bytes
+            // counts, and small AWS OpenSearch domains refuse requests
+            // over 10 MiB.
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(_) => DeliveryConfig {
+                max_events: 2000,
+                max_bytes: bytesize::ByteSize::mib(5),
+                ..DeliveryConfig::default()
+            },
             _ => DeliveryConfig::default(),
         }
     }
@@ -164,6 +182,10 @@ impl SinkKind {
             SinkKind::SplunkHec(config) => {
                 Ok(Arc::new(splunk_hec::SplunkHecSink::new(config, context)?))
             }
+            #[cfg(feature = "elasticsearch")]
+            SinkKind::Elasticsearch(config) => Ok(Arc::new(elasticsearch::ElasticsearchSink::new(
+                config, context,
+            )?)),
             // Built without sink features, no config can name a sink type.
             #[cfg(not(any(
                 feature = "mysql",
@@ -173,7 +195,8 @@ impl SinkKind {
                 feature = "syslog",
                 feature = "file",
                 feature = "webhook",
-                feature = "splunk_hec"
+                feature = "splunk_hec",
+                feature = "elasticsearch"
             )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
