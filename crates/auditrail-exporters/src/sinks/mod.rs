@@ -6,6 +6,8 @@
 pub mod clickhouse;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "nats")]
@@ -41,6 +43,8 @@ pub enum SinkKind {
     File(file::FileConfig),
     #[cfg(feature = "webhook")]
     Webhook(webhook::WebhookConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
 }
 
 impl SinkKind {
@@ -61,6 +65,8 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(_) => "webhook",
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(_) => "kafka",
             #[cfg(not(any(
                 feature = "mysql",
                 feature = "clickhouse",
@@ -68,7 +74,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "kafka"
             )))]
             _ => unreachable!("no sink type is compiled in"),
         }
@@ -144,6 +151,8 @@ impl SinkKind {
             SinkKind::File(config) => Ok(Arc::new(file::FileSink::new(config, context)?)),
             #[cfg(feature = "webhook")]
             SinkKind::Webhook(config) => Ok(Arc::new(webhook::WebhookSink::new(config, context)?)),
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(config) => Ok(Arc::new(kafka::KafkaSink::new(config, context)?)),
             // Built without sink features, no config can name a sink type.
             #[cfg(not(any(
                 feature = "mysql",
@@ -152,7 +161,8 @@ impl SinkKind {
                 feature = "otlp",
                 feature = "syslog",
                 feature = "file",
-                feature = "webhook"
+                feature = "webhook",
+                feature = "kafka"
             )))]
             _ => unreachable!("no sink type is compiled in: {context:?}"),
         }
