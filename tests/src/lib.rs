@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 pub mod cutfs;
+pub mod kafka;
 pub mod load;
 pub mod mysql;
 pub mod nats;
