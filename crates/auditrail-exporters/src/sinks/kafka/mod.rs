@@ -71,9 +71,11 @@ pub struct KafkaConfig {
     /// `default.replication.factor`.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
-    /// Extra librdkafka producer properties (`linger.ms`,
-    /// `compression.type`, `security.protocol`, ...). The ones that make the
-    /// delivery guarantee are refused (see [`RESERVED`]).
+    /// Extra librdkafka producer properties (`linger.ms`, `batch.size`,
+    /// `compression.type` = `lz4` or `snappy`, ...), checked by librdkafka
+    /// at start-up. The ones that make the delivery guarantee are refused
+    /// (see [`RESERVED`]). This librdkafka is built without TLS, SASL/SCRAM,
+    /// gzip and zstd.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, toml::Value>,
 }
@@ -412,7 +414,7 @@ fn bootstrap_servers(url: &str) -> Result<String, String> {
         let address = address.strip_suffix('/').unwrap_or(address);
         if address.contains("://") {
             return Err(format!(
-                "{part:?}: only kafka:// (plaintext) is supported; TLS and SASL go in [sinks.librdkafka]"
+                "{part:?}: only kafka:// (plaintext) is supported"
             ));
         }
         let Some((host, port)) = address.rsplit_once(':') else {
