@@ -261,10 +261,12 @@ async fn an_event_over_max_message_bytes_is_dead_lettered_and_the_rest_delivered
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_topic_without_create_topics_stops_start_up() {
+    // Nor may the broker create it (Apache Kafka does by default, when a
+    // producer asks for a topic it does not have).
     let broker = KafkaBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[[sinks]]\nname = \"stream\"\ntype = \"kafka\"\nurl = \"{}\"\ntopic = \"{}-absent\"\ncreate_topics = false\n",
+        "[[sinks]]\nname = \"stream\"\ntype = \"kafka\"\nurl = \"{}\"\ntopic = \"{}-absent\"\ncreate_topics = false\n[sinks.librdkafka]\n\"allow.auto.create.topics\" = false\n",
         broker.bootstrap, broker.prefix
     );
     let (status, log) =
