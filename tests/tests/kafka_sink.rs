@@ -134,8 +134,23 @@ async fn kill_9_during_delivery_and_an_outage_lose_nothing_and_only_the_crash_do
     // being delivered: exports with records in librdkafka's hands time out
     // and are sent again.
     let load = Arc::new(Mutex::new(Load::default()));
+    let (_, before) = sink_status(&server, "stream").await;
     let sending = start_sending(&server, &load, SPAN, 2, 2000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cut when part of round 2 is delivered and part is not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = sink_status(&server, "stream").await;
+        if status["cursor"].as_u64() > before["cursor"].as_u64()
+            && status["lag_events"].as_u64() > Some(0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "round 2 was never being delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     broker.go_down();
     sending.await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -127,6 +127,16 @@ impl SinkKind {
                 max_bytes: bytesize::ByteSize::mib(4),
                 ..DeliveryConfig::default()
             },
+            // librdkafka batches records across exports by itself; more
+            // and larger batches in flight hide each one's wait for its
+            // last delivery report (scripts/bench-sinks into tansu: median
+            // ~68k events/s with 2 x 5,000, ~82k with 4 x 10,000).
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(_) => DeliveryConfig {
+                concurrency: 4,
+                max_events: 10_000,
+                ..DeliveryConfig::default()
+            },
             _ => DeliveryConfig::default(),
         }
     }

@@ -251,7 +251,12 @@ impl KafkaSink {
             .create_with_context(self.logs())
             .map_err(|e| ExportError::misconfigured("config", format!("Kafka producer: {e}")))?;
         let producer = Arc::new(producer);
-        *slot = Some(producer.clone());
+        if let Some(old) = slot.replace(producer.clone()) {
+            // Dropping a producer purges its queue (its records report
+            // failure, and are produced again by the new one) and waits up
+            // to half a second: not on this thread.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
         Ok(producer)
     }
 
@@ -413,9 +418,7 @@ fn bootstrap_servers(url: &str) -> Result<String, String> {
         let address = part.strip_prefix("kafka://").unwrap_or(part);
         let address = address.strip_suffix('/').unwrap_or(address);
         if address.contains("://") {
-            return Err(format!(
-                "{part:?}: only kafka:// (plaintext) is supported"
-            ));
+            return Err(format!("{part:?}: only kafka:// (plaintext) is supported"));
         }
         let Some((host, port)) = address.rsplit_once(':') else {
             return Err(format!("{part:?} is not host:port"));
