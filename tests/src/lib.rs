@@ -5,6 +5,7 @@
 pub mod clickhouse;
 pub mod cutfs;
 pub mod elasticsearch;
+pub mod kafka;
 pub mod load;
 pub mod mysql;
 pub mod nats;

@@ -20,6 +20,7 @@ const SINK_TYPES: &[&str] = &[
     "webhook",
     "splunk_hec",
     "elasticsearch",
+    "kafka",
 ];
 
 /// The ```toml blocks of a markdown file, with the line each starts on.
