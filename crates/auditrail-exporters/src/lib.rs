@@ -19,11 +19,15 @@ pub mod encoding;
 mod error;
 pub mod fields;
 mod health;
+#[cfg(any(feature = "webhook", feature = "splunk_hec", feature = "elasticsearch"))]
+mod http;
 mod partial;
 mod removed;
 mod retry;
 pub mod sinks;
 mod spool_check;
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod template;
 
 use std::time::{Duration, SystemTime};
 

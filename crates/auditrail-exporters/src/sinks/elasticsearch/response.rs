@@ -38,10 +38,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::http::transport;
+pub use crate::http::truncated;
 use crate::{ErrorClass, ExportError, RecordOutcome};
-
-/// How much of a refusal's body goes into an error message.
-const MAX_BODY_IN_MESSAGE: usize = 512;
 
 /// The error for a `_bulk` request answered with a non-200 `status`.
 pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &str) -> ExportError {
@@ -269,34 +268,6 @@ pub fn outcome(results: &[ItemResult]) -> Result<(), ExportError> {
         message,
         results.iter().map(ItemResult::outcome).collect(),
     ))
-}
-
-pub fn truncated(body: &str) -> String {
-    if body.len() <= MAX_BODY_IN_MESSAGE {
-        return body.to_owned();
-    }
-    let end = (0..=MAX_BODY_IN_MESSAGE)
-        .rev()
-        .find(|i| body.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}... ({} bytes)", &body[..end], body.len())
-}
-
-/// A request that got no answer: retryable, with the whole cause chain
-/// (reqwest's own message leaves out "connection refused").
-pub fn transport(error: reqwest::Error) -> ExportError {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else {
-        "connection"
-    };
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    ExportError::retryable(kind, message)
 }
 
 #[cfg(test)]

@@ -9,59 +9,23 @@
 
 use auditrail_model::AuditEvent;
 
+pub use crate::template::ParseError;
+use crate::template::{EventTemplate, Part};
+
 /// The longest topic name Kafka accepts.
 pub const MAX_TOPIC_LEN: usize = 249;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placeholder {
-    Tenant,
-    ServiceName,
-    EventName,
-    Node,
-}
-
-impl Placeholder {
-    fn parse(name: &str) -> Option<Placeholder> {
-        Some(match name {
-            "tenant" => Placeholder::Tenant,
-            "service_name" => Placeholder::ServiceName,
-            "event_name" => Placeholder::EventName,
-            "node" => Placeholder::Node,
-            _ => return None,
-        })
-    }
-
-    fn value(self, event: &AuditEvent) -> &str {
-        match self {
-            Placeholder::Tenant => &event.tenant,
-            Placeholder::ServiceName => &event.service_name,
-            Placeholder::EventName => &event.event_name,
-            Placeholder::Node => &event.node,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Value(Placeholder),
-}
 
 /// A parsed topic template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicTemplate {
-    parts: Vec<Part>,
+    template: EventTemplate,
 }
 
 /// Why a template is refused at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error(
-        "unknown placeholder {{{0}}}: use {{tenant}}, {{service_name}}, {{event_name}} or {{node}}"
-    )]
-    Unknown(String),
-    #[error("an unclosed {{ in {0:?}")]
-    Unclosed(String),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     #[error("{0:?} is not a Kafka topic name: empty, over 249 characters, or with characters outside [A-Za-z0-9._-]")]
     NotATopic(String),
 }
@@ -73,36 +37,12 @@ pub struct BadTopic(pub String);
 
 impl TopicTemplate {
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| TemplateError::Unclosed(template.to_owned()))?;
-            let name = &rest[open + 1..open + close];
-            let placeholder =
-                Placeholder::parse(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
-            parts.push(Part::Value(placeholder));
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        let parsed = TopicTemplate { parts };
+        let parsed = TopicTemplate {
+            template: EventTemplate::parse(template)?,
+        };
         // The shortest rendering (each value one `_`) must be a topic: the
         // template's own text is legal and leaves room for values.
-        let shortest: String = parsed
-            .parts
-            .iter()
-            .map(|part| match part {
-                Part::Text(text) => text.as_str(),
-                Part::Value(_) => "_",
-            })
-            .collect();
-        if !is_topic(&shortest) {
+        if !is_topic(&parsed.template.with_each_value_as("_")) {
             return Err(TemplateError::NotATopic(template.to_owned()));
         }
         Ok(parsed)
@@ -110,7 +50,7 @@ impl TopicTemplate {
 
     /// The one topic of a template without placeholders.
     pub fn fixed(&self) -> Option<&str> {
-        match self.parts.as_slice() {
+        match self.template.parts() {
             [Part::Text(text)] => Some(text),
             _ => None,
         }
@@ -118,13 +58,7 @@ impl TopicTemplate {
 
     /// The topic for `event`.
     pub fn render(&self, event: &AuditEvent) -> Result<String, BadTopic> {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Value(p) => push_value(&mut out, p.value(event)),
-            }
-        }
+        let out = self.template.render(event, push_value);
         if is_topic(&out) {
             Ok(out)
         } else {
@@ -190,11 +124,11 @@ mod tests {
     fn bad_templates_are_refused() {
         assert!(matches!(
             TopicTemplate::parse("audit.{user}"),
-            Err(TemplateError::Unknown(_))
+            Err(TemplateError::Parse(ParseError::Unknown(_)))
         ));
         assert!(matches!(
             TopicTemplate::parse("audit.{tenant"),
-            Err(TemplateError::Unclosed(_))
+            Err(TemplateError::Parse(ParseError::Unclosed(_)))
         ));
         assert!(matches!(
             TopicTemplate::parse("audit/{tenant}"),

@@ -8,57 +8,20 @@
 
 use auditrail_model::AuditEvent;
 
-/// What a placeholder stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placeholder {
-    Tenant,
-    ServiceName,
-    EventName,
-    Node,
-}
-
-impl Placeholder {
-    fn parse(name: &str) -> Option<Placeholder> {
-        Some(match name {
-            "tenant" => Placeholder::Tenant,
-            "service_name" => Placeholder::ServiceName,
-            "event_name" => Placeholder::EventName,
-            "node" => Placeholder::Node,
-            _ => return None,
-        })
-    }
-
-    fn value(self, event: &AuditEvent) -> &str {
-        match self {
-            Placeholder::Tenant => &event.tenant,
-            Placeholder::ServiceName => &event.service_name,
-            Placeholder::EventName => &event.event_name,
-            Placeholder::Node => &event.node,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Value(Placeholder),
-}
+pub use crate::template::ParseError;
+use crate::template::{EventTemplate, Part};
 
 /// A parsed subject template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectTemplate {
-    parts: Vec<Part>,
+    template: EventTemplate,
 }
 
 /// Why a template is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error(
-        "unknown placeholder {{{0}}}: use {{tenant}}, {{service_name}}, {{event_name}} or {{node}}"
-    )]
-    Unknown(String),
-    #[error("an unclosed {{ in {0:?}")]
-    Unclosed(String),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     #[error(
         "{0:?} is not a subject: it is empty, or has an empty token, a wildcard or whitespace"
     )]
@@ -69,39 +32,24 @@ pub enum TemplateError {
 
 impl SubjectTemplate {
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| TemplateError::Unclosed(template.to_owned()))?;
-            let name = &rest[open + 1..open + close];
-            let placeholder =
-                Placeholder::parse(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
-            parts.push(Part::Value(placeholder));
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        let parsed = SubjectTemplate { parts };
+        let parsed = SubjectTemplate {
+            template: EventTemplate::parse(template)?,
+        };
         // A placeholder must be a token of its own, so that the wildcard
         // form (one `*` per placeholder) captures every rendered subject.
-        for (i, part) in parsed.parts.iter().enumerate() {
+        let parts = parsed.template.parts();
+        for (i, part) in parts.iter().enumerate() {
             if let Part::Value(_) = part {
                 let before_ok =
-                    i == 0 || matches!(&parsed.parts[i - 1], Part::Text(t) if t.ends_with('.'));
-                let after_ok = i + 1 == parsed.parts.len()
-                    || matches!(&parsed.parts[i + 1], Part::Text(t) if t.starts_with('.'));
+                    i == 0 || matches!(&parts[i - 1], Part::Text(t) if t.ends_with('.'));
+                let after_ok = i + 1 == parts.len()
+                    || matches!(&parts[i + 1], Part::Text(t) if t.starts_with('.'));
                 if !before_ok || !after_ok {
                     return Err(TemplateError::PartToken(template.to_owned()));
                 }
             }
         }
-        if !is_subject(&parsed.wildcard().replace('*', "x")) {
+        if !is_subject(&parsed.template.with_each_value_as("x")) {
             return Err(TemplateError::NotASubject(template.to_owned()));
         }
         Ok(parsed)
@@ -109,25 +57,12 @@ impl SubjectTemplate {
 
     /// The subject for `event`.
     pub fn render(&self, event: &AuditEvent) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Value(p) => push_token(&mut out, p.value(event)),
-            }
-        }
-        out
+        self.template.render(event, push_token)
     }
 
     /// The subjects every rendering falls under: each placeholder a `*`.
     pub fn wildcard(&self) -> String {
-        self.parts
-            .iter()
-            .map(|part| match part {
-                Part::Text(text) => text.as_str(),
-                Part::Value(_) => "*",
-            })
-            .collect()
+        self.template.with_each_value_as("*")
     }
 }
 
@@ -186,11 +121,11 @@ mod tests {
     fn bad_templates_are_refused() {
         assert!(matches!(
             SubjectTemplate::parse("audit.{user}"),
-            Err(TemplateError::Unknown(_))
+            Err(TemplateError::Parse(ParseError::Unknown(_)))
         ));
         assert!(matches!(
             SubjectTemplate::parse("audit.{tenant"),
-            Err(TemplateError::Unclosed(_))
+            Err(TemplateError::Parse(ParseError::Unclosed(_)))
         ));
         assert!(matches!(
             SubjectTemplate::parse("audit.x{tenant}"),

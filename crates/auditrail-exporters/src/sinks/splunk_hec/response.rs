@@ -34,10 +34,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::http::transport;
+use crate::http::truncated;
 use crate::{ErrorClass, ExportError};
-
-/// How much of a refusal's body goes into the error message.
-const MAX_BODY_IN_MESSAGE: usize = 512;
 
 /// The JSON body of a HEC answer; every field is optional, since a proxy
 /// in between may answer with anything.
@@ -140,35 +139,6 @@ fn describe(status: u16, answer: &HecAnswer, body: &str) -> String {
         }
         (None, _) => format!("HEC HTTP {status}: {}", truncated(body.trim())),
     }
-}
-
-fn truncated(body: &str) -> String {
-    if body.len() <= MAX_BODY_IN_MESSAGE {
-        return body.to_owned();
-    }
-    let end = (0..=MAX_BODY_IN_MESSAGE)
-        .rev()
-        .find(|i| body.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}... ({} bytes)", &body[..end], body.len())
-}
-
-/// A request that got no answer.
-pub fn transport(error: reqwest::Error) -> ExportError {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else {
-        "connection"
-    };
-    // reqwest's Display leaves out the cause ("error sending request"):
-    // the chain names what happened (connection refused, reset...).
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    ExportError::retryable(kind, message)
 }
 
 #[cfg(test)]

@@ -13,10 +13,9 @@
 
 use std::time::Duration;
 
+pub use crate::http::transport;
+use crate::http::truncated;
 use crate::ExportError;
-
-/// How much of a refusal's body goes into the error message.
-const MAX_BODY_IN_MESSAGE: usize = 512;
 
 /// The error for a non-2xx `status` with `body`, carrying the receiver's
 /// `Retry-After` for the statuses that are retried.
@@ -36,35 +35,6 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Expor
         Some(wait) if error.class == crate::ErrorClass::Retryable => error.with_retry_after(wait),
         _ => error,
     }
-}
-
-fn truncated(body: &str) -> String {
-    if body.len() <= MAX_BODY_IN_MESSAGE {
-        return body.to_owned();
-    }
-    let end = (0..=MAX_BODY_IN_MESSAGE)
-        .rev()
-        .find(|i| body.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}... ({} bytes)", &body[..end], body.len())
-}
-
-/// A request that got no answer.
-pub fn transport(error: reqwest::Error) -> ExportError {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else {
-        "connection"
-    };
-    // reqwest's Display leaves out the cause ("error sending request"):
-    // the chain names what happened (connection refused, reset...).
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    ExportError::retryable(kind, message)
 }
 
 #[cfg(test)]
