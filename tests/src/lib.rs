@@ -499,6 +499,24 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("running auditrail")
 }
 
+/// The Python of the venv with the OTel SDK and the OCSF schema:
+/// `$AUDITRAIL_PYTHON`, else `target/pyvenv` (both made by
+/// `scripts/python-venv`, which `scripts/test` runs); panics, saying so,
+/// when it is missing.
+pub fn python_venv() -> PathBuf {
+    let path = std::env::var_os("AUDITRAIL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "no Python venv at {}: run scripts/python-venv (scripts/test does) or set AUDITRAIL_PYTHON",
+        path.display()
+    );
+    path
+}
+
 /// Waits until `check` returns true, or panics with `what`.
 pub async fn eventually<F, Fut>(what: &str, check: F)
 where

@@ -55,6 +55,53 @@ pub fn next_trace_id() -> ([u8; 16], String) {
     otlp::trace_id(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A poison record between two good ones: `small-1`, `huge` (a body of
+/// `huge_bytes`) and `small-2`, in one request of service `imagegen-ui`
+/// (span ids start with `span`), for a sink test that the huge one is
+/// dead-lettered and its neighbours delivered.
+pub fn poison_between_two(
+    span: u8,
+    trace_seed: u64,
+    huge_bytes: usize,
+) -> ExportLogsServiceRequest {
+    let (trace, _) = otlp::trace_id(trace_seed);
+    let records = vec![
+        otlp::record(
+            "small-1",
+            trace,
+            [span, 1, 0, 0, 0, 0, 0, 1],
+            "fine",
+            vec![],
+        ),
+        otlp::record(
+            "huge",
+            trace,
+            [span, 1, 0, 0, 0, 0, 0, 2],
+            &"x".repeat(huge_bytes),
+            vec![],
+        ),
+        otlp::record(
+            "small-2",
+            trace,
+            [span, 1, 0, 0, 0, 0, 0, 3],
+            "fine too",
+            vec![],
+        ),
+    ];
+    otlp::request("imagegen-ui", records)
+}
+
+/// Waits until `sink` has dead-lettered `n` events.
+pub async fn wait_dead_lettered(server: &Server, sink: &str, n: u64) {
+    let metric = format!("auditrail_sink_dead_lettered_events_total{{sink=\"{sink}\"}}");
+    crate::eventually_within(
+        Duration::from_secs(30),
+        &format!("{n} event(s) dead-lettered by {sink}"),
+        || async { server.metric(&metric).await == n as f64 },
+    )
+    .await;
+}
+
 /// `n` events with uids `{prefix}-{i}`, each with its own trace id; every
 /// span id starts with the byte `span` (each test file has its own).
 /// Returns the request and (uid, trace id hex) of each event.

@@ -17,8 +17,9 @@ use auditrail_tests::kafka::{
 };
 use auditrail_tests::otlp;
 use auditrail_tests::sinks::{
-    assert_each_once, assert_no_dead_letters, client, kill_9_then_outage, numbered_batch, send,
-    sink_counter, sink_status, start_sending, tail, Load,
+    assert_each_once, assert_no_dead_letters, client, kill_9_then_outage, numbered_batch,
+    poison_between_two, send, sink_counter, sink_status, start_sending, tail, wait_dead_lettered,
+    Load,
 };
 use auditrail_tests::{eventually_within, Server};
 
@@ -225,43 +226,8 @@ async fn an_event_over_max_message_bytes_is_dead_lettered_and_the_rest_delivered
     let broker = KafkaBroker::start().await;
     let server = Server::start_with("", &sink(&broker, "max_message_bytes = \"16KiB\""));
     let mut grpc = client(&server).await;
-    let (trace, _) = otlp::trace_id(9_100_001);
-    let records = vec![
-        otlp::record(
-            "small-1",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 1],
-            "fine",
-            vec![],
-        ),
-        otlp::record(
-            "huge",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 2],
-            &"x".repeat(40_000),
-            vec![],
-        ),
-        otlp::record(
-            "small-2",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 3],
-            "fine too",
-            vec![],
-        ),
-    ];
-    send(&mut grpc, otlp::request("imagegen-ui", records)).await;
-
-    eventually_within(
-        Duration::from_secs(30),
-        "the huge event is dead-lettered",
-        || async {
-            server
-                .metric("auditrail_sink_dead_lettered_events_total{sink=\"stream\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    send(&mut grpc, poison_between_two(SPAN, 9_100_001, 40_000)).await;
+    wait_dead_lettered(&server, "stream", 1).await;
     let topics = [topic(&broker, "imagegen-ui")];
     let records = wait_for_records(&broker, &topics, 2, Duration::from_secs(30)).await;
     let mut keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();

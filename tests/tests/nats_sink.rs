@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use auditrail_tests::nats::{
     create_stream_with_max_msg_size, stream_messages, NatsServer, StreamMessage,
 };
-use auditrail_tests::otlp;
 use auditrail_tests::sinks::{
-    assert_each_once, assert_no_dead_letters, client, kill_9_then_outage, numbered_batch, send,
+    assert_each_once, assert_no_dead_letters, client, kill_9_then_outage, numbered_batch,
+    poison_between_two, send, wait_dead_lettered,
 };
-use auditrail_tests::{eventually_within, Server};
+use auditrail_tests::Server;
 
 /// Span ids of this file's events start with this byte.
 const SPAN: u8 = 0x4e;
@@ -107,43 +107,8 @@ async fn kill_9_during_delivery_and_an_outage_lose_and_double_nothing() {
 async fn huge_event_is_dead_lettered(nats: &NatsServer, huge_bytes: usize, why: &str) {
     let server = Server::start_with("", &sink(nats));
     let mut grpc = client(&server).await;
-    let (trace, _) = otlp::trace_id(9_000_001);
-    let records = vec![
-        otlp::record(
-            "small-1",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 1],
-            "fine",
-            vec![],
-        ),
-        otlp::record(
-            "huge",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 2],
-            &"x".repeat(huge_bytes),
-            vec![],
-        ),
-        otlp::record(
-            "small-2",
-            trace,
-            [SPAN, 1, 0, 0, 0, 0, 0, 3],
-            "fine too",
-            vec![],
-        ),
-    ];
-    send(&mut grpc, otlp::request("imagegen-ui", records)).await;
-
-    eventually_within(
-        Duration::from_secs(30),
-        "the huge event is dead-lettered",
-        || async {
-            server
-                .metric("auditrail_sink_dead_lettered_events_total{sink=\"bus\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    send(&mut grpc, poison_between_two(SPAN, 9_000_001, huge_bytes)).await;
+    wait_dead_lettered(&server, "bus", 1).await;
     let messages = wait_for_messages(nats, 2, Duration::from_secs(30)).await;
     let ids: HashSet<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids, HashSet::from(["small-1", "small-2"]));

@@ -21,7 +21,7 @@ use auditrail_tests::rsyslog::{Listener, Rsyslog};
 use auditrail_tests::sinks::{
     assert_no_dead_letters, client, emit_in_span, numbered_batch, send, tail, wait_caught_up,
 };
-use auditrail_tests::{cli, Server};
+use auditrail_tests::{cli, python_venv, Server};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
 use opentelemetry_otlp::{LogExporter, WithExportConfig};
 use serde_json::Value;
@@ -30,25 +30,11 @@ use serde_json::Value;
 const SPAN: u8 = 0x0c;
 const CATCH_UP: Duration = Duration::from_secs(60);
 
-fn python() -> PathBuf {
-    let path = std::env::var_os("AUDITRAIL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no Python venv at {}: run scripts/python-venv (scripts/test does) or set AUDITRAIL_PYTHON",
-        path.display()
-    );
-    path
-}
-
 /// Runs the OCSF validator over `lines`; panics with its report unless
 /// every line is a valid OCSF 1.5.0 event.
 fn assert_valid_ocsf(lines: &[String]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/validate_ocsf.py");
-    let mut child = Command::new(python())
+    let mut child = Command::new(python_venv())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

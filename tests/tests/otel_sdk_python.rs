@@ -9,26 +9,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use auditrail_tests::Server;
+use auditrail_tests::{python_venv, Server};
 use serde_json::Value;
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("AUDITRAIL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no Python venv at {}: run scripts/python-venv (scripts/test does) or set AUDITRAIL_PYTHON",
-        path.display()
-    );
-    path
-}
 
 fn send(protocol: &str, endpoint: &str, actor: &str, uid_prefix: &str, count: u32) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/send_audit.py");
-    let output = Command::new(python())
+    let output = Command::new(python_venv())
         .arg(script)
         .args(["--protocol", protocol, "--endpoint", endpoint])
         .args([
