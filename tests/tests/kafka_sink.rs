@@ -135,10 +135,13 @@ async fn kill_9_during_delivery_and_an_outage_lose_nothing_and_only_the_crash_do
     // being delivered: exports with records in librdkafka's hands time out
     // and are sent again.
     let load = Arc::new(Mutex::new(Load::default()));
-    let (_, before) = sink_status(&server, "stream").await;
-    let sending = start_sending(&server, &load, SPAN, 2, 2000);
-    // Cut when part of round 2 is delivered and part is not.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (_, mut before) = sink_status(&server, "stream").await;
+    let mut round = 2;
+    let mut sending = start_sending(&server, &load, SPAN, round, 2000);
+    // Cut when part of a round is delivered and part is not. A round the
+    // sink took whole between two looks (a quick machine) proves nothing:
+    // then another round is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, status) = sink_status(&server, "stream").await;
         if status["cursor"].as_u64() > before["cursor"].as_u64()
@@ -148,8 +151,14 @@ async fn kill_9_during_delivery_and_an_outage_lose_nothing_and_only_the_crash_do
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "round 2 was never being delivered: {status}"
+            "round {round} was never seen being delivered: {status}"
         );
+        if sending.is_finished() && status["lag_events"] == 0 {
+            sending.await.unwrap();
+            before = status;
+            round += 1;
+            sending = start_sending(&server, &load, SPAN, round, 2000);
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     broker.go_down();
