@@ -71,7 +71,10 @@ impl AckTracker {
         loop {
             let notified = self.added.notified();
             {
-                let waiting = self.waiting.lock().expect("ack lock");
+                let mut waiting = self.waiting.lock().expect("ack lock");
+                // A wait whose batch task is gone (delivery restarted from
+                // the cursor) is not asked about any more.
+                waiting.retain(|_, tx| !tx.is_closed());
                 if !waiting.is_empty() {
                     let mut ids: Vec<AckId> = waiting.keys().copied().collect();
                     ids.sort_unstable();
@@ -112,6 +115,14 @@ mod tests {
         second.await.expect("8 acknowledged");
         assert!(first.try_recv().is_err(), "7 is still waiting");
         assert_eq!(tracker.waiting().await, [7]);
+    }
+
+    #[tokio::test]
+    async fn a_wait_whose_task_is_gone_is_not_asked_about() {
+        let tracker = AckTracker::default();
+        drop(tracker.wait_for(3));
+        let _kept = tracker.wait_for(4);
+        assert_eq!(tracker.waiting().await, [4]);
     }
 
     #[tokio::test]
