@@ -322,6 +322,27 @@ async fn tls_with_a_client_certificate_into_rsyslog() {
     assert!(log.contains("tls:") && log.contains("certificate"), "{log}");
 }
 
+/// The distinct `event_id`s in rsyslog's lines and how many lines there
+/// are, once `done` holds for the ids or [`DELIVERY`] has passed (the
+/// caller's assertions then say what is missing).
+async fn wait_for_event_ids(
+    rsyslog: &Rsyslog,
+    done: impl Fn(&HashSet<String>) -> bool,
+) -> (HashSet<String>, usize) {
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let lines = rsyslog.raw_lines();
+        let seen: HashSet<String> = lines
+            .iter()
+            .filter_map(|l| sd_value(l, "event_id"))
+            .collect();
+        if done(&seen) || Instant::now() > deadline {
+            return (seen, lines.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of SD-PARAM `name` in a raw rfc5424 line (values these tests
 /// look up hold nothing that needs escaping).
 fn sd_value(line: &str, name: &str) -> Option<String> {
@@ -427,18 +448,7 @@ async fn rsyslog_down_for_a_while_then_every_event_arrives() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     rsyslog.resume();
 
-    let deadline = Instant::now() + DELIVERY;
-    let (seen, lines) = loop {
-        let lines = rsyslog.raw_lines();
-        let seen: HashSet<String> = lines
-            .iter()
-            .filter_map(|l| sd_value(l, "event_id"))
-            .collect();
-        if seen.len() >= sent.len() || Instant::now() > deadline {
-            break (seen, lines.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (seen, lines) = wait_for_event_ids(&rsyslog, |seen| seen.len() >= sent.len()).await;
     assert_none_missing(&sent, &seen);
     eprintln!(
         "{} events, {lines} lines ({} duplicates, allowed: at-least-once)",
@@ -466,18 +476,7 @@ async fn kill_9_during_delivery_and_an_outage_lose_nothing() {
     )
     .await;
     let rsyslog = rsyslog.into_inner();
-    let deadline = Instant::now() + DELIVERY;
-    let (seen, lines) = loop {
-        let lines = rsyslog.raw_lines();
-        let seen: HashSet<String> = lines
-            .iter()
-            .filter_map(|l| sd_value(l, "event_id"))
-            .collect();
-        if acked.is_subset(&seen) || Instant::now() > deadline {
-            break (seen, lines.len());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (seen, lines) = wait_for_event_ids(&rsyslog, |seen| acked.is_subset(seen)).await;
     let missing: Vec<&String> = acked.difference(&seen).collect();
     assert!(
         missing.is_empty(),
