@@ -394,6 +394,15 @@ pub fn emit_in_span(
     ids
 }
 
+/// The real Rust OTel SDK's OTLP/gRPC log exporter, sending to `grpc_url`.
+pub fn grpc_log_exporter(grpc_url: String) -> LogExporter {
+    LogExporter::builder()
+        .with_tonic()
+        .with_endpoint(grpc_url)
+        .build()
+        .expect("OTLP log exporter")
+}
+
 /// Emits, over OTLP/gRPC to `grpc_url`, the event the sink tests look for
 /// in their tables (see [`emit_in_span`]): at `time`, with `body`, the
 /// attributes in an order that is not sorted, and `extra` last. Returns
@@ -404,12 +413,7 @@ pub fn emit_sink_event(
     body: &'static str,
     extra: (&'static str, AnyValue),
 ) -> (String, String) {
-    let exporter = LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(grpc_url)
-        .build()
-        .expect("OTLP log exporter");
-    emit_in_span(exporter, |record| {
+    emit_in_span(grpc_log_exporter(grpc_url), |record| {
         record.set_timestamp(time);
         record.set_severity_number(Severity::Info);
         record.set_severity_text("INFO");

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use auditrail_tests::nats::{stream_messages, NatsServer};
 use auditrail_tests::rsyslog::{Listener, Rsyslog};
 use auditrail_tests::sinks::{
-    assert_no_dead_letters, client, emit_in_span, numbered_batch, send, tail, wait_caught_up,
+    assert_no_dead_letters, client, emit_in_span, grpc_log_exporter, numbered_batch, send, tail,
+    wait_caught_up,
 };
 use auditrail_tests::{cli, python_venv, Server};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
-use opentelemetry_otlp::{LogExporter, WithExportConfig};
 use serde_json::Value;
 
 /// Span ids of this file's numbered events start with this byte.
@@ -130,12 +130,7 @@ const HOSTILE: &str = "line one\nline two\r\n\0 \"quoted\" \\ | = ] \u{1b}[31mre
 /// Emits `name` through the real Rust OTel SDK inside a fresh span;
 /// returns (trace id, span id).
 fn emit(grpc_url: String, name: &'static str) -> (String, String) {
-    let exporter = LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(grpc_url)
-        .build()
-        .expect("OTLP log exporter");
-    emit_in_span(exporter, |record| {
+    emit_in_span(grpc_log_exporter(grpc_url), |record| {
         record.set_event_name(name);
         record.set_severity_number(Severity::Warn);
         record.set_severity_text("WARN");
