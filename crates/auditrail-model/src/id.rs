@@ -72,10 +72,28 @@ fn hash_part(hasher: &mut Sha256, tag: u8, bytes: Option<Vec<u8>>) {
     }
 }
 
-/// The fixed-size key the spool deduplicates on.
-pub fn dedup_key(event_id: &str) -> [u8; 16] {
-    let digest = Sha256::digest(event_id.as_bytes());
-    digest[..16].try_into().expect("16 of 32 bytes")
+/// The tenant of events sent while auth is off.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The fixed-size key the spool deduplicates on: an event id is unique
+/// within its tenant, so one tenant cannot claim another's `log.record.uid`
+/// in advance and have the real event dropped as a duplicate.
+///
+/// The default tenant's key is the SHA-256 of the id alone, as it was before
+/// tenants had keys of their own, so the keys spools already hold still
+/// match. Any other tenant's key input starts with a NUL byte, which no
+/// event id holds (ids are printable ASCII or hex), followed by the tenant,
+/// a NUL (tenant names hold none) and the id: no two (tenant, id) pairs
+/// share an input.
+pub fn dedup_key(tenant: &str, event_id: &str) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    if tenant != DEFAULT_TENANT {
+        hasher.update([0u8]);
+        hasher.update(tenant.as_bytes());
+        hasher.update([0u8]);
+    }
+    hasher.update(event_id.as_bytes());
+    hasher.finalize()[..16].try_into().expect("16 of 32 bytes")
 }
 
 #[cfg(test)]
@@ -89,6 +107,24 @@ mod tests {
         assert!(check_record_uid("").unwrap_err().contains("1 to 128 bytes"));
         assert!(check_record_uid(&"x".repeat(129)).is_err());
         assert!(check_record_uid("tab\there").unwrap_err().contains("0x09"));
+    }
+
+    #[test]
+    fn dedup_keys_are_scoped_by_tenant() {
+        let legacy: [u8; 16] = Sha256::digest(b"uid-1")[..16].try_into().unwrap();
+        assert_eq!(
+            dedup_key(DEFAULT_TENANT, "uid-1"),
+            legacy,
+            "keys stored before tenants still match"
+        );
+        assert_ne!(dedup_key("acme", "uid-1"), dedup_key("globex", "uid-1"));
+        assert_ne!(
+            dedup_key("acme", "uid-1"),
+            dedup_key(DEFAULT_TENANT, "uid-1")
+        );
+        assert_eq!(dedup_key("acme", "uid-1"), dedup_key("acme", "uid-1"));
+        // The separator keeps (tenant, id) pairs apart.
+        assert_ne!(dedup_key("ab", "c"), dedup_key("a", "bc"));
     }
 
     #[test]

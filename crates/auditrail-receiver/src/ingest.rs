@@ -61,7 +61,7 @@ impl Default for ReceiverConfig {
             body_read_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
-            tenant: "default".into(),
+            tenant: auditrail_model::id::DEFAULT_TENANT.into(),
             retry_after: Duration::from_secs(5),
         }
     }

@@ -1,4 +1,4 @@
-//! Deduplication by event id.
+//! Deduplication by event id, within a tenant.
 //!
 //! Every retained event's 128-bit dedup key lives in an in-memory set, so the
 //! check on the ingest path is a hash lookup and never a disk read. The keys
@@ -67,8 +67,9 @@ impl DedupSet {
     }
 }
 
-pub(crate) fn event_key(event_id: &str) -> u128 {
-    u128::from_be_bytes(dedup_key(event_id))
+/// An event's dedup key: its id within its tenant (see [`dedup_key`]).
+pub(crate) fn event_key(event: &auditrail_model::AuditEvent) -> u128 {
+    u128::from_be_bytes(dedup_key(&event.tenant, &event.event_id))
 }
 
 fn key_from_bytes(bytes: &[u8]) -> u128 {
@@ -95,7 +96,7 @@ pub(crate) fn recover(batches: &sled::Tree, ids: &sled::Tree) -> Result<DedupSet
         let view = BatchView::parse(&value)?;
         let mut run = Vec::with_capacity(view.count() * 16);
         for i in 0..view.count() {
-            let key = event_key(&view.event(i)?.event_id);
+            let key = event_key(&view.event(i)?);
             set.insert(key);
             run.extend_from_slice(&key.to_be_bytes());
         }

@@ -153,7 +153,7 @@ fn write_batch(
     for job in taken {
         let mut appended = Appended::default();
         for event in job.events {
-            let key = event_key(&event.event_id);
+            let key = event_key(&event);
             if !dedup.insert(key) {
                 appended.duplicates += 1;
                 continue;
