@@ -108,3 +108,22 @@ pub fn check_tenant(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// What a connection proved about its client before any request on it: set
+/// by the listener, read by the request handlers.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The identity its TLS client certificate maps to: `None` without a
+    /// certificate (or when certificates only gate the connection), an
+    /// error when the certificate verified but names no tenant.
+    pub client_cert: Option<Result<Identity, AuthError>>,
+}
+
+impl ConnectionInfo {
+    /// Whether the client connected from a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        self.remote.is_some_and(|a| a.ip().is_loopback())
+    }
+}

@@ -29,9 +29,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::body::{read_body, BodyError};
 use futures_util::StreamExt;
 
+use crate::auth::WriteRefused;
 use crate::compression::{Compression, DecompressError};
 use crate::first_bytes::FirstBytesDeadline;
 use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
+use auditrail_auth::ConnectionInfo;
 
 struct Logs(Arc<Ingest>);
 
@@ -45,11 +47,19 @@ impl LogsService for Logs {
         if let Some(body) = request.extensions().get::<HeldBody>() {
             body.release();
         }
+        // `ReadBody` authenticated every request that reaches here.
+        let Some(WriterTenant(tenant)) = request.extensions().get::<WriterTenant>().cloned() else {
+            return Err(Status::internal("the request's tenant was not decided"));
+        };
         let request = request.into_inner();
         // tonic decoded it from the (decompressed) frame, so the frame's
         // size is the message's encoded length.
         let size = request.encoded_len();
-        match self.0.export(request, Transport::Grpc, size, size).await {
+        match self
+            .0
+            .export(request, Transport::Grpc, tenant, size, size)
+            .await
+        {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => Err(status_of(&e, self.0.config().retry_after)),
         }
@@ -60,18 +70,36 @@ impl LogsService for Logs {
 fn status_of(e: &IngestError, retry_after: std::time::Duration) -> Status {
     let code = match e {
         IngestError::Unavailable(_) => Code::Unavailable,
-        IngestError::QuotaExceeded(_) | IngestError::TooLarge { .. } | IngestError::Busy { .. } => {
-            Code::ResourceExhausted
-        }
+        IngestError::QuotaExceeded(_)
+        | IngestError::TooLarge { .. }
+        | IngestError::Busy { .. }
+        | IngestError::RateLimited(_) => Code::ResourceExhausted,
     };
     if e.retryable() {
         Status::with_error_details(
             code,
             e.to_string(),
-            ErrorDetails::with_retry_info(Some(retry_after)),
+            ErrorDetails::with_retry_info(Some(e.retry_after(retry_after))),
         )
     } else {
         Status::new(code, e.to_string())
+    }
+}
+
+/// The tenant `ReadBody` authenticated the request as.
+#[derive(Clone)]
+struct WriterTenant(String);
+
+/// The status of a request that may not write (counted by `Writers`).
+fn write_status(e: &WriteRefused) -> Status {
+    match e {
+        WriteRefused::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+        WriteRefused::NotAWriter { .. } => Status::permission_denied(e.to_string()),
+        WriteRefused::Unavailable(_) => Status::with_error_details(
+            Code::Unavailable,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(5))),
+        ),
     }
 }
 
@@ -207,23 +235,35 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let compression = match request.headers().get("grpc-encoding") {
-            None => None,
-            Some(name) if name.as_bytes().eq_ignore_ascii_case(b"identity") => None,
-            Some(name) => match name.to_str().ok().and_then(Compression::from_name) {
-                Some(compression) => Some(compression),
-                // An encoding tonic refuses itself (UNIMPLEMENTED) without
-                // reading the body.
-                None => return Box::pin(self.inner.call(request)),
-            },
-        };
         // The clone that was made ready is the one that serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max = self.max;
         let ingest = self.ingest.clone();
         Box::pin(async move {
+            // Before the body: an unauthenticated client costs no more than
+            // its headers, and nothing of its request is stored.
+            let connection = request.extensions().get::<ConnectionInfo>();
+            let tenant = match ingest
+                .writers()
+                .tenant_of(request.headers(), connection)
+                .await
+            {
+                Ok(tenant) => tenant,
+                Err(e) => return Ok(write_status(&e).into_http()),
+            };
+            let compression = match request.headers().get("grpc-encoding") {
+                None => None,
+                Some(name) if name.as_bytes().eq_ignore_ascii_case(b"identity") => None,
+                Some(name) => match name.to_str().ok().and_then(Compression::from_name) {
+                    Some(compression) => Some(compression),
+                    // An encoding tonic refuses itself (UNIMPLEMENTED)
+                    // without reading the body.
+                    None => return inner.call(request).await,
+                },
+            };
             let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(WriterTenant(tenant));
             let mut account = ingest.body_account();
             let frames = match read_frames(body, compression, max, &mut account).await {
                 Ok(frames) => frames,

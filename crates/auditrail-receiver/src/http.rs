@@ -4,18 +4,22 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use auditrail_auth::ConnectionInfo;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
+use crate::auth::WriteRefused;
 use crate::body::{read_body, BodyError};
 use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
+use crate::server::{serve_router, ServerSettings};
 use crate::status::{code, Status};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -33,71 +37,20 @@ pub fn http_router(ingest: Arc<Ingest>) -> Router {
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then finishes
-/// the requests in flight.
-///
-/// hyper's server is driven directly, not through `axum::serve`, because
-/// only hyper's own builder can bound how long a client may take to send
-/// its headers (`header_read_timeout`): without it, a client that opens
-/// connections and sends half a request line holds them forever.
+/// the requests in flight (see [`crate::server`]).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-
-    let config = ingest.config().clone();
-    let service = hyper_util::service::TowerToHyperService::new(http_router(ingest));
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(config.keepalive_interval)
-        .keep_alive_timeout(config.keepalive_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait for some to
-                    // close instead of spinning.
-                    tracing::warn!(error = %e, "OTLP/HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        tune_socket(&stream, config.keepalive_interval);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
-    Ok(())
-}
-
-/// TCP_NODELAY (without it an ack can sit out a delayed-ACK timer, ~40 ms)
-/// and TCP keepalive (so the connection of a peer that vanished is closed).
-fn tune_socket(stream: &tokio::net::TcpStream, keepalive: std::time::Duration) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let config = ingest.config();
+    let settings = ServerSettings {
+        name: "OTLP/HTTP",
+        header_read_timeout: config.header_read_timeout,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+    };
+    serve_router(listener, http_router(ingest), settings, shutdown).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -113,7 +66,10 @@ struct Refusal {
     message: String,
     encoding: Encoding,
     retry_after: Option<u64>,
-    /// Refusals from [`Ingest::export`] are counted and logged there.
+    /// `WWW-Authenticate`, on a 401 (RFC 6750).
+    challenge: Option<&'static str>,
+    /// Refusals from [`Ingest::export`] and the auth check are counted and
+    /// logged there.
     counted: bool,
 }
 
@@ -130,6 +86,7 @@ impl Refusal {
             message: message.into(),
             encoding,
             retry_after: None,
+            challenge: None,
             counted: false,
         }
     }
@@ -166,6 +123,12 @@ impl IntoResponse for Refusal {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }
@@ -207,10 +170,12 @@ async fn not_served(signal: &str) -> Refusal {
 
 async fn export_logs(
     State(ingest): State<Arc<Ingest>>,
+    connection: Option<Extension<ConnectionInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match read_and_export(&ingest, &headers, body).await {
+    let connection = connection.map(|Extension(c)| c);
+    match read_and_export(&ingest, connection.as_ref(), &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     }
@@ -218,9 +183,17 @@ async fn export_logs(
 
 async fn read_and_export(
     ingest: &Ingest,
+    connection: Option<&ConnectionInfo>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    // Before anything else: an unauthenticated client learns nothing and
+    // costs no more than its headers.
+    let tenant = ingest
+        .writers()
+        .tenant_of(headers, connection)
+        .await
+        .map_err(|e| write_refusal(e, content_type(headers).unwrap_or(Encoding::Json)))?;
     let encoding = content_type(headers)?;
     let max = ingest.config().max_request_bytes;
     let too_large = |what: &str| {
@@ -232,7 +205,7 @@ async fn read_and_export(
         )
     };
     let timeout = ingest.config().body_read_timeout;
-    let retry_after = ingest.config().retry_after.as_secs().max(1);
+    let retry_after = ingest.config().retry_after;
     let refuse = |e: IngestError| {
         ingest.count_refusal(&e);
         refusal_of(e, retry_after, encoding)
@@ -288,23 +261,44 @@ async fn read_and_export(
         Encoding::Protobuf => Transport::HttpProtobuf,
         Encoding::Json => Transport::HttpJson,
     };
-    match ingest.export(request, transport, wire_len, plain_len).await {
+    match ingest
+        .export(request, transport, tenant, wire_len, plain_len)
+        .await
+    {
         Ok(response) => Ok(encode(&response, encoding, StatusCode::OK)),
         Err(e) => Err(refusal_of(e, retry_after, encoding)),
     }
 }
 
-/// The answer to a refusal the ingest counted already.
-fn refusal_of(e: IngestError, retry_after: u64, encoding: Encoding) -> Refusal {
-    let (http, grpc_code) = match e {
-        IngestError::QuotaExceeded(_) | IngestError::Busy { .. } => {
-            (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED)
-        }
-        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
-        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+/// The answer to a request that may not write (counted by [`Writers`]).
+fn write_refusal(e: WriteRefused, encoding: Encoding) -> Refusal {
+    let (http, grpc_code) = match &e {
+        WriteRefused::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED),
+        WriteRefused::NotAWriter { .. } => (StatusCode::FORBIDDEN, code::PERMISSION_DENIED),
+        WriteRefused::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
     };
     Refusal {
-        retry_after: e.retryable().then_some(retry_after),
+        retry_after: matches!(e, WriteRefused::Unavailable(_)).then_some(5),
+        challenge: matches!(e, WriteRefused::Unauthenticated(_))
+            .then_some(r#"Bearer realm="auditrail""#),
+        counted: true,
+        ..Refusal::new(http, grpc_code, e.to_string(), encoding)
+    }
+}
+
+/// The answer to a refusal the ingest counted already.
+fn refusal_of(e: IngestError, retry_after: std::time::Duration, encoding: Encoding) -> Refusal {
+    let (http, grpc_code) = match e {
+        _ if e.too_large() => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
+        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+        _ => (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED),
+    };
+    // Retry-After is in whole seconds: round up, so a client that obeys it
+    // is not refused again.
+    let wait = e.retry_after(retry_after);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Refusal {
+        retry_after: e.retryable().then_some(seconds.max(1)),
         counted: true,
         ..Refusal::new(http, grpc_code, e.to_string(), encoding)
     }

@@ -7,6 +7,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use auditrail_model::{map_request, ReceiveContext, RequestCost};
 use auditrail_spool::{Spool, SpoolError};
+
+use crate::auth::Writers;
+use crate::rate::{RateLimits, RateRefused, TenantRateLimiter};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -43,10 +46,10 @@ pub struct ReceiverConfig {
     /// keepalive to this interval, so a vanished peer's connection is closed.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// The tenant recorded for every event (until auth assigns one per token).
-    pub tenant: String,
     /// How long a client is told to wait when the spool is full.
     pub retry_after: Duration,
+    /// Events/s and bytes/s per tenant.
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ReceiverConfig {
@@ -61,8 +64,8 @@ impl Default for ReceiverConfig {
             body_read_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
-            tenant: auditrail_model::id::DEFAULT_TENANT.into(),
             retry_after: Duration::from_secs(5),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -117,6 +120,9 @@ pub enum IngestError {
          max_in_flight_bytes ({limit} bytes) held by requests in flight; retry later"
     )]
     Busy { needed: u64, limit: u64 },
+    /// Over its tenant's rate (`receiver.rate_limit`).
+    #[error("{0}")]
+    RateLimited(RateRefused),
 }
 
 impl IngestError {
@@ -127,6 +133,7 @@ impl IngestError {
             IngestError::Unavailable(_) => "storage",
             IngestError::TooLarge { limit, .. } => limit,
             IngestError::Busy { .. } => "max_in_flight_bytes",
+            IngestError::RateLimited(_) => "rate_limit",
         }
     }
 
@@ -134,7 +141,28 @@ impl IngestError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            IngestError::QuotaExceeded(_) | IngestError::Unavailable(_) | IngestError::Busy { .. }
+            IngestError::QuotaExceeded(_)
+                | IngestError::Unavailable(_)
+                | IngestError::Busy { .. }
+                | IngestError::RateLimited(RateRefused::Later { .. })
+        )
+    }
+
+    /// How long the client should wait: the rate limiter's own answer, else
+    /// the configured `retry_after`.
+    pub fn retry_after(&self, configured: Duration) -> Duration {
+        match self {
+            IngestError::RateLimited(RateRefused::Later { retry_after, .. }) => *retry_after,
+            _ => configured,
+        }
+    }
+
+    /// Whether sending the request again, unchanged, can never succeed
+    /// (HTTP 413).
+    pub fn too_large(&self) -> bool {
+        matches!(
+            self,
+            IngestError::TooLarge { .. } | IngestError::RateLimited(RateRefused::Never { .. })
         )
     }
 }
@@ -204,25 +232,34 @@ impl BodyAccount {
 pub struct Ingest {
     spool: Arc<Spool>,
     config: ReceiverConfig,
+    writers: Writers,
+    rates: TenantRateLimiter,
     /// The in-flight account, in KiB (`PERMIT_BYTES`).
     in_flight: Arc<Semaphore>,
     in_flight_permits: u32,
 }
 
 impl Ingest {
-    pub fn new(spool: Arc<Spool>, config: ReceiverConfig) -> Arc<Ingest> {
+    pub fn new(spool: Arc<Spool>, config: ReceiverConfig, writers: Writers) -> Arc<Ingest> {
         let in_flight_permits =
             u32::try_from(config.max_in_flight_bytes as u64 / PERMIT_BYTES).unwrap_or(u32::MAX);
         Arc::new(Ingest {
             spool,
+            rates: TenantRateLimiter::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(in_flight_permits as usize)),
             in_flight_permits,
             config,
+            writers,
         })
     }
 
     pub fn config(&self) -> &ReceiverConfig {
         &self.config
+    }
+
+    /// Who may write (see [`Writers`]).
+    pub fn writers(&self) -> &Writers {
+        &self.writers
     }
 
     /// An empty account for one request's body (see [`BodyAccount`]).
@@ -242,12 +279,22 @@ impl Ingest {
             IngestError::Unavailable(_) => {
                 tracing::error!(%error, "request refused: events could not be stored")
             }
+            IngestError::RateLimited(
+                RateRefused::Later { tenant, .. } | RateRefused::Never { tenant, .. },
+            ) => {
+                metrics::counter!("auditrail_rate_limited_requests_total", "tenant" => tenant.clone())
+                    .increment(1);
+                // At debug: a tenant over its rate may be refused thousands
+                // of times a second, and the counter says it already.
+                tracing::debug!(%error, reason, "request refused");
+            }
             _ => tracing::warn!(%error, reason, "request refused"),
         }
     }
 
-    /// Stores the acceptable records of `request` and says which were not.
-    /// Returns only after every accepted record is fsync'd in the spool.
+    /// Stores the acceptable records of `request` as `tenant`'s events and
+    /// says which were not. Returns only after every accepted record is
+    /// fsync'd in the spool.
     ///
     /// `wire_bytes` is the request as it arrived (for the size histogram),
     /// `decoded_bytes` its decompressed body, which it holds in memory.
@@ -255,11 +302,12 @@ impl Ingest {
         &self,
         request: ExportLogsServiceRequest,
         transport: Transport,
+        tenant: String,
         wire_bytes: usize,
         decoded_bytes: usize,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         let result = self
-            .admit_and_store(request, transport, wire_bytes, decoded_bytes)
+            .admit_and_store(request, transport, tenant, wire_bytes, decoded_bytes)
             .await;
         if let Err(e) = &result {
             self.count_refusal(e);
@@ -273,6 +321,7 @@ impl Ingest {
         &self,
         cost: &RequestCost,
         decoded_bytes: usize,
+        tenant: &str,
     ) -> Result<OwnedSemaphorePermit, IngestError> {
         let config = &self.config;
         if cost.records > config.max_records_per_request {
@@ -303,6 +352,11 @@ impl Ingest {
                 ),
             });
         }
+        // Before the shared in-flight budget: a tenant over its rate takes
+        // none of it from the others.
+        self.rates
+            .admit(tenant, cost.records as u64, decoded_bytes as u64)
+            .map_err(IngestError::RateLimited)?;
         let needed = (decoded_bytes as u64)
             .saturating_add(cost.expanded_bytes)
             .saturating_add(EVENT_OVERHEAD_BYTES.saturating_mul(cost.records as u64));
@@ -329,6 +383,7 @@ impl Ingest {
         &self,
         request: ExportLogsServiceRequest,
         transport: Transport,
+        tenant: String,
         wire_bytes: usize,
         decoded_bytes: usize,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
@@ -337,13 +392,13 @@ impl Ingest {
             .record(wire_bytes as f64);
         let cost = RequestCost::of(&request);
         // Held until the events are stored (or refused) and dropped.
-        let _in_flight = self.admit(&cost, decoded_bytes)?;
+        let _in_flight = self.admit(&cost, decoded_bytes, &tenant)?;
         // Refuse before mapping, so a full spool costs no CPU per record.
         self.spool
             .check_quota()
             .map_err(IngestError::QuotaExceeded)?;
         let ctx = ReceiveContext {
-            tenant: self.config.tenant.clone(),
+            tenant,
             received_time_unix_nano: now_unix_nano(),
             max_event_bytes: self.config.max_event_bytes,
         };

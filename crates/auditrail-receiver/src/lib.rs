@@ -7,14 +7,20 @@
 //! `partial_success`; a request that cannot be read at all is refused with a
 //! message that says why, and changes nothing.
 
+mod auth;
 mod body;
 mod compression;
 mod first_bytes;
 mod grpc;
 mod http;
 mod ingest;
+mod rate;
+mod server;
 mod status;
 
+pub use auth::{WriteRefused, Writers};
 pub use grpc::{grpc_routes, serve_grpc};
 pub use http::{http_router, serve_http};
 pub use ingest::{Ingest, IngestError, ReceiverConfig, Transport};
+pub use rate::{Rate, RateLimits, RateRefused};
+pub use server::{serve_router, ServerSettings};

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::admin_auth::{self, AdminAuth};
 use crate::output::EventsPage;
 use crate::query_args::QueryArgs;
 
@@ -24,15 +25,27 @@ pub struct AdminState {
     pub trace_url: Option<String>,
 }
 
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// The admin API, every route behind `auth` (see [`crate::admin_auth`]).
+pub fn router(state: AdminState, auth: AdminAuth) -> Router {
+    operations_router(state.clone())
         .route("/v1/events", get(events))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/sinks/{name}/forget", post(forget_sink))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            admin_auth::guard,
+        ))
+}
+
+/// Health, readiness and metrics alone: what `[admin] metrics_addr` serves,
+/// open to whoever reaches it (it shows no event).
+pub fn operations_router(state: AdminState) -> Router<AdminState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 

@@ -21,6 +21,11 @@ pub struct Location {
     /// Use this spool directory directly (its server must be stopped).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
+    /// The environment variable holding the bearer token to send: the
+    /// operator's (every tenant) or a writer's (its own tenant), or an OIDC
+    /// JWT. Never the token itself on the command line, where `ps` shows it.
+    #[arg(long = "token-env", value_name = "VAR")]
+    pub token_env: Option<String>,
 }
 
 impl Location {
@@ -41,12 +46,28 @@ impl Location {
         Ok(Some(Arc::new(spool)))
     }
 
+    /// The token named by `--token-env`, if one was named.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(name) = &self.token_env else {
+            return Ok(None);
+        };
+        match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+            Ok(_) => bail!("--token-env {name}: the environment variable is empty"),
+            Err(_) => bail!("--token-env {name}: the environment variable is not set"),
+        }
+    }
+
     /// Sends a request to the admin API and returns its JSON answer, with
     /// errors that say what to try.
     pub async fn call(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<serde_json::Value> {
+        let request = match self.token()? {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.with_context(|| {
             format!(
                 "cannot reach the admin API at {} (is `auditrail serve` running? or use --data-dir)",
@@ -58,6 +79,13 @@ impl Location {
             .text()
             .await
             .context("reading the admin API's answer")?;
+        if status == reqwest::StatusCode::UNAUTHORIZED && self.token_env.is_none() {
+            bail!(
+                "{} answered {status}: {body}\n(the admin API wants a token: put it in an \
+                 environment variable and pass --token-env VAR)",
+                self.admin
+            );
+        }
         if !status.is_success() {
             bail!("{} answered {status}: {body}", self.admin);
         }

@@ -6,11 +6,14 @@
 //! parser and query filters the binary uses.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod client;
 pub mod config;
 pub mod dead_letters;
 pub mod output;
 pub mod query_args;
+pub mod scope;
+pub mod security;
 pub mod serve;
 pub mod sinks;
 pub mod spool_check;

@@ -6,14 +6,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use auditrail_exporters::Pipeline;
-use auditrail_receiver::{serve_grpc, serve_http, Ingest};
+use auditrail_receiver::{serve_grpc, serve_http, serve_router, Ingest, ServerSettings, Writers};
 use auditrail_spool::{Spool, SpoolConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::admin_auth::AdminAuth;
 use crate::config::Config;
+use crate::security::Security;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,7 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // start-up here, before any event is accepted that it could not deliver.
     let started = tokio::select! {
         started = Pipeline::start(spool.clone(), &config.sinks, config.spool.retention) => started,
-        signal = signals.recv() => {
+        signal = signals.shutdown() => {
             tracing::info!(signal, "shutting down during start-up, before any event was accepted");
             return Ok(());
         }
@@ -42,7 +44,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             created_unix_nano = identity.created_unix_nano, adopted = identity.adopted, "spool identity");
     }
 
-    let ingest = Ingest::new(spool.clone(), config.receiver.receiver_config());
+    let security = Arc::new(Security::load(&config).await?);
+    announce_auth(&config);
+    let writers = Writers::new(
+        security.authenticator.clone(),
+        security.writers_authenticate,
+    );
+    let ingest = Ingest::new(spool.clone(), config.receiver.receiver_config(), writers);
     let bind = |addr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -51,6 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc = bind(config.receiver.grpc_addr, "OTLP/gRPC").await?;
     let http = bind(config.receiver.http_addr, "OTLP/HTTP").await?;
     let admin_listener = bind(config.admin.addr, "the admin API").await?;
+    let metrics_listener = match config.admin.metrics_addr {
+        Some(addr) => Some(bind(addr, "metrics").await?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -76,21 +88,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("OTLP/HTTP server")
         }
     });
+    let state = AdminState {
+        spool: spool.clone(),
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+        trace_url: config.query.trace_url.clone(),
+    };
+    let admin_settings = |name| ServerSettings {
+        name,
+        header_read_timeout: config.receiver.header_read_timeout,
+        keepalive_interval: config.receiver.keepalive_interval,
+        keepalive_timeout: config.receiver.keepalive_timeout,
+    };
     servers.spawn({
-        let state = AdminState {
-            spool: spool.clone(),
-            pipeline: pipeline.clone(),
-            metrics: metrics.clone(),
-            trace_url: config.query.trace_url.clone(),
+        let auth = AdminAuth {
+            authenticator: security.authenticator.clone(),
+            required: security.admin_authenticates,
+            loopback_listener: config.admin.addr.ip().is_loopback(),
         };
-        let stop = stopped();
+        let (router, settings, stop) = (
+            admin::router(state.clone(), auth),
+            admin_settings("admin"),
+            stopped(),
+        );
         async move {
-            axum::serve(admin_listener, admin::router(state))
-                .with_graceful_shutdown(stop)
+            serve_router(admin_listener, router, settings, stop)
                 .await
                 .context("admin server")
         }
     });
+    if let Some(listener) = metrics_listener {
+        let (router, settings, stop) = (
+            admin::operations_router(state.clone()).with_state(state.clone()),
+            admin_settings("metrics"),
+            stopped(),
+        );
+        servers.spawn(async move {
+            serve_router(listener, router, settings, stop)
+                .await
+                .context("metrics server")
+        });
+    }
     let housekeeping = tokio::spawn(housekeeping(
         spool.clone(),
         metrics,
@@ -104,12 +142,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "auditrail is serving"
     );
 
-    tokio::select! {
-        signal = signals.recv() => tracing::info!(signal, "shutting down: no new requests, finishing those in flight"),
-        Some(result) = servers.join_next() => {
-            // A server that stops on its own is a failure worth exiting for.
-            result.context("server task")??;
-            bail!("a server stopped unexpectedly");
+    loop {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                "SIGHUP" => reload(&security).await,
+                signal => {
+                    tracing::info!(signal, "shutting down: no new requests, finishing those in flight");
+                    break;
+                }
+            },
+            Some(result) = servers.join_next() => {
+                // A server that stops on its own is a failure worth exiting for.
+                result.context("server task")??;
+                bail!("a server stopped unexpectedly");
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -135,6 +181,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("flushing the spool")?;
     tracing::info!("spool flushed; bye");
     Ok(())
+}
+
+/// SIGHUP: reads token files and keys again; what fails keeps the old.
+async fn reload(security: &Security) {
+    tracing::info!("SIGHUP: reloading tokens, keys and certificates");
+    let errors = security.reload().await;
+    for error in &errors {
+        metrics::counter!("auditrail_reload_errors_total").increment(1);
+        tracing::error!(error = format!("{error:#}"), "reload failed");
+    }
+    if errors.is_empty() {
+        tracing::info!("reload done");
+    }
+}
+
+/// Says at start-up who may write and read, and warns where anyone may.
+fn announce_auth(config: &Config) {
+    let receivers_local = config.receiver.grpc_addr.ip().is_loopback()
+        && config.receiver.http_addr.ip().is_loopback();
+    if config.writers_authenticate() {
+        tracing::info!(
+            tokens = config.receiver.tokens.len(),
+            oidc = config.oidc.is_some(),
+            "writers authenticate; each event is stored as its credential's tenant"
+        );
+    } else if receivers_local {
+        tracing::info!(
+            "no writer credentials configured: OTLP listens on loopback only, \
+            and every event is stored as tenant `default`"
+        );
+    } else {
+        tracing::warn!(
+            "receiver.allow_unauthenticated: anyone who reaches the OTLP ports \
+            can write events, as tenant `default`"
+        );
+    }
+    if config.admin_authenticates() {
+        tracing::info!(
+            "admin API callers authenticate: the operator token reads every \
+            tenant, a writer's token its own"
+        );
+    } else if config.admin.addr.ip().is_loopback() {
+        tracing::info!(
+            "no admin credentials configured: the admin API listens on loopback \
+            only, and any local user can read every event"
+        );
+    } else {
+        tracing::warn!(
+            "admin.allow_unauthenticated: anyone who reaches the admin port can \
+            read every event"
+        );
+    }
 }
 
 pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {
@@ -193,10 +291,12 @@ async fn housekeeping(
     }
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGTERM and SIGINT (shut down) and SIGHUP (reload), caught from the
+/// moment they are installed.
 struct ShutdownSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -205,7 +305,19 @@ impl ShutdownSignals {
         Ok(ShutdownSignals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
+    }
+
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile (before there is
+    /// anything to reload) is ignored.
+    async fn shutdown(&mut self) -> &'static str {
+        loop {
+            match self.recv().await {
+                "SIGHUP" => tracing::info!("SIGHUP during start-up: nothing to reload yet"),
+                signal => return signal,
+            }
+        }
     }
 
     /// The name of the next signal.
@@ -213,6 +325,7 @@ impl ShutdownSignals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

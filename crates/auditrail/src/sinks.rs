@@ -63,6 +63,7 @@ mod tests {
         let at = crate::client::Location {
             admin: "http://127.0.0.1:8686/".into(),
             data_dir: None,
+            token_env: None,
         };
         assert_eq!(
             at.url(&format!("/v1/sinks/{}/forget", "warehouse")),

@@ -3,6 +3,9 @@
 //! Every table denies unknown keys, so a typo is an error that names the key
 //! and its line instead of a setting that silently does nothing. `${VAR}` is
 //! replaced by the environment variable `VAR` before parsing, for secrets.
+//! Who may do what (tokens, OIDC, TLS, rate limits) is in [`auth`].
+
+pub mod auth;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,10 @@ use std::time::Duration;
 use auditrail_exporters::SinkConfig;
 use bytesize::ByteSize;
 use serde::Deserialize;
+
+use self::auth::{
+    is_loopback, OidcSection, RateLimitSection, SecretSource, TlsSection, WriterToken,
+};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,8 @@ pub struct Config {
     pub admin: AdminSection,
     pub spool: SpoolSection,
     pub query: QuerySection,
+    /// `[oidc]`: JWTs from an OpenID Connect issuer (see [`auth::OidcSection`]).
+    pub oidc: Option<OidcSection>,
     /// `[[sinks]]`: see `auditrail_exporters::SinkConfig`.
     pub sinks: Vec<SinkConfig>,
 }
@@ -85,6 +94,15 @@ pub struct ReceiverSection {
     /// What a refused client is told to wait before retrying.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// `[[receiver.tokens]]`: writers' tokens, each with its tenant.
+    pub tokens: Vec<WriterToken>,
+    /// Accept events from anyone on a non-loopback address, with no
+    /// credential (every writer is the `default` tenant).
+    pub allow_unauthenticated: bool,
+    /// `[receiver.tls]`: TLS on both OTLP listeners.
+    pub tls: Option<TlsSection>,
+    /// `[receiver.rate_limit]`: events/s and bytes/s per tenant.
+    pub rate_limit: Option<RateLimitSection>,
 }
 
 impl ReceiverSection {
@@ -101,7 +119,11 @@ impl ReceiverSection {
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             retry_after: self.retry_after,
-            ..Default::default()
+            rate_limits: self
+                .rate_limit
+                .as_ref()
+                .map(RateLimitSection::to_rate_limits)
+                .unwrap_or_default(),
         }
     }
 }
@@ -121,6 +143,10 @@ impl Default for ReceiverSection {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             retry_after: Duration::from_secs(5),
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            tls: None,
+            rate_limit: None,
         }
     }
 }
@@ -129,12 +155,44 @@ impl Default for ReceiverSection {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     pub addr: SocketAddr,
+    /// The environment variable holding the operator's token, who reads
+    /// every tenant's events and may change state.
+    pub token_env: Option<String>,
+    /// Or a file holding it (one or more, one per line; read again on SIGHUP).
+    pub token_file: Option<PathBuf>,
+    /// Refused: a token is never written in the config.
+    token: Option<toml::Value>,
+    /// Serve the admin API on a non-loopback address with no credential.
+    pub allow_unauthenticated: bool,
+    /// A listener of its own for `/metrics`, `/healthz` and `/readyz`, open
+    /// to whoever reaches it (for Prometheus and probes), so exposing them
+    /// does not expose queries.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `[admin.tls]`: TLS on the admin listener.
+    pub tls: Option<TlsSection>,
+}
+
+impl AdminSection {
+    /// Where the operator's token comes from.
+    pub fn secret(&self) -> SecretSource {
+        SecretSource {
+            token_env: self.token_env.clone(),
+            token_file: self.token_file.clone(),
+            inline: self.token.is_some(),
+        }
+    }
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             addr: ([127, 0, 0, 1], 8686).into(),
+            token_env: None,
+            token_file: None,
+            token: None,
+            allow_unauthenticated: false,
+            metrics_addr: None,
+            tls: None,
         }
     }
 }
@@ -240,6 +298,7 @@ impl Config {
         {
             return Err("receiver.grpc_addr, receiver.http_addr and admin.addr must differ".into());
         }
+        self.validate_auth()?;
         if self.spool.retention.is_zero() {
             return Err("spool.retention must be longer than 0s".into());
         }
@@ -260,6 +319,96 @@ impl Config {
         for (i, sink) in self.sinks.iter().enumerate() {
             if !names.insert(&sink.name) {
                 return Err(format!("sinks[{i}]: name {:?} is used twice", sink.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether writers must authenticate: some credential that names a
+    /// tenant is configured (a writer token, OIDC, or client certificates
+    /// that name tenants).
+    pub fn writers_authenticate(&self) -> bool {
+        !self.receiver.tokens.is_empty()
+            || self.oidc.is_some()
+            || self
+                .receiver
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.tenant_from.is_some())
+    }
+
+    /// Whether admin API callers must authenticate: an operator token,
+    /// writer tokens (which read their tenant) or OIDC is configured.
+    pub fn admin_authenticates(&self) -> bool {
+        self.admin.secret().is_set() || !self.receiver.tokens.is_empty() || self.oidc.is_some()
+    }
+
+    /// The credentials, and the safe defaults: with no credential a
+    /// listener stays on loopback unless `allow_unauthenticated` says
+    /// otherwise.
+    fn validate_auth(&self) -> Result<(), String> {
+        for (i, token) in self.receiver.tokens.iter().enumerate() {
+            let what = format!("receiver.tokens[{i}]");
+            auditrail_auth::check_tenant(&token.tenant).map_err(|e| format!("{what}: {e}"))?;
+            token.secret().validate(&what, true)?;
+        }
+        self.admin.secret().validate("admin", false)?;
+        if let Some(tls) = &self.receiver.tls {
+            tls.validate("receiver.tls")?;
+        }
+        if let Some(tls) = &self.admin.tls {
+            tls.validate("admin.tls")?;
+            if tls.tenant_from.is_some() {
+                return Err(
+                    "admin.tls.tenant_from: client certificates gate the admin listener but name \
+                     no reader; readers authenticate with tokens or OIDC"
+                        .into(),
+                );
+            }
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
+        if let Some(rate) = &self.receiver.rate_limit {
+            rate.validate()?;
+        }
+        if !self.writers_authenticate() && !self.receiver.allow_unauthenticated {
+            for (key, addr) in [
+                ("receiver.grpc_addr", self.receiver.grpc_addr),
+                ("receiver.http_addr", self.receiver.http_addr),
+            ] {
+                if !is_loopback(&addr) {
+                    return Err(format!(
+                        "{key} {addr} is reachable from other hosts, but no writer must \
+                         authenticate: configure [[receiver.tokens]] (or [oidc], or \
+                         receiver.tls.tenant_from), or set receiver.allow_unauthenticated = true \
+                         to take anyone's events"
+                    ));
+                }
+            }
+        }
+        if !self.admin_authenticates()
+            && !self.admin.allow_unauthenticated
+            && !is_loopback(&self.admin.addr)
+        {
+            return Err(format!(
+                "admin.addr {} is reachable from other hosts, but no reader must authenticate: \
+                 set admin.token_env (or [[receiver.tokens]], or [oidc]), or set \
+                 admin.allow_unauthenticated = true to let anyone read every event",
+                self.admin.addr
+            ));
+        }
+        if let Some(metrics) = self.admin.metrics_addr {
+            if [
+                self.admin.addr,
+                self.receiver.grpc_addr,
+                self.receiver.http_addr,
+            ]
+            .contains(&metrics)
+            {
+                return Err(
+                    "admin.metrics_addr must differ from the other listen addresses".into(),
+                );
             }
         }
         Ok(())
@@ -481,6 +630,98 @@ table = "audit_events"
             seen += 1;
         }
         assert!(seen > 0, "no seed inputs in {}", dir.display());
+    }
+
+    #[test]
+    fn tokens_come_from_the_environment_or_a_file_never_the_config() {
+        let ok = parse(
+            "[[receiver.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\
+             [[receiver.tokens]]\ntenant = \"globex\"\ntoken_file = \"/etc/auditrail/globex.token\"\n\
+             [admin]\ntoken_env = \"AUDITRAIL_ADMIN_TOKEN\"\n",
+        )
+        .unwrap();
+        assert!(ok.writers_authenticate() && ok.admin_authenticates());
+        for (bad, named) in [
+            (
+                "[[receiver.tokens]]\ntenant = \"acme\"\ntoken = \"s3cret\"\n",
+                "never written in the config",
+            ),
+            (
+                "[admin]\ntoken = \"s3cret\"\n",
+                "never written in the config",
+            ),
+            (
+                "[[receiver.tokens]]\ntenant = \"acme\"\n",
+                "set token_env or token_file",
+            ),
+            (
+                "[[receiver.tokens]]\ntenant = \"acme\"\ntoken_env = \"A\"\ntoken_file = \"f\"\n",
+                "not both",
+            ),
+            (
+                "[[receiver.tokens]]\ntenant = \"a b\"\ntoken_env = \"A\"\n",
+                "receiver.tokens[0]",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn listeners_without_auth_stay_on_loopback() {
+        let err = parse("[receiver]\ngrpc_addr = \"0.0.0.0:4317\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("receiver.grpc_addr") && err.contains("allow_unauthenticated"),
+            "{err}"
+        );
+        assert!(
+            parse("[receiver]\ngrpc_addr = \"0.0.0.0:4317\"\nallow_unauthenticated = true\n")
+                .is_ok()
+        );
+        assert!(parse(
+            "[receiver]\ngrpc_addr = \"0.0.0.0:4317\"\n[[receiver.tokens]]\ntenant = \"a\"\ntoken_env = \"A\"\n"
+        )
+        .is_ok());
+        let err = parse("[admin]\naddr = \"0.0.0.0:8686\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.addr") && err.contains("allow_unauthenticated"),
+            "{err}"
+        );
+        assert!(parse("[admin]\naddr = \"0.0.0.0:8686\"\nallow_unauthenticated = true\n").is_ok());
+        assert!(parse("[admin]\naddr = \"[::]:8686\"\ntoken_env = \"T\"\n").is_ok());
+    }
+
+    #[test]
+    fn oidc_and_rate_limits_are_checked() {
+        let ok = parse(
+            "[oidc]\nissuer = \"https://idp.example\"\naudience = \"auditrail\"\n\
+             jwks_url = \"https://idp.example/jwks\"\n[[oidc.roles]]\nclaim = \"groups\"\n\
+             value = \"audit-admins\"\noperator = true\n",
+        )
+        .unwrap();
+        assert!(ok.writers_authenticate());
+        for (bad, named) in [
+            ("[oidc]\nissuer = \"i\"\naudience = \"a\"\ntenant_claim = \"t\"\n", "jwks_url or jwks_file"),
+            ("[oidc]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"j\"\n", "tenant_claim"),
+            (
+                "[oidc]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"j\"\n[[oidc.roles]]\nclaim = \"g\"\nvalue = \"v\"\n",
+                "oidc.roles[0]",
+            ),
+            ("[receiver.rate_limit]\nevents_per_second = 0\n", "events_per_second"),
+            ("[receiver.rate_limit.tenants.\"a b\"]\nevents_per_second = 5\n", "rate_limit.tenants"),
+            (
+                "[receiver.tls]\ncert_file = \"c\"\nkey_file = \"k\"\ntenant_from = \"common_name\"\n",
+                "client_ca_file",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! Who may call the admin API, and what each caller sees.
+//!
+//! With credentials configured every request but `/healthz` needs a bearer
+//! token (or an OIDC JWT): the operator's sees every tenant and may change
+//! state; a writer's token reads only its own tenant's events and dead
+//! letters. `/readyz` and `/metrics` stay open to loopback clients, for a
+//! local Prometheus or probe (`[admin] metrics_addr` serves them on a
+//! listener of their own instead).
+//!
+//! Without credentials the admin API listens on loopback only (unless
+//! `allow_unauthenticated`), and guards against the two ways a web page in
+//! a local browser could still reach it: DNS rebinding (a `Host` that is not
+//! a loopback name is refused) and cross-site requests (a state change
+//! carrying a browser's `Origin` or `Sec-Fetch-Site` is refused). No cookie
+//! is ever accepted as a credential, so none can trigger anything.
+
+use std::sync::Arc;
+
+use auditrail_auth::{Access, AuthError, Authenticator, ConnectionInfo};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use crate::scope::ReadScope;
+
+/// The admin listener's auth settings.
+#[derive(Clone)]
+pub struct AdminAuth {
+    pub authenticator: Arc<Authenticator>,
+    /// Whether callers must authenticate (see `Config::admin_authenticates`).
+    pub required: bool,
+    /// Whether the listener is bound to a loopback address (then, without
+    /// credentials, only loopback `Host` names are answered).
+    pub loopback_listener: bool,
+}
+
+/// Why an admin request was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(AuthError),
+    #[error("cannot check credentials now: {0}; retry later")]
+    Unavailable(AuthError),
+    #[error("{subject} may not {what}: it needs the operator's token")]
+    NotOperator { subject: String, what: &'static str },
+    #[error("Host {0:?} refused: without credentials the admin API answers only to loopback names (127.0.0.1, ::1, localhost)")]
+    ForeignHost(String),
+    #[error("a state change from a web page is refused (the request carries {0}); use the auditrail CLI or curl")]
+    CrossSite(&'static str),
+}
+
+impl Refused {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refused::Unauthenticated(e) | Refused::Unavailable(e) => e.reason(),
+            Refused::NotOperator { .. } => "not_operator",
+            Refused::ForeignHost(_) => "foreign_host",
+            Refused::CrossSite(_) => "cross_site",
+        }
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Refused::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::NotOperator { .. } | Refused::ForeignHost(_) | Refused::CrossSite(_) => {
+                StatusCode::FORBIDDEN
+            }
+        };
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        match self {
+            Refused::Unauthenticated(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(r#"Bearer realm="auditrail-admin""#),
+                );
+            }
+            Refused::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(5));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The middleware: decides the caller, refuses or lets the request through
+/// with its [`ReadScope`].
+pub async fn guard(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
+    // The body is not `Sync`: decide on the head alone.
+    let (mut head, body) = request.into_parts();
+    let connection = head.extensions.get::<ConnectionInfo>().cloned();
+    match decide(&auth, &head, connection.as_ref()).await {
+        Ok(scope) => {
+            head.extensions.insert(scope);
+            next.run(Request::from_parts(head, body)).await
+        }
+        Err(refused) => {
+            metrics::counter!("auditrail_auth_failures_total", "listener" => "admin", "reason" => refused.reason())
+                .increment(1);
+            tracing::warn!(
+                error = %refused,
+                method = %head.method,
+                path = head.uri.path(),
+                remote = ?connection.and_then(|c| c.remote),
+                "admin request refused"
+            );
+            refused.into_response()
+        }
+    }
+}
+
+async fn decide(
+    auth: &AdminAuth,
+    request: &http::request::Parts,
+    connection: Option<&ConnectionInfo>,
+) -> Result<ReadScope, Refused> {
+    let path = request.uri.path();
+    let changes_state = !matches!(request.method, Method::GET | Method::HEAD);
+    if path == "/healthz" {
+        return Ok(ReadScope::All);
+    }
+    if !auth.required {
+        if auth.loopback_listener {
+            check_loopback_host(&request.headers)?;
+        }
+        if changes_state {
+            check_not_cross_site(&request.headers)?;
+        }
+        return Ok(ReadScope::All);
+    }
+    let loopback_client = connection.is_some_and(ConnectionInfo::is_loopback);
+    let operations = matches!(path, "/readyz" | "/metrics");
+    if operations && loopback_client && !request.headers.contains_key(header::AUTHORIZATION) {
+        return Ok(ReadScope::All);
+    }
+    let identity = auth
+        .authenticator
+        .authenticate(request.headers.get(header::AUTHORIZATION))
+        .await
+        .map_err(|e| {
+            if e.retryable() {
+                Refused::Unavailable(e)
+            } else {
+                Refused::Unauthenticated(e)
+            }
+        })?;
+    match identity.access {
+        Access::Operator => Ok(ReadScope::All),
+        Access::Tenant(_) if changes_state => Err(Refused::NotOperator {
+            subject: identity.subject,
+            what: "change state",
+        }),
+        Access::Tenant(_) if operations => Err(Refused::NotOperator {
+            subject: identity.subject,
+            what: "read every sink's state and metrics",
+        }),
+        Access::Tenant(tenant) => Ok(ReadScope::Tenant(tenant)),
+    }
+}
+
+/// DNS rebinding: a page of `evil.example` that rebinds its name to
+/// 127.0.0.1 reaches a loopback listener as same-origin, but its requests
+/// still say `Host: evil.example`.
+fn check_loopback_host(headers: &HeaderMap) -> Result<(), Refused> {
+    let Some(host) = headers.get(header::HOST) else {
+        // HTTP/1.0 without Host, or HTTP/2 with only :authority, which
+        // hyper puts in the URI; a browser always sends one.
+        return Ok(());
+    };
+    let text = host.to_str().unwrap_or("");
+    let name = match text.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => text.rsplit_once(':').map_or(text, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(Refused::ForeignHost(text.to_owned()))
+    }
+}
+
+/// Cross-site request forgery: browsers mark what a page sends with
+/// `Origin` (every cross-origin POST) and `Sec-Fetch-Site`; the CLI and
+/// curl send neither.
+fn check_not_cross_site(headers: &HeaderMap) -> Result<(), Refused> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(Refused::CrossSite("an Origin header"));
+    }
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        None | Some(b"none") => Ok(()),
+        Some(_) => Err(Refused::CrossSite("Sec-Fetch-Site")),
+    }
+}
+
+/// The caller's scope, for handlers: `All` when the middleware did not run.
+pub fn scope_of(scope: Option<Extension<ReadScope>>) -> ReadScope {
+    scope.map_or(ReadScope::All, |Extension(s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_loopback_host_names_pass() {
+        for ok in [
+            "127.0.0.1:8686",
+            "localhost:8686",
+            "LOCALHOST",
+            "[::1]:8686",
+            "127.0.0.2",
+        ] {
+            assert!(check_loopback_host(&host(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example:8686",
+            "evil.example",
+            "10.0.0.1:8686",
+            "[2001:db8::1]:1",
+        ] {
+            assert!(check_loopback_host(&host(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn browser_marks_refuse_state_changes() {
+        let mut h = HeaderMap::new();
+        assert!(check_not_cross_site(&h).is_ok());
+        h.insert("sec-fetch-site", "none".parse().unwrap());
+        assert!(
+            check_not_cross_site(&h).is_ok(),
+            "typed into the address bar"
+        );
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(check_not_cross_site(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(check_not_cross_site(&h).is_err());
+    }
+}
