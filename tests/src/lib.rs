@@ -99,10 +99,37 @@ pub struct Server {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     log_path: PathBuf,
+    /// The environment the server was started with, for restarts.
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// What a test's server starts with beyond the harness's defaults: keys
+/// for its `[receiver]`, `[admin]` and `[spool]` tables, further tables
+/// (`[[receiver.tokens]]`, `[[sinks]]`, ...), and environment variables.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup<'a> {
+    pub receiver: &'a str,
+    pub admin: &'a str,
+    pub spool: &'a str,
+    pub tables: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 impl Server {
+    /// Starts a server in a fresh directory with `setup`.
+    pub fn start_setup(setup: Setup) -> Server {
+        Server::in_temp_dir(|dir| {
+            Server::try_start(dir, &dir.join("spool"), setup).unwrap_or_else(|log| panic!("{log}"))
+        })
+    }
+
+    /// Starts a server in `dir` with `setup`: the reason and the server's
+    /// log if it does not come up.
+    pub fn try_start_setup(dir: &Path, setup: Setup) -> Result<Server, String> {
+        Server::try_start(dir, &dir.join("spool"), setup)
+    }
+
     /// Starts a server in a fresh directory with the test defaults.
     pub fn start() -> Server {
         Server::start_with("", "")
@@ -134,16 +161,24 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Server {
-        Server::try_start(dir, &dir.join("spool"), "", spool_keys, extra_tables, env)
-            .unwrap_or_else(|log| panic!("{log}"))
+        let setup = Setup {
+            spool: spool_keys,
+            tables: extra_tables,
+            env,
+            ..Setup::default()
+        };
+        Server::try_start(dir, &dir.join("spool"), setup).unwrap_or_else(|log| panic!("{log}"))
     }
 
     /// Starts a server in a fresh directory with `receiver_keys` added to
     /// its `[receiver]` table (limits, timeouts).
     pub fn start_with_receiver(receiver_keys: &str) -> Server {
         Server::in_temp_dir(|dir| {
-            Server::try_start(dir, &dir.join("spool"), receiver_keys, "", "", &[])
-                .unwrap_or_else(|log| panic!("{log}"))
+            let setup = Setup {
+                receiver: receiver_keys,
+                ..Setup::default()
+            };
+            Server::try_start(dir, &dir.join("spool"), setup).unwrap_or_else(|log| panic!("{log}"))
         })
     }
 
@@ -157,23 +192,21 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
-        Server::try_start(dir, spool, "", spool_keys, extra_tables, env)
+        let setup = Setup {
+            spool: spool_keys,
+            tables: extra_tables,
+            env,
+            ..Setup::default()
+        };
+        Server::try_start(dir, spool, setup)
     }
 
-    fn try_start(
-        dir: &Path,
-        spool: &Path,
-        receiver_keys: &str,
-        spool_keys: &str,
-        extra_tables: &str,
-        env: &[(&str, &str)],
-    ) -> Result<Server, String> {
+    fn try_start(dir: &Path, spool: &Path, setup: Setup) -> Result<Server, String> {
         // A port free a moment ago may be taken by another test process
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server =
-                Server::spawn(dir, spool, receiver_keys, spool_keys, extra_tables, env);
+            let mut server = Server::spawn(dir, spool, setup);
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 // (Or two of the free ports were the same one.)
@@ -198,7 +231,13 @@ impl Server {
         env: &[(&str, &str)],
         within: Duration,
     ) -> (ExitStatus, String) {
-        let mut server = Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, env);
+        let setup = Setup {
+            spool: spool_keys,
+            tables: extra_tables,
+            env,
+            ..Setup::default()
+        };
+        let mut server = Server::spawn(dir, &dir.join("spool"), setup);
         let mut child = server.child.take().expect("just spawned");
         let deadline = Instant::now() + within;
         loop {
@@ -220,22 +259,27 @@ impl Server {
     /// Starts `auditrail serve` on `dir` (spool in `dir/spool`) without
     /// waiting for it to listen: for tests of what happens during start-up.
     pub fn spawn_starting(dir: &Path, spool_keys: &str, extra_tables: &str) -> Server {
-        Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, &[])
+        let setup = Setup {
+            spool: spool_keys,
+            tables: extra_tables,
+            ..Setup::default()
+        };
+        Server::spawn(dir, &dir.join("spool"), setup)
     }
 
     /// Writes the config and starts the binary without waiting for it.
-    fn spawn(
-        dir: &Path,
-        spool: &Path,
-        receiver_keys: &str,
-        spool_keys: &str,
-        extra_tables: &str,
-        env: &[(&str, &str)],
-    ) -> Server {
+    fn spawn(dir: &Path, spool: &Path, setup: Setup) -> Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
+        let Setup {
+            receiver: receiver_keys,
+            admin: admin_keys,
+            spool: spool_keys,
+            tables: extra_tables,
+            env,
+        } = setup;
         let config = format!(
-            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n{admin_keys}\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
         std::fs::write(&config_path, config).expect("writing config");
@@ -258,6 +302,10 @@ impl Server {
             http: ([127, 0, 0, 1], http).into(),
             admin: ([127, 0, 0, 1], admin).into(),
             log_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: None,
         }
     }
@@ -336,6 +384,56 @@ impl Server {
         page["dead_letters"].clone()
     }
 
+    /// `GET {path}` on the admin API with `token` as the bearer token, if
+    /// any: the status code and the body (JSON, or a string when it is not).
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.admin_call(reqwest::Method::GET, path, token).await
+    }
+
+    /// `{method} {path}` on the admin API with `token`, if any: the status
+    /// code and the body (JSON, or a string when it is not).
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.admin_url());
+        let mut request = reqwest::Client::new().request(method, &url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("admin answer");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// `GET /v1/events?{query}` with `token`: the events, as JSON objects.
+    pub async fn events_as(&self, token: &str, query: &str) -> Vec<Value> {
+        let (status, page) = self
+            .admin_get(&format!("/v1/events?{query}"), Some(token))
+            .await;
+        assert_eq!(status, 200, "GET /v1/events?{query}: {page}");
+        page["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no events in {page}"))
+    }
+
+    /// SIGHUP: the server reloads its tokens, keys and certificates.
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("server is running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
+    }
+
     /// `GET /readyz`: the status code and the JSON body.
     pub async fn readyz(&self) -> (u16, Value) {
         let response = reqwest::get(format!("{}/readyz", self.admin_url()))
@@ -401,6 +499,7 @@ impl Server {
         let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
