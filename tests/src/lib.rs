@@ -12,6 +12,7 @@ pub mod nats;
 pub mod rsyslog;
 pub mod sinks;
 pub mod splunk;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

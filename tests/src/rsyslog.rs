@@ -11,7 +11,7 @@
 //! hold is what the sink sent: a raw newline from the sink would split a
 //! line here, rather than be hidden by rsyslog's own `#012` escaping.
 
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ pub enum Listener {
 }
 
 /// A CA, a server certificate for `localhost` / 127.0.0.1 and a client
-/// certificate, as PEM files in a directory.
+/// certificate, as PEM files in a directory (from [`crate::tls::TestPki`]).
 pub struct TestPki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
@@ -44,48 +44,14 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn generate(dir: &Path) -> TestPki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "auditrail test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |name: &str, sans: Vec<SanType>| {
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.subject_alt_names = sans;
-            params.distinguished_name.push(DnType::CommonName, name);
-            let cert = params.signed_by(&key, &issuer).expect("certificate");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(
-            "localhost",
-            vec![
-                SanType::DnsName("localhost".try_into().expect("DNS name")),
-                SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            ],
-        );
-        let (client_cert, client_key) = leaf(
-            "auditrail-sink",
-            vec![SanType::DnsName(
-                "auditrail-sink".try_into().expect("DNS name"),
-            )],
-        );
-        let write = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("writing a PEM file");
-            path
-        };
+        let pki = crate::tls::TestPki::generate(dir);
+        let client = pki.client("client", "auditrail-sink", &["auditrail-sink"]);
         TestPki {
-            ca: write("ca.pem", &ca_cert.pem()),
-            server_cert: write("server.pem", &server_cert),
-            server_key: write("server-key.pem", &server_key),
-            client_cert: write("client.pem", &client_cert),
-            client_key: write("client-key.pem", &client_key),
+            ca: pki.ca,
+            server_cert: pki.server_cert,
+            server_key: pki.server_key,
+            client_cert: client.cert,
+            client_key: client.key,
         }
     }
 }
