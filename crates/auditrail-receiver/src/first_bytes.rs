@@ -12,22 +12,28 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use auditrail_auth::ConnectionInfo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
-/// A TCP stream whose reads fail with `TimedOut` if nothing has arrived
-/// `within` of its accept; after the first bytes it is the plain stream.
+use crate::listener::Connection;
+
+/// A connection whose reads fail with `TimedOut` if nothing has arrived
+/// `within` of its accept (after its TLS handshake, if any); after the
+/// first bytes it is the plain connection. It hands tonic what the
+/// connection proved about its client, for every request on it.
 pub(crate) struct FirstBytesDeadline {
-    inner: TcpStream,
+    inner: Connection,
+    info: ConnectionInfo,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl FirstBytesDeadline {
-    pub(crate) fn new(inner: TcpStream, within: Duration) -> Self {
+    pub(crate) fn new(inner: Connection, info: ConnectionInfo, within: Duration) -> Self {
         FirstBytesDeadline {
             inner,
+            info,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
         }
     }
@@ -96,10 +102,10 @@ impl AsyncWrite for FirstBytesDeadline {
 }
 
 impl Connected for FirstBytesDeadline {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.info.clone()
     }
 }
 
@@ -107,6 +113,7 @@ impl Connected for FirstBytesDeadline {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn pair(within: Duration) -> (FirstBytesDeadline, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,7 +121,8 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (FirstBytesDeadline::new(server, within), client)
+        let server = Connection::Plain(server);
+        (FirstBytesDeadline::new(server, ConnectionInfo::default(), within), client)
     }
 
     #[tokio::test(start_paused = true)]

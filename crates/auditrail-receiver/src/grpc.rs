@@ -32,6 +32,8 @@ use futures_util::StreamExt;
 use crate::auth::WriteRefused;
 use crate::compression::{Compression, DecompressError};
 use crate::first_bytes::FirstBytesDeadline;
+use crate::listener::{self, ListenerSettings};
+use auditrail_auth::tls::ServerTls;
 use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
 use auditrail_auth::ConnectionInfo;
 
@@ -164,15 +166,29 @@ pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
     .add_service(MetricsServiceServer::new(NotServed))
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
-/// the requests in flight.
+/// Serves OTLP/gRPC on `listener` (with `tls` when given: its ALPN must
+/// offer `h2`) until `shutdown` resolves, then finishes the requests in
+/// flight.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     ingest: Arc<Ingest>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let config = ingest.config().clone();
     let first_bytes_within = config.header_read_timeout;
+    let accepted = listener::accept(
+        listener,
+        ListenerSettings {
+            name: "otlp_grpc",
+            tls,
+            handshake_timeout: config.header_read_timeout,
+            keepalive: config.keepalive_interval,
+        },
+    );
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(move |(conn, info)| {
+        Ok::<_, std::io::Error>(FirstBytesDeadline::new(conn, info, first_bytes_within))
+    });
     tonic::transport::Server::builder()
         // (`body_read_timeout`, the deadline of an Export call, is applied
         // by `NormalizeStatus`, so that the answer can name it.)
@@ -180,16 +196,7 @@ pub async fn serve_grpc(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_routes(grpc_routes(ingest))
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY an ack can sit out a delayed-ACK timer (~40 ms).
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(config.keepalive_interval))
-                .map(move |accepted| {
-                    accepted.map(|tcp| FirstBytesDeadline::new(tcp, first_bytes_within))
-                }),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

@@ -19,7 +19,9 @@ use crate::auth::WriteRefused;
 use crate::body::{read_body, BodyError};
 use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
+use crate::listener::ListenerSettings;
 use crate::server::{serve_router, ServerSettings};
+use auditrail_auth::tls::ServerTls;
 use crate::status::{code, Status};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -36,16 +38,23 @@ pub fn http_router(ingest: Arc<Ingest>) -> Router {
         .with_state(ingest)
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then finishes
-/// the requests in flight (see [`crate::server`]).
+/// Serves OTLP/HTTP on `listener` (with `tls` when given: its ALPN must
+/// offer `h2` and `http/1.1`) until `shutdown` resolves, then finishes the
+/// requests in flight (see [`crate::server`]).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     ingest: Arc<Ingest>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = ingest.config();
     let settings = ServerSettings {
-        name: "OTLP/HTTP",
+        listener: ListenerSettings {
+            name: "otlp_http",
+            tls,
+            handshake_timeout: config.header_read_timeout,
+            keepalive: config.keepalive_interval,
+        },
         header_read_timeout: config.header_read_timeout,
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: config.keepalive_timeout,

@@ -1,7 +1,8 @@
 //! The HTTP server loop that both the OTLP/HTTP receiver and the admin API
-//! run: every connection's requests carry its [`ConnectionInfo`] (who the
-//! client is, as far as the connection tells), slow clients are cut off,
-//! and a shutdown finishes the requests in flight.
+//! run: every connection's requests carry its
+//! [`auditrail_auth::ConnectionInfo`] (who the client is, as far as the
+//! connection tells), slow clients are cut off, and a shutdown finishes the
+//! requests in flight.
 //!
 //! hyper's server is driven directly, not through `axum::serve`, because
 //! only hyper's own builder can bound how long a client may take to send
@@ -11,17 +12,18 @@
 use std::future::Future;
 use std::time::Duration;
 
-use auditrail_auth::ConnectionInfo;
 use axum::Router;
 
+use crate::listener::{self, ListenerSettings};
+
 /// How one HTTP listener treats its connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerSettings {
-    /// For logs: `OTLP/HTTP`, `admin`.
-    pub name: &'static str,
+    /// Accepting: the name, TLS and the handshake's timeout, keepalive.
+    pub listener: ListenerSettings,
     /// Time a client gets to send a request's headers (HTTP/1.1).
     pub header_read_timeout: Duration,
-    /// HTTP/2 pings and TCP keepalive.
+    /// HTTP/2 pings.
     pub keepalive_interval: Duration,
     /// A peer that does not answer a ping within this is disconnected.
     pub keepalive_timeout: Duration,
@@ -38,7 +40,7 @@ pub async fn serve_router(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
 
-    let name = settings.name;
+    let name = settings.listener.name;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -50,25 +52,15 @@ pub async fn serve_router(
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accepted = listener::accept(listener, settings.listener.clone());
     tokio::pin!(shutdown);
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait for some to
-                    // close instead of spinning.
-                    tracing::warn!(error = %e, listener = name, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+        let (stream, info) = tokio::select! {
+            next = accepted.recv() => match next {
+                Some(next) => next,
+                None => break,
             },
             () = &mut shutdown => break,
-        };
-        tune_socket(&stream, settings.keepalive_interval);
-        let info = ConnectionInfo {
-            remote: Some(remote),
-            client_cert: None,
         };
         let service = hyper_util::service::TowerToHyperService::new(
             tower::ServiceBuilder::new()
@@ -88,16 +80,8 @@ pub async fn serve_router(
             }
         });
     }
+    // Stops accepting: the listening socket closes with the accept task.
+    drop(accepted);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// TCP_NODELAY (without it an ack can sit out a delayed-ACK timer, ~40 ms)
-/// and TCP keepalive (so the connection of a peer that vanished is closed).
-pub(crate) fn tune_socket(stream: &tokio::net::TcpStream, keepalive: Duration) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
