@@ -621,8 +621,14 @@ fn usable_key(jwk: Jwk) -> Result<Key, String> {
 }
 
 async fn read_key_file(path: &Path) -> Result<KeySet, String> {
+    use tokio::io::AsyncReadExt as _;
     let named = |e: String| format!("OIDC key file {}: {e}", path.display());
-    let body = tokio::fs::read(path)
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| named(e.to_string()))?;
+    let mut body = Vec::new();
+    file.take(MAX_JWKS_BYTES as u64 + 1)
+        .read_to_end(&mut body)
         .await
         .map_err(|e| named(e.to_string()))?;
     if body.len() > MAX_JWKS_BYTES {

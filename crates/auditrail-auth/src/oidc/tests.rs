@@ -574,6 +574,10 @@ async fn a_bad_key_file_stops_start_up_naming_the_file() {
     std::fs::write(&path, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap();
     let text = named(start().await.err().unwrap());
     assert!(text.contains("no RS256 or ES256"), "{text}");
+    let too_big = json!({"keys": [Signer::ec("ec-1").jwk], "padding": "x".repeat(MAX_JWKS_BYTES)});
+    std::fs::write(&path, too_big.to_string()).unwrap();
+    let text = named(start().await.err().unwrap());
+    assert!(text.contains("larger than"), "{text}");
 }
 
 #[tokio::test]
