@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod load;
 pub mod mysql;
 pub mod nats;
+pub mod oidc;
 pub mod rsyslog;
 pub mod sinks;
 pub mod splunk;
