@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=5.0, help="exporter timeout in seconds (default 5)"
     )
     p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra request header (gRPC metadata), e.g. 'authorization=Bearer TOKEN'",
+    )
+    p.add_argument(
         "--processor",
         choices=("batch", "simple"),
         default="batch",
@@ -104,16 +111,24 @@ def recording_exporter_class(base: type) -> type:
     return RecordingExporter
 
 
-def make_exporter(protocol: str, endpoint: str, timeout: float):
+def make_exporter(protocol: str, endpoint: str, timeout: float, headers: dict[str, str]):
+    """An https:// endpoint is TLS: the SDK takes the CA, and a client
+    certificate and key for mTLS, from OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY."""
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
         return recording_exporter_class(OTLPLogExporter)(
-            endpoint=endpoint, insecure=True, timeout=timeout
+            endpoint=endpoint,
+            insecure=not endpoint.startswith("https://"),
+            timeout=timeout,
+            headers=headers or None,
         )
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-    return recording_exporter_class(OTLPLogExporter)(endpoint=endpoint, timeout=timeout)
+    return recording_exporter_class(OTLPLogExporter)(
+        endpoint=endpoint, timeout=timeout, headers=headers or None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     tracer_provider = TracerProvider(resource=resource)
     tracer = tracer_provider.get_tracer(AUDIT_LOGGER_NAME)
 
-    exporter = make_exporter(args.protocol, args.endpoint, args.timeout)
+    headers = {}
+    for header in args.header:
+        key, sep, value = header.partition("=")
+        if not sep:
+            print(f"send_audit: --header {header!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        headers[key.strip().lower()] = value.strip()
+    exporter = make_exporter(args.protocol, args.endpoint, args.timeout, headers)
     if args.processor == "simple":
         processor = SimpleLogRecordProcessor(exporter)
     else:

@@ -371,7 +371,7 @@ pub async fn resend_unacked(server: &Server, load: &Arc<Mutex<Load>>) {
 /// sets the rest of the record. Returns the span's (trace id, span id) in
 /// hex.
 pub fn emit_in_span(
-    exporter: LogExporter,
+    exporter: impl opentelemetry_sdk::logs::LogExporter + 'static,
     fill: impl FnOnce(&mut SdkLogRecord),
 ) -> (String, String) {
     let resource = Resource::builder().with_service_name("imagegen-ui").build();
@@ -392,6 +392,46 @@ pub fn emit_in_span(
     logs.force_flush().expect("flushing logs");
     logs.shutdown().expect("shutting down the logger provider");
     ids
+}
+
+/// An exporter that counts the exports that failed: the SDK's simple
+/// processor only logs them, and a test must know.
+#[derive(Debug)]
+pub struct CountingExporter<E> {
+    inner: E,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<E> CountingExporter<E> {
+    /// `exporter`, and the count of its failed exports.
+    pub fn new(exporter: E) -> (Self, Arc<std::sync::atomic::AtomicUsize>) {
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = CountingExporter {
+            inner: exporter,
+            failures: failures.clone(),
+        };
+        (counting, failures)
+    }
+}
+
+impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExporter
+    for CountingExporter<E>
+{
+    async fn export(
+        &self,
+        batch: opentelemetry_sdk::logs::LogBatch<'_>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// The real Rust OTel SDK's OTLP/gRPC log exporter, sending to `grpc_url`.

@@ -122,7 +122,10 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let server = Connection::Plain(server);
-        (FirstBytesDeadline::new(server, ConnectionInfo::default(), within), client)
+        (
+            FirstBytesDeadline::new(server, ConnectionInfo::default(), within),
+            client,
+        )
     }
 
     #[tokio::test(start_paused = true)]

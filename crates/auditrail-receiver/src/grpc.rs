@@ -32,9 +32,9 @@ use futures_util::StreamExt;
 use crate::auth::WriteRefused;
 use crate::compression::{Compression, DecompressError};
 use crate::first_bytes::FirstBytesDeadline;
+use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
 use crate::listener::{self, ListenerSettings};
 use auditrail_auth::tls::ServerTls;
-use crate::ingest::{not_served_message, BodyAccount, Ingest, IngestError, Transport};
 use auditrail_auth::ConnectionInfo;
 
 struct Logs(Arc<Ingest>);
@@ -186,9 +186,10 @@ pub async fn serve_grpc(
             keepalive: config.keepalive_interval,
         },
     );
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(move |(conn, info)| {
-        Ok::<_, std::io::Error>(FirstBytesDeadline::new(conn, info, first_bytes_within))
-    });
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(accepted).map(move |(conn, info)| {
+            Ok::<_, std::io::Error>(FirstBytesDeadline::new(conn, info, first_bytes_within))
+        });
     tonic::transport::Server::builder()
         // (`body_read_timeout`, the deadline of an Export call, is applied
         // by `NormalizeStatus`, so that the answer can name it.)

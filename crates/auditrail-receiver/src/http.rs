@@ -21,8 +21,8 @@ use crate::compression::{Compression, DecompressError};
 use crate::ingest::{not_served_message, Ingest, IngestError, Transport};
 use crate::listener::ListenerSettings;
 use crate::server::{serve_router, ServerSettings};
-use auditrail_auth::tls::ServerTls;
 use crate::status::{code, Status};
+use auditrail_auth::tls::ServerTls;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";

@@ -23,6 +23,6 @@ pub use auth::{WriteRefused, Writers};
 pub use grpc::{grpc_routes, serve_grpc};
 pub use http::{http_router, serve_http};
 pub use ingest::{Ingest, IngestError, ReceiverConfig, Transport};
-pub use rate::{Rate, RateLimits, RateRefused};
 pub use listener::ListenerSettings;
+pub use rate::{Rate, RateLimits, RateRefused};
 pub use server::{serve_router, ServerSettings};

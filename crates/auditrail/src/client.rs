@@ -26,6 +26,16 @@ pub struct Location {
     /// JWT. Never the token itself on the command line, where `ps` shows it.
     #[arg(long = "token-env", value_name = "VAR")]
     pub token_env: Option<String>,
+    /// PEM: the CA that signed an `https://` admin API's certificate (when
+    /// it is not a public one).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM: a client certificate and its key, for an admin listener that
+    /// asks for one (mTLS).
+    #[arg(long = "client-cert", value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl Location {
@@ -44,6 +54,34 @@ impl Location {
         let spool = Spool::open(SpoolConfig::new(dir, "reader"))
             .with_context(|| format!("opening spool {}", dir.display()))?;
         Ok(Some(Arc::new(spool)))
+    }
+
+    /// An HTTP client for the admin API, trusting `--ca-file` and showing
+    /// `--client-cert` when given.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-file: reading {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let mut pem = std::fs::read(cert)
+                .with_context(|| format!("--client-cert: reading {}", cert.display()))?;
+            pem.extend(
+                std::fs::read(key)
+                    .with_context(|| format!("--client-key: reading {}", key.display()))?,
+            );
+            builder = builder.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .context("--client-cert/--client-key: not a PEM certificate and key")?,
+            );
+        }
+        builder.build().context("setting up the HTTP client")
     }
 
     /// The token named by `--token-env`, if one was named.
@@ -134,7 +172,7 @@ impl Reader {
                 trace_url: source.trace_url.clone(),
             }),
             None => Ok(Reader::Admin {
-                client: reqwest::Client::new(),
+                client: source.at.client()?,
                 at: source.at.clone(),
             }),
         }

@@ -47,8 +47,7 @@ pub async fn run(command: DeadLetterCommand) -> anyhow::Result<()> {
                     marked
                 }
                 None => {
-                    let mut request =
-                        reqwest::Client::new().post(at.url("/v1/dead-letters/replay"));
+                    let mut request = at.client()?.post(at.url("/v1/dead-letters/replay"));
                     if let Some(sink) = &sink {
                         request = request.query(&[("sink", sink)]);
                     }
@@ -68,7 +67,7 @@ async fn list(at: &Location, sink: Option<&str>) -> anyhow::Result<Vec<DeadLette
     if let Some(spool) = at.open_spool()? {
         return Ok(spool.dead_letters(sink)?);
     }
-    let mut request = reqwest::Client::new().get(at.url("/v1/dead-letters"));
+    let mut request = at.client()?.get(at.url("/v1/dead-letters"));
     if let Some(sink) = sink {
         request = request.query(&[("sink", sink)]);
     }

@@ -1,16 +1,18 @@
 //! The config's credentials, made ready for the listeners: tokens read from
-//! the environment and from files, OIDC started; and read again on SIGHUP,
-//! so that tokens and keys rotate without a restart.
+//! the environment and from files, OIDC started, certificates loaded; and
+//! read again on SIGHUP, so that tokens, keys and certificates rotate
+//! without a restart.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use auditrail_auth::oidc::Verifier;
+use auditrail_auth::tls::ServerTls;
 use auditrail_auth::tokens::{parse_token_file, TokenSet, RECOMMENDED_MIN_LEN};
 use auditrail_auth::{Access, Authenticator};
 
-use crate::config::auth::SecretSource;
+use crate::config::auth::{SecretSource, TlsSection};
 use crate::config::Config;
 
 /// Who may do what, for every listener of one `serve`.
@@ -21,8 +23,18 @@ pub struct Security {
     pub writers_authenticate: bool,
     /// Whether admin API callers must (see [`Config::admin_authenticates`]).
     pub admin_authenticates: bool,
+    /// TLS of the OTLP/gRPC listener (ALPN `h2`).
+    pub grpc_tls: Option<Arc<ServerTls>>,
+    /// TLS of the OTLP/HTTP listener (ALPN `h2`, `http/1.1`), from the same
+    /// files.
+    pub http_tls: Option<Arc<ServerTls>>,
+    /// TLS of the admin listener.
+    pub admin_tls: Option<Arc<ServerTls>>,
     config: Config,
 }
+
+const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 impl Security {
     /// Reads every token and starts OIDC. A token that cannot be read is an
@@ -37,10 +49,23 @@ impl Security {
             ),
             None => None,
         };
+        let tls = |section: &Option<TlsSection>, alpn, what: &str| -> anyhow::Result<_> {
+            section
+                .as_ref()
+                .map(|tls| {
+                    ServerTls::load(&tls.to_tls_config(), alpn)
+                        .map(Arc::new)
+                        .with_context(|| format!("loading {what}"))
+                })
+                .transpose()
+        };
         Ok(Security {
             authenticator: Arc::new(Authenticator::new(tokens, oidc)),
             writers_authenticate: config.writers_authenticate(),
             admin_authenticates: config.admin_authenticates(),
+            grpc_tls: tls(&config.receiver.tls, GRPC_ALPN, "receiver.tls")?,
+            http_tls: tls(&config.receiver.tls, HTTP_ALPN, "receiver.tls")?,
+            admin_tls: tls(&config.admin.tls, HTTP_ALPN, "admin.tls")?,
             config: config.clone(),
         })
     }
@@ -55,6 +80,19 @@ impl Security {
                 self.authenticator.replace_tokens(tokens);
             }
             Err(e) => errors.push(e.context("reloading tokens; the old ones stay in force")),
+        }
+        for (what, tls) in [
+            ("receiver.tls (OTLP/gRPC)", &self.grpc_tls),
+            ("receiver.tls (OTLP/HTTP)", &self.http_tls),
+            ("admin.tls", &self.admin_tls),
+        ] {
+            if let Some(tls) = tls {
+                if let Err(e) = tls.reload() {
+                    errors.push(anyhow::Error::new(e).context(format!(
+                        "reloading {what}; the old certificate stays in force"
+                    )));
+                }
+            }
         }
         if let Some(oidc) = self.authenticator.oidc() {
             if let Err(e) = oidc.reload().await {

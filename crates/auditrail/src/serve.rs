@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use auditrail_exporters::Pipeline;
-use auditrail_receiver::{serve_grpc, serve_http, serve_router, Ingest, ServerSettings, Writers};
+use auditrail_receiver::{
+    serve_grpc, serve_http, serve_router, Ingest, ListenerSettings, ServerSettings, Writers,
+};
 use auditrail_spool::{Spool, SpoolConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -73,17 +75,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn({
-        let (ingest, stop) = (ingest.clone(), stopped());
+        let (ingest, tls, stop) = (ingest.clone(), security.grpc_tls.clone(), stopped());
         async move {
-            serve_grpc(grpc, ingest, stop)
+            serve_grpc(grpc, ingest, tls, stop)
                 .await
                 .context("OTLP/gRPC server")
         }
     });
     servers.spawn({
-        let (ingest, stop) = (ingest.clone(), stopped());
+        let (ingest, tls, stop) = (ingest.clone(), security.http_tls.clone(), stopped());
         async move {
-            serve_http(http, ingest, stop)
+            serve_http(http, ingest, tls, stop)
                 .await
                 .context("OTLP/HTTP server")
         }
@@ -94,8 +96,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         trace_url: config.query.trace_url.clone(),
     };
-    let admin_settings = |name| ServerSettings {
-        name,
+    let admin_settings = |name, tls| ServerSettings {
+        listener: ListenerSettings {
+            name,
+            tls,
+            handshake_timeout: config.receiver.header_read_timeout,
+            keepalive: config.receiver.keepalive_interval,
+        },
         header_read_timeout: config.receiver.header_read_timeout,
         keepalive_interval: config.receiver.keepalive_interval,
         keepalive_timeout: config.receiver.keepalive_timeout,
@@ -108,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let (router, settings, stop) = (
             admin::router(state.clone(), auth),
-            admin_settings("admin"),
+            admin_settings("admin", security.admin_tls.clone()),
             stopped(),
         );
         async move {
@@ -120,7 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         let (router, settings, stop) = (
             admin::operations_router(state.clone()).with_state(state.clone()),
-            admin_settings("metrics"),
+            admin_settings("metrics", None),
             stopped(),
         );
         servers.spawn(async move {

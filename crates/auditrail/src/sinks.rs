@@ -44,7 +44,7 @@ pub async fn run(command: SinkCommand) -> anyhow::Result<()> {
         }
         None => {
             let url = at.url(&format!("/v1/sinks/{name}/forget"));
-            let answer = at.call(reqwest::Client::new().post(url)).await?;
+            let answer = at.call(at.client()?.post(url)).await?;
             (
                 answer["cursor"].as_u64(),
                 answer["dead_letters"].as_u64().unwrap_or(0),
@@ -64,6 +64,9 @@ mod tests {
             admin: "http://127.0.0.1:8686/".into(),
             data_dir: None,
             token_env: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         };
         assert_eq!(
             at.url(&format!("/v1/sinks/{}/forget", "warehouse")),

@@ -110,20 +110,11 @@ pub enum CertFieldSetting {
 }
 
 impl TlsSection {
+    /// Settings that cannot work together, named with the table.
     pub fn validate(&self, what: &str) -> Result<(), String> {
-        if self.tenant_from.is_some() && self.client_ca_file.is_none() {
-            return Err(format!(
-                "{what}.tenant_from needs {what}.client_ca_file: only a verified client \
-                 certificate may name a tenant"
-            ));
-        }
-        if !self.tenants.is_empty() && self.tenant_from.is_none() {
-            return Err(format!("{what}.tenants needs {what}.tenant_from"));
-        }
-        for tenant in self.tenants.values() {
-            auditrail_auth::check_tenant(tenant).map_err(|e| format!("{what}.tenants: {e}"))?;
-        }
-        Ok(())
+        self.to_tls_config()
+            .validate()
+            .map_err(|e| format!("{what}: {e}"))
     }
 
     pub fn to_tls_config(&self) -> TlsConfig {
@@ -155,11 +146,16 @@ pub struct OidcSection {
     pub issuer: String,
     /// The `aud` auditrail accepts: one string or a list.
     pub audience: OneOrMany,
+    /// The issuer's keys, fetched (https; http only to loopback)...
     pub jwks_url: Option<String>,
+    /// ... or read from a file (again on SIGHUP).
     pub jwks_file: Option<PathBuf>,
-    /// How often `jwks_url` is fetched again.
+    /// How often `jwks_url` is fetched again (and at once, at most every
+    /// few seconds, when a token names a key not yet known).
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh: Duration,
+    /// PEM: CAs trusted for `jwks_url` besides the public roots.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -171,11 +167,11 @@ pub struct OidcSection {
 }
 
 fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(3600)
+    auditrail_auth::oidc::DEFAULT_REFRESH
 }
 
 fn default_leeway() -> Duration {
-    Duration::from_secs(60)
+    auditrail_auth::oidc::DEFAULT_LEEWAY
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,7 +216,19 @@ impl OidcSection {
             (Some(url), None) if !url.starts_with("https://") && !url.starts_with("http://") => {
                 return Err(format!("oidc.jwks_url {url:?} is not an http(s) URL"))
             }
+            (None, Some(_)) if self.jwks_ca_file.is_some() => {
+                return Err("oidc.jwks_ca_file goes with jwks_url".into())
+            }
             _ => {}
+        }
+        if self.jwks_refresh < Duration::from_secs(1) {
+            return Err("oidc.jwks_refresh must be at least 1s".into());
+        }
+        if self.leeway > auditrail_auth::oidc::MAX_LEEWAY {
+            return Err(format!(
+                "oidc.leeway must be at most {}",
+                humantime::format_duration(auditrail_auth::oidc::MAX_LEEWAY)
+            ));
         }
         if self.roles.is_empty() && self.tenant_claim.is_none() {
             return Err(
@@ -256,6 +264,9 @@ impl OidcSection {
                 (Some(url), _) => JwksSource::Url {
                     url: url.clone(),
                     refresh: self.jwks_refresh,
+                    min_refetch: auditrail_auth::oidc::DEFAULT_MIN_REFETCH,
+                    timeout: auditrail_auth::oidc::DEFAULT_TIMEOUT,
+                    tls_ca_file: self.jwks_ca_file.clone(),
                 },
                 (None, Some(file)) => JwksSource::File(file.clone()),
                 (None, None) => unreachable!("validated: one of jwks_url and jwks_file"),
