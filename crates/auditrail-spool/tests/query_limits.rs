@@ -1,0 +1,374 @@
+//! What one query may cost: the scan budget, the deadline, resuming a
+//! seq-ordered scan where it stopped, and the tenant filter.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditrail_model::{AuditEvent, Outcome};
+use auditrail_spool::{Budget, Filter, Spool, SpoolConfig, SpoolError, Stop};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Event `n`: actors, names, tenants, outcomes and texts in patterns that
+/// filters can pick out; time goes backwards every 7th event, so time order
+/// and seq order differ.
+fn event(n: u64) -> AuditEvent {
+    AuditEvent {
+        event_id: format!("id{n}"),
+        time_unix_nano: if n % 7 == 0 { n / 2 } else { n * 10 },
+        received_time_unix_nano: n,
+        actor_id: format!("user{}", n % 5),
+        event_name: if n % 3 == 0 {
+            "image.generate"
+        } else {
+            "user.login"
+        }
+        .into(),
+        service_name: "svc".into(),
+        tenant: if n % 4 == 0 { "acme" } else { "globex" }.into(),
+        outcome: if n % 11 == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        trace_id: format!("{:032x}", 1 + n % 13),
+        body: if n % 17 == 0 {
+            format!("needle {n}")
+        } else {
+            format!("hay {n}")
+        },
+        attributes: "{}".into(),
+        resource_attributes: "{}".into(),
+        ..Default::default()
+    }
+}
+
+/// A spool holding `batches` appends of `per_batch` events each, indexed.
+async fn spool_with(dir: &std::path::Path, batches: u64, per_batch: u64) -> Spool {
+    let spool = Spool::open(SpoolConfig::new(dir, "node-a")).unwrap();
+    for b in 0..batches {
+        let events = (1..=per_batch).map(|i| event(b * per_batch + i)).collect();
+        spool.append(events).await.unwrap();
+    }
+    wait_indexed(&spool).await;
+    spool
+}
+
+async fn wait_indexed(spool: &Spool) {
+    for _ in 0..500 {
+        let stats = spool.stats();
+        if stats.indexed_seq == stats.last_seq {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("indexer did not catch up: {:?}", spool.stats());
+}
+
+fn budget(max: u64) -> Budget {
+    Budget {
+        max_examined: Some(max),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_newest_n_query_over_budget_fails_with_what_it_examined() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), 10, 100).await;
+    // Matches nothing, so it must read everything: 1,000 events.
+    let filter = Filter {
+        text: Some("no such text".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    match spool.query_within(&filter, &budget(999)) {
+        Err(SpoolError::ScanBudgetExceeded { examined }) => assert_eq!(examined, 999),
+        other => panic!("expected ScanBudgetExceeded, got {other:?}"),
+    }
+    let (events, end) = spool.query_within(&filter, &budget(1000)).unwrap();
+    assert!(events.is_empty());
+    assert_eq!(end.events_examined, 1000);
+    assert_eq!(end.stop, Stop::End);
+
+    // An indexed query costs what its candidate batches hold, not the spool.
+    let narrow = Filter {
+        text: Some("needle".into()),
+        since: Some(9_000),
+        limit: 10,
+        ..Default::default()
+    };
+    let (events, end) = spool.query_within(&narrow, &budget(200)).unwrap();
+    assert!(!events.is_empty());
+    assert!(end.events_examined <= 200, "{end:?}");
+
+    // The deadline and the cancel flag stop it too, with their own errors.
+    let past = Budget {
+        deadline: Some(Instant::now()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        spool.query_within(&filter, &past),
+        Err(SpoolError::QueryTimedOut { .. })
+    ));
+    let cancelled = Budget {
+        cancel: Some(Arc::new(AtomicBool::new(true))),
+        ..Default::default()
+    };
+    assert!(matches!(
+        spool.query_within(&filter, &cancelled),
+        Err(SpoolError::QueryCancelled)
+    ));
+}
+
+/// Scans from `after` in budget-sized steps until complete, as a client
+/// continuing from `next_after_seq` does; returns the seqs found.
+fn scan_in_steps(spool: &Spool, filter: &Filter, step: u64) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut after = filter.after_seq;
+    for _ in 0..100_000 {
+        let f = Filter {
+            after_seq: after,
+            ..filter.clone()
+        };
+        let end = spool
+            .scan(&f, &budget(step), |e| {
+                found.push(e.seq);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(end.events_examined <= step, "{end:?}");
+        match end.stop {
+            Stop::End => return found,
+            Stop::Budget => {
+                assert!(!end.complete());
+                assert!(
+                    after.is_none_or(|a| end.next_after_seq > a),
+                    "a step makes progress: {end:?} after {after:?}"
+                );
+            }
+            other => panic!("unexpected stop {other:?}"),
+        }
+        after = Some(end.next_after_seq);
+    }
+    panic!("never finished");
+}
+
+#[tokio::test]
+async fn a_seq_scan_stops_at_its_budget_and_resumes_to_exactly_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    // 12 batches of 250: the indexed path skips whole batches.
+    let spool = spool_with(dir.path(), 12, 250).await;
+    let everything: Vec<AuditEvent> = {
+        let mut all = Vec::new();
+        spool
+            .scan(&Filter::default(), &Budget::default(), |e| {
+                all.push(e);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        all
+    };
+    assert_eq!(everything.len(), 3000);
+    assert!(everything.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+
+    // The filters that matter: no index (raw scan), a batch index, the
+    // trace index, time ranges, and a filter that matches nothing.
+    let filters = [
+        Filter::default(),
+        Filter {
+            text: Some("needle".into()),
+            ..Default::default()
+        },
+        Filter {
+            actor: Some("user3".into()),
+            ..Default::default()
+        },
+        Filter {
+            trace_id: Some(format!("{:032x}", 5)),
+            ..Default::default()
+        },
+        Filter {
+            since: Some(10_000),
+            until: Some(20_000),
+            outcome: Some(Outcome::Failure),
+            ..Default::default()
+        },
+        Filter {
+            tenant: Some("acme".into()),
+            event_name: Some("image.generate".into()),
+            ..Default::default()
+        },
+        Filter {
+            actor: Some("nobody".into()),
+            ..Default::default()
+        },
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &(0..filters.len(), 1u64..700, 0u64..3100),
+            |(which, step, start)| {
+                let filter = Filter {
+                    after_seq: (start > 0).then_some(start),
+                    ..filters[which].clone()
+                };
+                let want: Vec<u64> = everything
+                    .iter()
+                    .filter(|e| filter.matches(e))
+                    .map(|e| e.seq)
+                    .collect();
+                let got = scan_in_steps(&spool, &filter, step);
+                prop_assert_eq!(got, want, "{:?} in steps of {}", filter, step);
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_seq_scan_says_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), 4, 100).await;
+    let filter = Filter {
+        text: Some("needle".into()), // seqs 17, 34, ..., 391
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    let end = spool
+        .scan(&filter, &budget(40), |e| {
+            found.push(e.seq);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(found, [17, 34]);
+    assert_eq!(
+        (end.stop, end.next_after_seq, end.events_examined),
+        (Stop::Budget, 40, 40)
+    );
+    assert!(!end.complete());
+
+    // A limit ends it at the last match, complete.
+    let (events, end) = spool
+        .query_within(
+            &Filter {
+                after_seq: Some(0),
+                limit: 3,
+                ..filter.clone()
+            },
+            &budget(1000),
+        )
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [17, 34, 51]
+    );
+    assert_eq!((end.stop, end.next_after_seq), (Stop::Limit, 51));
+    assert!(end.complete());
+
+    // At the end, it continues after the last stored seq.
+    let (events, end) = spool
+        .query_within(
+            &Filter {
+                after_seq: Some(380),
+                ..filter.clone()
+            },
+            &budget(1000),
+        )
+        .unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [391]);
+    assert_eq!(
+        (end.stop, end.next_after_seq, end.last_seq),
+        (Stop::End, 400, 400)
+    );
+
+    // The receiver can stop it.
+    let mut seen = 0;
+    let end = spool
+        .scan(&Filter::default(), &Budget::default(), |_| {
+            seen += 1;
+            if seen == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!((end.stop, end.next_after_seq), (Stop::Cancelled, 5));
+    // And so can the deadline.
+    let end = spool
+        .scan(
+            &Filter::default(),
+            &Budget {
+                deadline: Some(Instant::now()),
+                ..Default::default()
+            },
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!((end.stop, end.events_examined), (Stop::Deadline, 0));
+}
+
+#[tokio::test]
+async fn the_tenant_filter_matches_the_events_tenant_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), 2, 50).await;
+    let of = |tenant: &str, after_seq| {
+        spool
+            .query(&Filter {
+                tenant: Some(tenant.into()),
+                after_seq,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    for after_seq in [None, Some(0)] {
+        let acme = of("acme", after_seq);
+        assert_eq!(acme.len(), 25);
+        assert!(acme.iter().all(|e| e.tenant == "acme"));
+        assert_eq!(of("globex", after_seq).len(), 75);
+        assert!(of("acm", after_seq).is_empty(), "no prefix match");
+        assert!(of("", after_seq).is_empty());
+    }
+    // Narrowed further, by actor (indexed) and text.
+    let filter = Filter {
+        tenant: Some("acme".into()),
+        actor: Some("user0".into()),
+        ..Default::default()
+    };
+    let got = spool.query(&filter).unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [20, 40, 60, 80, 100]
+    );
+
+    // Dead letters by the event's tenant.
+    for seq in [4, 5, 8] {
+        let e = spool
+            .query(&Filter {
+                after_seq: Some(seq - 1),
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()
+            .remove(0);
+        spool.dead_letter("warehouse", &e, "rejected", 1).unwrap();
+    }
+    let seqs = |sink: Option<&str>, tenant: Option<&str>| {
+        spool
+            .dead_letters(sink, tenant)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(None, Some("acme")), [4, 8]);
+    assert_eq!(seqs(Some("warehouse"), Some("globex")), [5]);
+    assert_eq!(seqs(None, None), [4, 5, 8]);
+    assert!(seqs(Some("other"), Some("acme")).is_empty());
+}
