@@ -372,3 +372,84 @@ async fn the_tenant_filter_matches_the_events_tenant_exactly() {
     assert_eq!(seqs(None, None), [4, 5, 8]);
     assert!(seqs(Some("other"), Some("acme")).is_empty());
 }
+
+/// What a full scan budget costs on this machine: 1,000,000 stored events of
+/// about 1 KB, read by a `--text` query that matches none of them (the
+/// worst case: every event decoded and searched), newest-N and in seq
+/// order. Run with
+/// `cargo test --release -p auditrail-spool --test query_limits -- --ignored --nocapture`
+/// (the figures are in docs/config.md).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: about a minute in release"]
+async fn cost_of_a_full_scan_budget() {
+    const EVENTS: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolConfig::new(dir.path(), "node-a")).unwrap();
+    let started = Instant::now();
+    for chunk in 0..EVENTS / 1000 {
+        let events = (1..=1000)
+            .map(|i| {
+                let n = chunk * 1000 + i;
+                AuditEvent {
+                    body: format!("prompt {n}: a lighthouse over a city at night, {}", "x".repeat(200)),
+                    attributes: format!(
+                        r#"{{"audit.target":"model/sdxl","client.address":"203.0.113.{}","log.record.uid":"id{n}","user.id":"user{}","prompt.tokens":"{}"}}"#,
+                        n % 250,
+                        n % 5000,
+                        "t".repeat(300)
+                    ),
+                    resource_attributes: r#"{"deployment.environment":"prod","host.name":"imagegen-7f9c","service.name":"imagegen","service.version":"1.4.2"}"#.into(),
+                    trace_id: format!("{n:032x}"),
+                    span_id: format!("{n:016x}"),
+                    ..event(n)
+                }
+            })
+            .collect();
+        spool.append(events).await.unwrap();
+    }
+    wait_indexed(&spool).await;
+    let stats = spool.stats();
+    println!(
+        "stored {EVENTS} events in {:.1?}, {} live bytes ({} per event)",
+        started.elapsed(),
+        stats.live_bytes,
+        stats.live_bytes / EVENTS
+    );
+    let filter = Filter {
+        text: Some("matches nothing".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    for round in 0..3 {
+        let started = Instant::now();
+        let result = spool.query_within(&filter, &budget(EVENTS));
+        let (events, end) = result.unwrap();
+        assert!(events.is_empty());
+        println!(
+            "round {round}: newest-N --text, {} examined in {:.2?}",
+            end.events_examined,
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let mut bytes = 0;
+        let end = spool
+            .scan(
+                &Filter {
+                    after_seq: Some(0),
+                    ..Default::default()
+                },
+                &budget(EVENTS),
+                |e| {
+                    bytes += serde_json::to_vec(&e).unwrap().len();
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        println!(
+            "round {round}: seq order, every event matched and serialized ({} MB of JSON), {} examined in {:.2?}",
+            bytes >> 20,
+            end.events_examined,
+            started.elapsed()
+        );
+    }
+}
