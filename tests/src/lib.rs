@@ -134,15 +134,40 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Server {
-        Server::try_start(dir, &dir.join("spool"), "", spool_keys, extra_tables, env)
+        Server::try_start(
+            dir,
+            &dir.join("spool"),
+            "",
+            "",
+            spool_keys,
+            extra_tables,
+            env,
+        )
+        .unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Starts a server in a fresh directory with `admin_keys` added to its
+    /// `[admin]` table (the query limits), `extra_tables` after the rest.
+    pub fn start_with_admin(admin_keys: &str, extra_tables: &str) -> Server {
+        Server::in_temp_dir(|dir| {
+            Server::try_start(
+                dir,
+                &dir.join("spool"),
+                "",
+                admin_keys,
+                "",
+                extra_tables,
+                &[],
+            )
             .unwrap_or_else(|log| panic!("{log}"))
+        })
     }
 
     /// Starts a server in a fresh directory with `receiver_keys` added to
     /// its `[receiver]` table (limits, timeouts).
     pub fn start_with_receiver(receiver_keys: &str) -> Server {
         Server::in_temp_dir(|dir| {
-            Server::try_start(dir, &dir.join("spool"), receiver_keys, "", "", &[])
+            Server::try_start(dir, &dir.join("spool"), receiver_keys, "", "", "", &[])
                 .unwrap_or_else(|log| panic!("{log}"))
         })
     }
@@ -157,13 +182,14 @@ impl Server {
         extra_tables: &str,
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
-        Server::try_start(dir, spool, "", spool_keys, extra_tables, env)
+        Server::try_start(dir, spool, "", "", spool_keys, extra_tables, env)
     }
 
     fn try_start(
         dir: &Path,
         spool: &Path,
         receiver_keys: &str,
+        admin_keys: &str,
         spool_keys: &str,
         extra_tables: &str,
         env: &[(&str, &str)],
@@ -172,8 +198,15 @@ impl Server {
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server =
-                Server::spawn(dir, spool, receiver_keys, spool_keys, extra_tables, env);
+            let mut server = Server::spawn(
+                dir,
+                spool,
+                receiver_keys,
+                admin_keys,
+                spool_keys,
+                extra_tables,
+                env,
+            );
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 // (Or two of the free ports were the same one.)
@@ -198,7 +231,15 @@ impl Server {
         env: &[(&str, &str)],
         within: Duration,
     ) -> (ExitStatus, String) {
-        let mut server = Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, env);
+        let mut server = Server::spawn(
+            dir,
+            &dir.join("spool"),
+            "",
+            "",
+            spool_keys,
+            extra_tables,
+            env,
+        );
         let mut child = server.child.take().expect("just spawned");
         let deadline = Instant::now() + within;
         loop {
@@ -220,7 +261,15 @@ impl Server {
     /// Starts `auditrail serve` on `dir` (spool in `dir/spool`) without
     /// waiting for it to listen: for tests of what happens during start-up.
     pub fn spawn_starting(dir: &Path, spool_keys: &str, extra_tables: &str) -> Server {
-        Server::spawn(dir, &dir.join("spool"), "", spool_keys, extra_tables, &[])
+        Server::spawn(
+            dir,
+            &dir.join("spool"),
+            "",
+            "",
+            spool_keys,
+            extra_tables,
+            &[],
+        )
     }
 
     /// Writes the config and starts the binary without waiting for it.
@@ -228,6 +277,7 @@ impl Server {
         dir: &Path,
         spool: &Path,
         receiver_keys: &str,
+        admin_keys: &str,
         spool_keys: &str,
         extra_tables: &str,
         env: &[(&str, &str)],
@@ -235,7 +285,7 @@ impl Server {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config_path = dir.join("auditrail.toml");
         let config = format!(
-            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n{admin_keys}\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
         std::fs::write(&config_path, config).expect("writing config");
@@ -306,19 +356,39 @@ impl Server {
         format!("http://{}/v1/logs", self.http)
     }
 
-    /// `GET /v1/events?{query}`: the events, as JSON objects.
+    /// `GET /v1/events?{query}`: the events, as JSON objects. An answer
+    /// in seq order that the server's scan budget ended early (`complete:
+    /// false`) is continued from its `next_after_seq`, as a client would.
     pub async fn events(&self, query: &str) -> Vec<Value> {
-        let url = format!("{}/v1/events?{query}", self.admin_url());
-        let page: Value = reqwest::get(&url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
-            .await
-            .expect("events page is JSON");
-        page["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("no events in {page}"))
+        let mut events = Vec::new();
+        let mut url = format!("{}/v1/events?{query}", self.admin_url());
+        loop {
+            let page: Value = reqwest::get(&url)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .json()
+                .await
+                .expect("events page is JSON");
+            events.extend(
+                page["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no events in {page}")),
+            );
+            if page["complete"] != false {
+                return events;
+            }
+            assert!(
+                page["stopped_by"] != "error" && !query.contains("after_seq"),
+                "GET {url} stopped early: {}",
+                page["error"]
+            );
+            url = format!(
+                "{}/v1/events?{query}&after_seq={}",
+                self.admin_url(),
+                page["next_after_seq"]
+            );
+        }
     }
 
     /// `GET /v1/dead-letters[?sink=…]`: the `dead_letters` array.
