@@ -290,6 +290,54 @@ async fn limit_0_streams_every_event_once_in_seq_order_as_the_scan_finds_it() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_client_stops_reading_ends_at_the_timeout_and_frees_its_slot() {
+    let server = Server::start_with_admin("max_concurrent_queries = 1\nquery_timeout = \"3s\"", "");
+    // 40 MB in 4,000 events: far more than the socket buffers.
+    store(&server, 4000, 10_000).await;
+    let mut response = reqwest::get(format!("{}/v1/events?limit=0", server.admin_url()))
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    read_lines(&mut response, &mut body, 2).await;
+    let (status, _, _) = get(&server, "limit=1").await;
+    assert_eq!(status, 429, "the stream holds the only slot");
+    // The client reads nothing more; the timeout ends the scan and frees
+    // the slot.
+    let held = std::time::Instant::now();
+    auditrail_tests::eventually("the slot of a stalled stream is freed", || async {
+        get(&server, "limit=1").await.0 == 200
+    })
+    .await;
+    assert!(
+        held.elapsed() > Duration::from_millis(1500),
+        "freed only at the timeout, after {:?}",
+        held.elapsed()
+    );
+    // What was sent is a valid answer that says where to continue.
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let page: Value = serde_json::from_slice(&body).expect("one JSON document");
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.len() < 4000, "it stopped early");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(page["complete"], false);
+    assert_eq!(page["stopped_by"], "query_timeout", "{}", page["error"]);
+    assert_eq!(page["next_after_seq"], seqs.len() as u64);
+    assert_eq!(
+        server
+            .metric("auditrail_queries_total{result=\"timeout\"}")
+            .await,
+        1.0
+    );
+}
+
 fn seqs_of_json_lines(out: &str) -> Vec<u64> {
     out.lines()
         .map(|l| {

@@ -386,7 +386,8 @@ impl Spool {
     /// Every match above `filter.after_seq` (0 when unset), up to
     /// `filter.limit` (0: no limit), in seq order, handed to `each` as it
     /// is found, without collecting them; `each` stops the scan by returning
-    /// `Break`. Indexed batches that cannot match are skipped. It stops at
+    /// `Break` (the event it was given then counts as not taken: the
+    /// [`QueryEnd`]'s `next_after_seq` is before it). Indexed batches that cannot match are skipped. It stops at
     /// the budget too; the [`QueryEnd`] says why and where to continue.
     pub fn scan(
         &self,

@@ -287,7 +287,7 @@ pub(crate) fn run(
 
 /// Every match above `filter.after_seq` (up to `filter.limit`), in seq
 /// order, handed to `each` as it is found; `each` may stop the scan by
-/// returning `Break`. Indexed batches that cannot match are skipped. Running
+/// returning `Break`, and the event it was given then counts as not taken. Indexed batches that cannot match are skipped. Running
 /// out of budget is not an error here: the scan says where it stopped, so
 /// that the caller can continue from there.
 pub(crate) fn scan(
@@ -368,6 +368,8 @@ impl<'f, 'b, 'e> SeqScan<'f, 'b, 'e> {
         if self.filter.matches(&event) {
             self.found += 1;
             if (self.each)(event).is_break() {
+                // Not taken: continuing starts with it again.
+                self.position = seq - 1;
                 return Ok(Err(Stop::Cancelled));
             }
             if self.found >= self.limit {

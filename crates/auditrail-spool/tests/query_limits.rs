@@ -124,8 +124,10 @@ async fn a_newest_n_query_over_budget_fails_with_what_it_examined() {
 }
 
 /// Scans from `after` in budget-sized steps until complete, as a client
-/// continuing from `next_after_seq` does; returns the seqs found.
-fn scan_in_steps(spool: &Spool, filter: &Filter, step: u64) -> Vec<u64> {
+/// continuing from `next_after_seq` does, taking at most `take` matches a
+/// step (then refusing the next one, as a receiver that goes away does);
+/// returns the seqs found.
+fn scan_in_steps(spool: &Spool, filter: &Filter, step: u64, take: usize) -> Vec<u64> {
     let mut found = Vec::new();
     let mut after = filter.after_seq;
     for _ in 0..100_000 {
@@ -133,8 +135,13 @@ fn scan_in_steps(spool: &Spool, filter: &Filter, step: u64) -> Vec<u64> {
             after_seq: after,
             ..filter.clone()
         };
+        let mut taken = 0;
         let end = spool
             .scan(&f, &budget(step), |e| {
+                if taken == take {
+                    return ControlFlow::Break(());
+                }
+                taken += 1;
                 found.push(e.seq);
                 ControlFlow::Continue(())
             })
@@ -142,11 +149,15 @@ fn scan_in_steps(spool: &Spool, filter: &Filter, step: u64) -> Vec<u64> {
         assert!(end.events_examined <= step, "{end:?}");
         match end.stop {
             Stop::End => return found,
-            Stop::Budget => {
+            Stop::Budget | Stop::Cancelled => {
                 assert!(!end.complete());
                 assert!(
-                    after.is_none_or(|a| end.next_after_seq > a),
-                    "a step makes progress: {end:?} after {after:?}"
+                    end.next_after_seq >= after.unwrap_or(0),
+                    "never backwards: {end:?} after {after:?}"
+                );
+                assert!(
+                    taken > 0 || end.stop == Stop::Budget,
+                    "a refused first match ends a step without progress"
                 );
             }
             other => panic!("unexpected stop {other:?}"),
@@ -212,8 +223,8 @@ async fn a_seq_scan_stops_at_its_budget_and_resumes_to_exactly_the_rest() {
     });
     runner
         .run(
-            &(0..filters.len(), 1u64..700, 0u64..3100),
-            |(which, step, start)| {
+            &(0..filters.len(), 1u64..700, 0u64..3100, 1usize..400),
+            |(which, step, start, take)| {
                 let filter = Filter {
                     after_seq: (start > 0).then_some(start),
                     ..filters[which].clone()
@@ -223,8 +234,15 @@ async fn a_seq_scan_stops_at_its_budget_and_resumes_to_exactly_the_rest() {
                     .filter(|e| filter.matches(e))
                     .map(|e| e.seq)
                     .collect();
-                let got = scan_in_steps(&spool, &filter, step);
-                prop_assert_eq!(got, want, "{:?} in steps of {}", filter, step);
+                let got = scan_in_steps(&spool, &filter, step, take);
+                prop_assert_eq!(
+                    got,
+                    want,
+                    "{:?} in steps of {}, {} taken",
+                    filter,
+                    step,
+                    take
+                );
                 Ok(())
             },
         )
@@ -287,7 +305,7 @@ async fn a_seq_scan_says_where_it_stopped() {
         (Stop::End, 400, 400)
     );
 
-    // The receiver can stop it.
+    // The receiver can stop it; the event it refused is not taken.
     let mut seen = 0;
     let end = spool
         .scan(&Filter::default(), &Budget::default(), |_| {
@@ -299,7 +317,7 @@ async fn a_seq_scan_says_where_it_stopped() {
             }
         })
         .unwrap();
-    assert_eq!((end.stop, end.next_after_seq), (Stop::Cancelled, 5));
+    assert_eq!((end.stop, end.next_after_seq), (Stop::Cancelled, 4));
     // And so can the deadline.
     let end = spool
         .scan(

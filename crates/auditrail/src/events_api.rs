@@ -318,6 +318,8 @@ impl Query {
         });
         let runtime = tokio::runtime::Handle::current();
         let scan_done = done.clone();
+        let last_seq = self.spool.stats().last_seq;
+        let timeout = humantime::format_duration(self.limits.query_timeout).to_string();
         tokio::task::spawn_blocking(move || {
             let _done = scan_done;
             self.run_stream(&runtime, &pieces);
@@ -327,7 +329,10 @@ impl Query {
             lines: PageLines::default(),
             head_sent: false,
             finished: false,
+            last_seq,
             last_seq_sent: after,
+            deadline,
+            timeout,
             _done: done,
             _cancel: cancel,
         };
@@ -422,7 +427,12 @@ struct BodyState {
     lines: PageLines,
     head_sent: bool,
     finished: bool,
+    /// The highest seq stored when the stream started.
+    last_seq: u64,
     last_seq_sent: u64,
+    deadline: Instant,
+    /// `query_timeout`, for the end that says it ran out.
+    timeout: String,
     /// Dropped with the body: see `Query::stream`.
     _done: mpsc::Sender<()>,
     _cancel: CancelOnDrop,
@@ -462,14 +472,32 @@ impl BodyState {
                 self.lines.end(&end, out);
                 self.finished = true;
             }
-            // The scan is gone without its end (it panicked).
+            // The scan is gone without handing over its end: the client
+            // had stopped reading until past the deadline (or the scan
+            // panicked). Everything up to the last event sent is complete.
             None => {
+                let next = self.last_seq_sent;
+                let (stopped_by, error) = if Instant::now() >= self.deadline {
+                    (
+                        STOPPED_BY_TIMEOUT,
+                        format!(
+                            "stopped after [admin] query_timeout = {} with the client not \
+                             reading; continue with after_seq={next}",
+                            self.timeout
+                        ),
+                    )
+                } else {
+                    (
+                        STOPPED_BY_ERROR,
+                        "the query stopped unexpectedly".to_owned(),
+                    )
+                };
                 let end = PageEnd {
-                    last_seq: self.last_seq_sent,
-                    next_after_seq: self.last_seq_sent,
+                    last_seq: self.last_seq,
+                    next_after_seq: next,
                     complete: false,
-                    stopped_by: Some(STOPPED_BY_ERROR.into()),
-                    error: Some("the query stopped unexpectedly".into()),
+                    stopped_by: Some(stopped_by.into()),
+                    error: Some(error),
                 };
                 self.lines.end(&end, out);
                 self.finished = true;
