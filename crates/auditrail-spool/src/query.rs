@@ -168,7 +168,7 @@ impl<'a> Meter<'a> {
         {
             return Err(Stop::Budget);
         }
-        if self.examined % CHECK_EVERY == 0 {
+        if self.examined.is_multiple_of(CHECK_EVERY) {
             if self.budget.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Stop::Deadline);
             }

@@ -17,24 +17,29 @@ use proptest::test_runner::{Config, TestRunner};
 fn event(n: u64) -> AuditEvent {
     AuditEvent {
         event_id: format!("id{n}"),
-        time_unix_nano: if n % 7 == 0 { n / 2 } else { n * 10 },
+        time_unix_nano: if n.is_multiple_of(7) { n / 2 } else { n * 10 },
         received_time_unix_nano: n,
         actor_id: format!("user{}", n % 5),
-        event_name: if n % 3 == 0 {
+        event_name: if n.is_multiple_of(3) {
             "image.generate"
         } else {
             "user.login"
         }
         .into(),
         service_name: "svc".into(),
-        tenant: if n % 4 == 0 { "acme" } else { "globex" }.into(),
-        outcome: if n % 11 == 0 {
+        tenant: if n.is_multiple_of(4) {
+            "acme"
+        } else {
+            "globex"
+        }
+        .into(),
+        outcome: if n.is_multiple_of(11) {
             Outcome::Failure
         } else {
             Outcome::Success
         },
         trace_id: format!("{:032x}", 1 + n % 13),
-        body: if n % 17 == 0 {
+        body: if n.is_multiple_of(17) {
             format!("needle {n}")
         } else {
             format!("hay {n}")
