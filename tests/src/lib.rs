@@ -172,6 +172,16 @@ impl Server {
         Server::try_start(dir, &dir.join("spool"), setup).unwrap_or_else(|log| panic!("{log}"))
     }
 
+    /// Starts a server in a fresh directory with `admin_keys` added to its
+    /// `[admin]` table (the query limits), `extra_tables` after the rest.
+    pub fn start_with_admin(admin_keys: &str, extra_tables: &str) -> Server {
+        Server::start_setup(Setup {
+            admin: admin_keys,
+            tables: extra_tables,
+            ..Setup::default()
+        })
+    }
+
     /// Starts a server in a fresh directory with `receiver_keys` added to
     /// its `[receiver]` table (limits, timeouts).
     pub fn start_with_receiver(receiver_keys: &str) -> Server {
@@ -356,19 +366,39 @@ impl Server {
         format!("http://{}/v1/logs", self.http)
     }
 
-    /// `GET /v1/events?{query}`: the events, as JSON objects.
+    /// `GET /v1/events?{query}`: the events, as JSON objects. An answer
+    /// in seq order that the server's scan budget ended early (`complete:
+    /// false`) is continued from its `next_after_seq`, as a client would.
     pub async fn events(&self, query: &str) -> Vec<Value> {
-        let url = format!("{}/v1/events?{query}", self.admin_url());
-        let page: Value = reqwest::get(&url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
-            .await
-            .expect("events page is JSON");
-        page["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("no events in {page}"))
+        let mut events = Vec::new();
+        let mut url = format!("{}/v1/events?{query}", self.admin_url());
+        loop {
+            let page: Value = reqwest::get(&url)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .json()
+                .await
+                .expect("events page is JSON");
+            events.extend(
+                page["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no events in {page}")),
+            );
+            if page["complete"] != false {
+                return events;
+            }
+            assert!(
+                page["stopped_by"] != "error" && !query.contains("after_seq"),
+                "GET {url} stopped early: {}",
+                page["error"]
+            );
+            url = format!(
+                "{}/v1/events?{query}&after_seq={}",
+                self.admin_url(),
+                page["next_after_seq"]
+            );
+        }
     }
 
     /// `GET /v1/dead-letters[?sink=…]`: the `dead_letters` array.

@@ -492,7 +492,8 @@ impl SinkShared {
         let spool = self.spool.clone();
         let name = self.name.clone();
         let max = self.config.max_events;
-        let letters = tokio::task::spawn_blocking(move || spool.dead_letters(Some(&name))).await;
+        let letters =
+            tokio::task::spawn_blocking(move || spool.dead_letters(Some(&name), None)).await;
         let events: Vec<AuditEvent> = match letters {
             Ok(Ok(letters)) => letters
                 .into_iter()
@@ -1089,7 +1090,7 @@ mod tests {
         sink.deliver(batch, Some((1, 4)), permit).await;
         let calls = exporter.calls.lock().unwrap().clone();
         assert_eq!(calls, [vec![1, 2, 3, 4], vec![1, 4]]);
-        let letters = spool.dead_letters(Some("items")).unwrap();
+        let letters = spool.dead_letters(Some("items"), None).unwrap();
         let seqs: Vec<u64> = letters.iter().map(|l| l.event.seq).collect();
         assert_eq!(seqs, [3]);
         assert!(letters[0].reason.contains("mapper_parsing_exception"));

@@ -206,7 +206,9 @@ async fn a_dead_letter_that_cannot_be_stored_holds_the_cursor_and_shows_stuck() 
     .await;
     assert_eq!(status.state, "delivering", "{status:?}");
     assert_eq!(status.stuck, None);
-    let letters = spool.dead_letters(Some("warehouse")).expect("dead letters");
+    let letters = spool
+        .dead_letters(Some("warehouse"), None)
+        .expect("dead letters");
     assert_eq!(letters.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![3]);
     assert_eq!(db.count("audit_events").await, 5);
     pipeline.shutdown().await;

@@ -80,10 +80,20 @@ fn scan(
     })
 }
 
-pub(crate) fn list(shared: &Shared, sink: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-    scan(shared, sink)
-        .map(|item| item.map(|(_, letter)| letter))
-        .collect()
+/// The dead letters of `sink` (or of all), of `tenant`'s events (or of all).
+pub(crate) fn list(
+    shared: &Shared,
+    sink: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<Vec<DeadLetter>, SpoolError> {
+    let mut letters = Vec::new();
+    for item in scan(shared, sink) {
+        let (_, letter) = item?;
+        if tenant.is_none_or(|t| letter.event.tenant == t) {
+            letters.push(letter);
+        }
+    }
+    Ok(letters)
 }
 
 pub(crate) fn mark_for_replay(shared: &Shared, sink: Option<&str>) -> Result<usize, SpoolError> {

@@ -44,7 +44,7 @@ pub use check::{scan_files, FileScan, Finding};
 pub use dead_letter::DeadLetter;
 pub use failstop::{FailedOp, Recovery};
 pub use identity::SpoolIdentity;
-pub use query::{Filter, QueryStats};
+pub use query::{Budget, Filter, QueryEnd, QueryStats, Stop};
 pub use read_only::{check_is_spool, ReadOnlySpool};
 pub use retention::GcStats;
 pub use verify::{ChainStart, Problem, ProblemKind, VerifyReport};
@@ -121,6 +121,18 @@ pub enum SpoolError {
     AckBeyondEnd { sink: String, seq: u64, last: u64 },
     #[error("the spool already has an identity: its first seq is decided")]
     AlreadyStarted,
+    /// A newest-N query examined [`Budget::max_examined`] events without
+    /// being able to finish.
+    #[error(
+        "the query examined {examined} stored events, its whole scan budget, without finishing"
+    )]
+    ScanBudgetExceeded { examined: u64 },
+    /// A query was still running at [`Budget::deadline`].
+    #[error("the query ran out of time after examining {examined} stored events")]
+    QueryTimedOut { examined: u64 },
+    /// A query was stopped through [`Budget::cancel`].
+    #[error("the query was cancelled")]
+    QueryCancelled,
 }
 
 impl SpoolError {
@@ -340,7 +352,8 @@ impl Spool {
         &self.core.config.node
     }
 
-    /// Finds events; see [`Filter`] for the order and limits.
+    /// Finds events; see [`Filter`] for the order and limits. It spends
+    /// what it takes: with `limit` 0 it returns every match at once.
     pub fn query(&self, filter: &Filter) -> Result<Vec<AuditEvent>, SpoolError> {
         self.query_with_stats(filter).map(|(events, _)| events)
     }
@@ -350,7 +363,39 @@ impl Spool {
         &self,
         filter: &Filter,
     ) -> Result<(Vec<AuditEvent>, QueryStats), SpoolError> {
-        self.current()?.query_with_stats(filter)
+        let (events, end) = self.query_within(filter, &Budget::default())?;
+        let stats = QueryStats {
+            events_examined: end.events_examined,
+        };
+        Ok((events, stats))
+    }
+
+    /// [`Spool::query`] within a budget. A newest-N query (no `after_seq`)
+    /// that cannot finish within it fails with
+    /// [`SpoolError::ScanBudgetExceeded`], [`SpoolError::QueryTimedOut`] or
+    /// [`SpoolError::QueryCancelled`]. One in seq order (`after_seq`)
+    /// returns what it found, and its [`QueryEnd`] says where to continue.
+    pub fn query_within(
+        &self,
+        filter: &Filter,
+        budget: &Budget,
+    ) -> Result<(Vec<AuditEvent>, QueryEnd), SpoolError> {
+        self.current()?.query_within(filter, budget)
+    }
+
+    /// Every match above `filter.after_seq` (0 when unset), up to
+    /// `filter.limit` (0: no limit), in seq order, handed to `each` as it
+    /// is found, without collecting them; `each` stops the scan by returning
+    /// `Break` (the event it was given then counts as not taken: the
+    /// [`QueryEnd`]'s `next_after_seq` is before it). Indexed batches that cannot match are skipped. It stops at
+    /// the budget too; the [`QueryEnd`] says why and where to continue.
+    pub fn scan(
+        &self,
+        filter: &Filter,
+        budget: &Budget,
+        mut each: impl FnMut(AuditEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<QueryEnd, SpoolError> {
+        self.current()?.scan(filter, budget, &mut each)
     }
 
     /// Registers a sink's cursor, at the start of the retained events for a
@@ -424,9 +469,14 @@ impl Spool {
             .dead_letter(sink, event, reason, now_unix_nano)
     }
 
-    /// Dead letters, of one sink or of all, in (sink, seq) order.
-    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.current()?.dead_letters(sink)
+    /// Dead letters, of one sink or of all, and of one tenant (the event's)
+    /// or of all, in (sink, seq) order.
+    pub fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.current()?.dead_letters(sink, tenant)
     }
 
     /// How many dead letters `sink` has (0 between two openings).

@@ -16,8 +16,8 @@ use crate::quota::DiskQuota;
 use crate::writer::{self, AppendJob};
 use crate::{
     check, cursors, dead_letter, dedup, identity, index, opening, query, retention, seq_from_bytes,
-    verify, Appended, DeadLetter, Filter, Finding, ForgottenSink, GcStats, QueryStats, Shared,
-    SpoolConfig, SpoolError, SpoolIdentity, SpoolStats, VerifyReport, SEGMENT_SIZE,
+    verify, Appended, Budget, DeadLetter, Filter, Finding, ForgottenSink, GcStats, QueryEnd,
+    Shared, SpoolConfig, SpoolError, SpoolIdentity, SpoolStats, VerifyReport, SEGMENT_SIZE,
 };
 
 /// One opening of the spool's sled database, with the threads that write
@@ -284,14 +284,23 @@ impl Opened {
         Ok(())
     }
 
-    /// See [`crate::Spool::query_with_stats`].
-    pub(crate) fn query_with_stats(
+    /// See [`crate::Spool::query_within`].
+    pub(crate) fn query_within(
         &self,
         filter: &Filter,
-    ) -> Result<(Vec<AuditEvent>, QueryStats), SpoolError> {
-        let (events, stats) = query::run(&self.shared, filter)?;
-        metrics::histogram!("auditrail_query_examined_events").record(stats.events_examined as f64);
-        Ok((events, stats))
+        budget: &Budget,
+    ) -> Result<(Vec<AuditEvent>, QueryEnd), SpoolError> {
+        query::run(&self.shared, filter, budget)
+    }
+
+    /// See [`crate::Spool::scan`].
+    pub(crate) fn scan(
+        &self,
+        filter: &Filter,
+        budget: &Budget,
+        each: &mut dyn FnMut(AuditEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<QueryEnd, SpoolError> {
+        query::scan(&self.shared, filter, budget, each)
     }
 
     /// See [`crate::Spool::register_sink`].
@@ -356,6 +365,7 @@ impl Opened {
                 limit,
                 ..Filter::default()
             },
+            &Budget::default(),
         )?;
         events.retain(|e| e.seq <= durable);
         Ok(events)
@@ -379,8 +389,12 @@ impl Opened {
     }
 
     /// See [`crate::Spool::dead_letters`].
-    pub(crate) fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        dead_letter::list(&self.shared, sink)
+    pub(crate) fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, SpoolError> {
+        dead_letter::list(&self.shared, sink, tenant)
     }
 
     /// See [`crate::Spool::dead_letter_count`].

@@ -1,8 +1,18 @@
 //! Finding events: pick the narrowest index, check every candidate against
 //! the whole filter, and scan directly only the batches not yet indexed.
+//!
+//! Two orders: [`run`] finds the newest `limit` matches by time (what a
+//! plain `query` asks); [`scan`] hands over every match above `after_seq` in
+//! seq order as it finds it (what `tail`, paging, sinks and a streamed
+//! `limit=0` use), holding nothing but the batch it reads. Both can be held
+//! to a [`Budget`]: how many stored events they may decode and check, and
+//! until when.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use auditrail_model::{AuditEvent, Outcome};
 
@@ -32,6 +42,8 @@ pub struct Filter {
     pub trace_id: Option<String>,
     /// Substring of the body or of any attribute value.
     pub text: Option<String>,
+    /// Exactly the event's `tenant`.
+    pub tenant: Option<String>,
     pub after_seq: Option<u64>,
     /// 0 means no limit.
     pub limit: usize,
@@ -41,6 +53,7 @@ impl Filter {
     pub fn matches(&self, e: &AuditEvent) -> bool {
         self.since.is_none_or(|t| e.time_unix_nano >= t)
             && self.until.is_none_or(|t| e.time_unix_nano <= t)
+            && self.tenant.as_ref().is_none_or(|t| &e.tenant == t)
             && self.event_name.as_ref().is_none_or(|n| &e.event_name == n)
             && self
                 .actor
@@ -60,6 +73,66 @@ impl Filter {
             self.limit
         }
     }
+
+    /// Whether an index can rule batches out.
+    fn is_indexed(&self) -> bool {
+        self.trace_id.is_some()
+            || self.actor.is_some()
+            || self.event_name.is_some()
+            || self.service.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+    }
+}
+
+/// What one query may spend. The default spends without limit.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// How many stored events it may decode and check against the filter
+    /// (events that an index rules out cost nothing).
+    pub max_examined: Option<u64>,
+    /// When it must stop.
+    pub deadline: Option<Instant>,
+    /// Set by the caller to stop it, e.g. when its client has gone.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// Why a scan stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It reached the last stored event.
+    End,
+    /// It found `limit` matches.
+    Limit,
+    /// It examined [`Budget::max_examined`] events.
+    Budget,
+    /// [`Budget::deadline`] passed.
+    Deadline,
+    /// [`Budget::cancel`] was set, or the receiver of the matches said stop.
+    Cancelled,
+}
+
+/// How a query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryEnd {
+    pub stop: Stop,
+    /// Stored events decoded and checked.
+    pub events_examined: u64,
+    /// The highest seq stored when the query started.
+    pub last_seq: u64,
+    /// Pass as `after_seq` to continue in seq order without missing or
+    /// repeating anything: every event up to it was handed over, or checked
+    /// and found not to match, or ruled out by an index.
+    pub next_after_seq: u64,
+}
+
+impl QueryEnd {
+    /// Whether the answer holds everything the query asked for: false when
+    /// it stopped early (budget, deadline, cancelled), so that fewer
+    /// matches than the limit do not mean there are no more.
+    pub fn complete(&self) -> bool {
+        matches!(self.stop, Stop::End | Stop::Limit)
+    }
 }
 
 /// What a query cost: how many stored events it had to decode and check.
@@ -68,25 +141,95 @@ pub struct QueryStats {
     pub events_examined: u64,
 }
 
+/// How often (in events examined) the deadline and the cancel flag are
+/// looked at: a scan examines about a million events a second.
+const CHECK_EVERY: u64 = 256;
+
+/// Counts what a query examines against its budget.
+struct Meter<'a> {
+    budget: &'a Budget,
+    examined: u64,
+}
+
+impl<'a> Meter<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        Meter {
+            budget,
+            examined: 0,
+        }
+    }
+
+    /// Takes one more event from the budget, or says why not.
+    fn admit(&mut self) -> Result<(), Stop> {
+        if self
+            .budget
+            .max_examined
+            .is_some_and(|max| self.examined >= max)
+        {
+            return Err(Stop::Budget);
+        }
+        if self.examined.is_multiple_of(CHECK_EVERY) {
+            if self.budget.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Stop::Deadline);
+            }
+            if self
+                .budget
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(Stop::Cancelled);
+            }
+        }
+        self.examined += 1;
+        Ok(())
+    }
+
+    /// The error a newest-N query fails with when it cannot finish.
+    fn error(&self, stop: Stop) -> SpoolError {
+        match stop {
+            Stop::Deadline => SpoolError::QueryTimedOut {
+                examined: self.examined,
+            },
+            Stop::Cancelled => SpoolError::QueryCancelled,
+            _ => SpoolError::ScanBudgetExceeded {
+                examined: self.examined,
+            },
+        }
+    }
+}
+
+/// The newest `limit` matches by time, oldest first (or, with `after_seq`,
+/// the first `limit` above it in seq order, see [`scan`]). A newest-N
+/// query that cannot finish within its budget fails with
+/// [`SpoolError::ScanBudgetExceeded`] or [`SpoolError::QueryTimedOut`]:
+/// what it found so far need not be the newest.
 pub(crate) fn run(
     shared: &Shared,
     filter: &Filter,
-) -> Result<(Vec<AuditEvent>, QueryStats), SpoolError> {
-    let mut stats = QueryStats::default();
-    if let Some(after) = filter.after_seq {
-        let events = scan_from(shared, after, filter, &mut stats)?;
-        return Ok((events, stats));
+    budget: &Budget,
+) -> Result<(Vec<AuditEvent>, QueryEnd), SpoolError> {
+    if filter.after_seq.is_some() {
+        let mut events = Vec::new();
+        let end = scan(shared, filter, budget, &mut |event| {
+            events.push(event);
+            ControlFlow::Continue(())
+        })?;
+        return Ok((events, end));
     }
+    // Read first: everything up to it is covered by this query.
+    let last_seq = shared.last_seq.load(Ordering::Acquire);
     // Read the watermark first: whatever the indexer adds meanwhile is also
     // found by the tail scan, and `found` is keyed by seq, so nothing doubles.
     let indexed = shared.indexed_seq.load(Ordering::Acquire);
     let mut found = Newest::new(filter.limit());
+    let mut meter = Meter::new(budget);
 
     if let Some(trace) = &filter.trace_id {
         let mut reader = EventReader::new(shared);
         for seq in trace_seqs(shared, trace)? {
+            meter.admit().map_err(|stop| meter.error(stop))?;
             if let Some(event) = reader.get(seq)? {
-                stats.events_examined += 1;
                 found.offer(filter, event);
             }
         }
@@ -100,7 +243,7 @@ pub(crate) fn run(
             };
             let view = BatchView::parse(&value)?;
             for i in 0..view.count() {
-                stats.events_examined += 1;
+                meter.admit().map_err(|stop| meter.error(stop))?;
                 found.offer(filter, view.event(i)?);
             }
         }
@@ -109,12 +252,212 @@ pub(crate) fn run(
     // Batches the indexer has not reached yet.
     let unindexed = Filter {
         limit: 0,
+        after_seq: Some(indexed),
         ..filter.clone()
     };
-    for event in scan_from(shared, indexed, &unindexed, &mut stats)? {
+    let mut offer = |event| {
         found.offer(filter, event);
+        ControlFlow::Continue(())
+    };
+    let mut tail = SeqScan::new(&unindexed, meter, &mut offer);
+    if let Err(stop) = tail.scan_batches_from(shared, indexed)? {
+        return Err(tail.meter.error(stop));
     }
-    Ok((found.into_oldest_first(), stats))
+    let events_examined = tail.meter.examined;
+    let full = found.events.len() >= found.limit;
+    let events = found.into_oldest_first();
+    let last_returned = events.iter().map(|e| e.seq).max().unwrap_or(0);
+    // A full page may have stopped short of last_seq; otherwise every event
+    // up to last_seq was looked at.
+    let (stop, next_after_seq) = if full && filter.limit > 0 {
+        (Stop::Limit, last_returned)
+    } else {
+        (Stop::End, last_seq.max(last_returned))
+    };
+    Ok((
+        events,
+        QueryEnd {
+            stop,
+            events_examined,
+            last_seq,
+            next_after_seq,
+        },
+    ))
+}
+
+/// Every match above `filter.after_seq` (up to `filter.limit`), in seq
+/// order, handed to `each` as it is found; `each` may stop the scan by
+/// returning `Break`, and the event it was given then counts as not taken. Indexed batches that cannot match are skipped. Running
+/// out of budget is not an error here: the scan says where it stopped, so
+/// that the caller can continue from there.
+pub(crate) fn scan(
+    shared: &Shared,
+    filter: &Filter,
+    budget: &Budget,
+    each: &mut dyn FnMut(AuditEvent) -> ControlFlow<()>,
+) -> Result<QueryEnd, SpoolError> {
+    let after = filter.after_seq.unwrap_or(0);
+    let last_seq = shared.last_seq.load(Ordering::Acquire);
+    let indexed = shared.indexed_seq.load(Ordering::Acquire);
+    let mut scan = SeqScan::new(filter, Meter::new(budget), each);
+    scan.position = after;
+    let stopped = (|| {
+        let mut raw_from = after;
+        if filter.is_indexed() && after < indexed {
+            if let Err(stop) = scan.scan_indexed(shared, after, indexed)? {
+                return Ok(Some(stop));
+            }
+            // Everything up to the watermark was examined or ruled out.
+            scan.position = scan.position.max(indexed);
+            raw_from = indexed;
+        }
+        Ok::<_, SpoolError>(scan.scan_batches_from(shared, raw_from)?.err())
+    })()?;
+    let (stop, next_after_seq) = match stopped {
+        Some(stop) => (stop, scan.position),
+        None => (Stop::End, scan.position.max(last_seq)),
+    };
+    Ok(QueryEnd {
+        stop,
+        events_examined: scan.meter.examined,
+        last_seq,
+        next_after_seq,
+    })
+}
+
+/// A scan in seq order: where it has got to, and what it hands over.
+struct SeqScan<'f, 'b, 'e> {
+    filter: &'f Filter,
+    meter: Meter<'b>,
+    each: &'e mut dyn FnMut(AuditEvent) -> ControlFlow<()>,
+    limit: usize,
+    found: usize,
+    /// The last seq examined (or ruled out).
+    position: u64,
+}
+
+impl<'f, 'b, 'e> SeqScan<'f, 'b, 'e> {
+    fn new(
+        filter: &'f Filter,
+        meter: Meter<'b>,
+        each: &'e mut dyn FnMut(AuditEvent) -> ControlFlow<()>,
+    ) -> Self {
+        SeqScan {
+            filter,
+            meter,
+            each,
+            limit: filter.limit(),
+            found: 0,
+            position: 0,
+        }
+    }
+
+    /// Examines the event at `seq`; `Err` says why the scan stops.
+    fn visit(
+        &mut self,
+        seq: u64,
+        event: impl FnOnce() -> Result<Option<AuditEvent>, SpoolError>,
+    ) -> Result<Result<(), Stop>, SpoolError> {
+        if let Err(stop) = self.meter.admit() {
+            return Ok(Err(stop));
+        }
+        let Some(event) = event()? else {
+            return Ok(Ok(())); // removed by retention meanwhile
+        };
+        self.position = seq;
+        if self.filter.matches(&event) {
+            self.found += 1;
+            if (self.each)(event).is_break() {
+                // Not taken: continuing starts with it again.
+                self.position = seq - 1;
+                return Ok(Err(Stop::Cancelled));
+            }
+            if self.found >= self.limit {
+                return Ok(Err(Stop::Limit));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Every stored event above `after`, straight from the batches.
+    fn scan_batches_from(
+        &mut self,
+        shared: &Shared,
+        after: u64,
+    ) -> Result<Result<(), Stop>, SpoolError> {
+        if after >= shared.last_seq.load(Ordering::Acquire) {
+            return Ok(Ok(()));
+        }
+        let start = shared
+            .batch_holding(after + 1)?
+            .map(|(k, _)| k.to_vec())
+            .unwrap_or_default();
+        for item in shared.batches.range(start..) {
+            let (_, value) = item?;
+            if let Err(stop) = self.scan_batch(&BatchView::parse(&value)?, after)? {
+                return Ok(Err(stop));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The events of one batch above `after`.
+    fn scan_batch(
+        &mut self,
+        view: &BatchView<'_>,
+        after: u64,
+    ) -> Result<Result<(), Stop>, SpoolError> {
+        for i in 0..view.count() {
+            let seq = view.first_seq + i as u64;
+            if seq <= after {
+                continue;
+            }
+            if let Err(stop) = self.visit(seq, || view.event(i).map(Some))? {
+                return Ok(Err(stop));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The indexed events in `(after, indexed]` that an index does not rule
+    /// out, in seq order.
+    fn scan_indexed(
+        &mut self,
+        shared: &Shared,
+        after: u64,
+        indexed: u64,
+    ) -> Result<Result<(), Stop>, SpoolError> {
+        if let Some(trace) = &self.filter.trace_id {
+            let mut seqs = trace_seqs(shared, trace)?;
+            seqs.retain(|&s| s > after && s <= indexed);
+            seqs.sort_unstable();
+            let mut reader = EventReader::new(shared);
+            for seq in seqs {
+                if let Err(stop) = self.visit(seq, || reader.get(seq))? {
+                    return Ok(Err(stop));
+                }
+            }
+            return Ok(Ok(()));
+        }
+        let mut batches: Vec<u64> = candidate_batches(shared, self.filter)?
+            .into_iter()
+            .map(|(first_seq, _)| first_seq)
+            // Indexed after the watermark was read: the raw scan finds them.
+            .filter(|&first_seq| first_seq <= indexed)
+            .collect();
+        batches.sort_unstable();
+        // The last batch starting at or before `after` may hold seqs above it.
+        let skip = batches.partition_point(|&first_seq| first_seq <= after);
+        for first_seq in &batches[skip.saturating_sub(1)..] {
+            let Some(value) = shared.batches.get(seq_key(*first_seq))? else {
+                continue; // removed by retention meanwhile
+            };
+            if let Err(stop) = self.scan_batch(&BatchView::parse(&value)?, after)? {
+                return Ok(Err(stop));
+            }
+        }
+        Ok(Ok(()))
+    }
 }
 
 /// Seqs of the indexed events of one trace: a binary search in each batch's
@@ -210,42 +553,6 @@ impl Newest {
     fn into_oldest_first(self) -> Vec<AuditEvent> {
         self.events.into_values().collect()
     }
-}
-
-/// Matches above `after`, in seq order, straight from the batches.
-fn scan_from(
-    shared: &Shared,
-    after: u64,
-    filter: &Filter,
-    stats: &mut QueryStats,
-) -> Result<Vec<AuditEvent>, SpoolError> {
-    let limit = filter.limit();
-    let mut out = Vec::new();
-    if after >= shared.last_seq.load(Ordering::Acquire) {
-        return Ok(out);
-    }
-    let start = shared
-        .batch_holding(after + 1)?
-        .map(|(k, _)| k.to_vec())
-        .unwrap_or_default();
-    for item in shared.batches.range(start..) {
-        let (_, value) = item?;
-        let view = BatchView::parse(&value)?;
-        for i in 0..view.count() {
-            if view.first_seq + i as u64 <= after {
-                continue;
-            }
-            let event = view.event(i)?;
-            stats.events_examined += 1;
-            if filter.matches(&event) {
-                out.push(event);
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Index keys and trace entries end in a seq.

@@ -803,7 +803,7 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
         assert_eq!(spool.gc(1_000_000).unwrap().events, 2);
         assert!(all(&spool).is_empty(), "retention removed the batches");
 
-        let letters = spool.dead_letters(Some("warehouse")).unwrap();
+        let letters = spool.dead_letters(Some("warehouse"), None).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(
             letters[0].event, events[1],
@@ -811,7 +811,7 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
         );
         assert_eq!(letters[0].reason, "1406: Data too long");
         assert!(!letters[0].replay);
-        assert_eq!(spool.dead_letters(None).unwrap().len(), 2);
+        assert_eq!(spool.dead_letters(None, None).unwrap().len(), 2);
 
         assert!(
             !spool.resolve_dead_letter("warehouse", 2).unwrap(),
@@ -823,7 +823,7 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
     }
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "n")));
     assert_eq!(spool.durable_seq(), 2);
-    let letters = spool.dead_letters(None).unwrap();
+    let letters = spool.dead_letters(None, None).unwrap();
     assert_eq!(
         letters
             .iter()
@@ -833,7 +833,7 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
         "dead letters and replay marks survive a reopen"
     );
     assert!(spool.resolve_dead_letter("warehouse", 2).unwrap());
-    assert_eq!(spool.dead_letters(None).unwrap().len(), 1);
+    assert_eq!(spool.dead_letters(None, None).unwrap().len(), 1);
     let next = spool.append(vec![event("c", 3, "u", "x")]).await.unwrap();
     assert_eq!(
         next.seqs,

@@ -2,7 +2,6 @@
 //! event query API.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use auditrail_exporters::{ForgetError, Pipeline};
 use auditrail_spool::Spool;
@@ -10,12 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admin_auth::{self, AdminAuth};
-use crate::output::EventsPage;
+use crate::events_api::Queries;
 use crate::query_args::QueryArgs;
+use crate::scope::{ReadScope, Tenants};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -23,6 +23,8 @@ pub struct AdminState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: PrometheusHandle,
     pub trace_url: Option<String>,
+    /// The query API's limits and slots (see `events_api.rs`).
+    pub queries: Arc<Queries>,
 }
 
 /// The admin API, every route behind `auth` (see [`crate::admin_auth`]).
@@ -87,9 +89,26 @@ struct SinkParam {
     sink: Option<String>,
 }
 
-async fn dead_letters(State(state): State<AdminState>, Query(param): Query<SinkParam>) -> Response {
+#[derive(Debug, serde::Deserialize)]
+struct DeadLetterParams {
+    sink: Option<String>,
+    /// The events' tenant.
+    tenant: Option<String>,
+}
+
+/// `GET /v1/dead-letters[?sink=…][&tenant=…]`, within the caller's scope.
+async fn dead_letters(
+    State(state): State<AdminState>,
+    scope: Option<Extension<ReadScope>>,
+    Query(param): Query<DeadLetterParams>,
+) -> Response {
+    let tenant = match ReadScope::of(scope).restrict(param.tenant) {
+        Tenants::All => None,
+        Tenants::Only(tenant) => Some(tenant),
+        Tenants::Nothing => return Json(serde_json::json!({ "dead_letters": [] })).into_response(),
+    };
     let spool = state.spool.clone();
-    on_spool(move || spool.dead_letters(param.sink.as_deref()))
+    on_spool(move || spool.dead_letters(param.sink.as_deref(), tenant.as_deref()))
         .await
         .map_or_else(internal_error, |letters| {
             Json(serde_json::json!({ "dead_letters": letters })).into_response()
@@ -165,43 +184,20 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// `GET /v1/events`: see `events_api.rs`.
 async fn events(
     State(state): State<AdminState>,
+    scope: Option<Extension<ReadScope>>,
     query: Result<Query<QueryArgs>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(args) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(e.body_text()),
-    };
-    let filter = match args.to_filter(SystemTime::now()) {
-        Ok(f) => f,
-        Err(message) => return bad_request(message),
-    };
-    let spool = state.spool.clone();
-    let result = on_spool(move || {
-        // Read before querying: everything up to it is covered by the query.
-        let last_seq = spool.stats().last_seq;
-        spool
-            .query(&filter)
-            .map(|events| (events, last_seq, filter.limit))
-    })
-    .await;
-    match result {
-        Ok((events, last_seq, limit)) => Json(EventsPage::new(
-            events,
-            last_seq,
-            limit,
-            state.trace_url.as_deref(),
-        ))
-        .into_response(),
-        Err(e) => internal_error(e),
-    }
-}
-
-fn bad_request(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    let args = query.map(|Query(args)| args).map_err(|e| e.body_text());
+    state
+        .queries
+        .answer(
+            state.spool.clone(),
+            state.trace_url.clone(),
+            ReadScope::of(scope),
+            args,
+        )
+        .await
 }

@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 
 use crate::scope::ReadScope;
 
@@ -205,11 +205,6 @@ fn check_not_cross_site(headers: &HeaderMap) -> Result<(), Refused> {
         None | Some(b"none") => Ok(()),
         Some(_) => Err(Refused::CrossSite("Sec-Fetch-Site")),
     }
-}
-
-/// The caller's scope, for handlers: `All` when the middleware did not run.
-pub fn scope_of(scope: Option<Extension<ReadScope>>) -> ReadScope {
-    scope.map_or(ReadScope::All, |Extension(s)| s)
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use auditrail_spool::{check_is_spool, ChainStart, ReadOnlySpool, Spool, SpoolConfig};
+use auditrail_spool::{check_is_spool, Budget, ChainStart, ReadOnlySpool, Spool, SpoolConfig};
 
-use crate::output::{EventsPage, Format, Printer};
+use crate::output::{EventView, EventsPage, Format, PageEnd, PageLine, Printer};
 use crate::query_args::QueryArgs;
 
 /// A running server's admin API, or a stopped server's spool.
@@ -102,33 +102,90 @@ impl Location {
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<serde_json::Value> {
-        let request = match self.token()? {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the admin API at {} (is `auditrail serve` running? or use --data-dir)",
-                self.admin
-            )
-        })?;
-        let status = response.status();
-        let body = response
+        let body = self
+            .send(request)
+            .await?
             .text()
             .await
             .context("reading the admin API's answer")?;
-        if status == reqwest::StatusCode::UNAUTHORIZED && self.token_env.is_none() {
-            bail!(
-                "{} answered {status}: {body}\n(the admin API wants a token: put it in an \
-                 environment variable and pass --token-env VAR)",
-                self.admin
-            );
-        }
-        if !status.is_success() {
-            bail!("{} answered {status}: {body}", self.admin);
-        }
         serde_json::from_str(&body).context("the admin API's answer is not JSON")
     }
+
+    /// Sends a request to the admin API; an answer other than a success is
+    /// an error that holds the server's message. While the server is busy
+    /// (429: its queries are all running), it waits as `Retry-After` says
+    /// and asks again, up to [`BUSY_RETRIES`] times.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = match self.token()? {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let mut busy = 0;
+        loop {
+            let again = request.try_clone();
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "cannot reach the admin API at {} (is `auditrail serve` running? or use --data-dir)",
+                    self.admin
+                )
+            })?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            let wait = retry_after(&response);
+            let body = response.text().await.unwrap_or_default();
+            let message = server_message(&body);
+            match (again, wait) {
+                (Some(again), Some(wait))
+                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS && busy < BUSY_RETRIES =>
+                {
+                    busy += 1;
+                    tracing::warn!(
+                        "{} is busy ({message}); asking again in {wait:?}",
+                        self.admin
+                    );
+                    tokio::time::sleep(wait).await;
+                    request = again;
+                }
+                _ if status == reqwest::StatusCode::UNAUTHORIZED && self.token_env.is_none() => {
+                    bail!(
+                        "{} answered {status}: {message}\n(the admin API wants a token: put it \
+                         in an environment variable and pass --token-env VAR)",
+                        self.admin
+                    )
+                }
+                _ => bail!("{} answered {status}: {message}", self.admin),
+            }
+        }
+    }
+}
+
+/// How often a command asks again while the admin API answers 429.
+pub const BUSY_RETRIES: u32 = 10;
+
+/// A 429's `Retry-After` in seconds (at most a minute).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(60)))
+}
+
+/// The `error` of a JSON error body, else the body.
+fn server_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned())
 }
 
 /// Where events are read from.
@@ -178,28 +235,130 @@ impl Reader {
         }
     }
 
+    /// One page (`args.limit` > 0): the newest matches, or with `after_seq`
+    /// the first ones above it.
     async fn page(&self, args: &QueryArgs) -> anyhow::Result<EventsPage> {
         match self {
             Reader::Admin { client, at } => {
-                let page = at
-                    .call(client.get(at.url("/v1/events")).query(args))
-                    .await?;
-                serde_json::from_value(page).context("the admin API's answer is not an events page")
+                let body = at
+                    .send(client.get(at.url("/v1/events")).query(args))
+                    .await?
+                    .text()
+                    .await
+                    .context("reading the admin API's answer")?;
+                serde_json::from_str(&body).context("the admin API's answer is not an events page")
             }
             Reader::Spool { spool, trace_url } => {
                 let filter = args
                     .to_filter(SystemTime::now())
                     .map_err(anyhow::Error::msg)?;
-                let last_seq = spool.stats().last_seq;
-                let events = spool.query(&filter)?;
-                Ok(EventsPage::new(
-                    events,
-                    last_seq,
-                    filter.limit,
-                    trace_url.as_deref(),
-                ))
+                let (events, end) = spool.query_within(&filter, &Budget::default())?;
+                Ok(EventsPage::new(events, &end, trace_url.as_deref()))
             }
         }
+    }
+
+    /// Every match above `args.after_seq` in seq order, each handed to
+    /// `each` as it arrives, over one request (which the server's limits
+    /// may end early: see the returned end).
+    async fn stream_once(
+        &self,
+        args: &QueryArgs,
+        each: &mut dyn FnMut(EventView) -> std::io::Result<()>,
+    ) -> anyhow::Result<PageEnd> {
+        let args = QueryArgs {
+            limit: 0,
+            ..args.clone()
+        };
+        match self {
+            Reader::Admin { client, at } => {
+                let mut response = at
+                    .send(client.get(at.url("/v1/events")).query(&args))
+                    .await?;
+                let mut lines = LineSplitter::default();
+                let mut head = false;
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .context("reading the admin API's answer")?
+                {
+                    for line in lines.push(&chunk) {
+                        let line = std::str::from_utf8(&line)
+                            .context("the admin API's answer is not UTF-8")?;
+                        match PageLine::parse(line).map_err(anyhow::Error::msg)? {
+                            PageLine::Head if !head => head = true,
+                            PageLine::Event(event) if head => each(*event)?,
+                            PageLine::End(end) if head => return Ok(end),
+                            _ => bail!("the admin API's answer is out of order at: {line}"),
+                        }
+                    }
+                }
+                bail!("the admin API's answer ended before its last line (connection lost?)")
+            }
+            Reader::Spool { spool, trace_url } => {
+                let filter = args
+                    .to_filter(SystemTime::now())
+                    .map_err(anyhow::Error::msg)?;
+                let mut failed = None;
+                let end = spool.scan(&filter, &Budget::default(), |event| {
+                    match each(EventView::new(event, trace_url.as_deref())) {
+                        Ok(()) => std::ops::ControlFlow::Continue(()),
+                        Err(e) => {
+                            failed = Some(e);
+                            std::ops::ControlFlow::Break(())
+                        }
+                    }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                Ok(PageEnd::of(&end))
+            }
+        }
+    }
+
+    /// [`Reader::stream_once`], asking again from where the server stopped
+    /// each time it stops at its scan budget or timeout, until every match
+    /// was handed over. Each request stays within the server's limits.
+    async fn stream(
+        &self,
+        args: &QueryArgs,
+        each: &mut dyn FnMut(EventView) -> std::io::Result<()>,
+    ) -> anyhow::Result<PageEnd> {
+        let mut args = args.clone();
+        loop {
+            let end = self.stream_once(&args, each).await?;
+            if end.complete {
+                return Ok(end);
+            }
+            let error = end.error.as_deref().unwrap_or("the answer stopped early");
+            let after = args.after_seq.unwrap_or(0);
+            if !end.can_continue() || end.next_after_seq <= after {
+                bail!("the server stopped the answer after seq {after}: {error}");
+            }
+            tracing::debug!(next_after_seq = end.next_after_seq, "{error}; continuing");
+            args.after_seq = Some(end.next_after_seq);
+        }
+    }
+}
+
+/// Cuts a byte stream into lines (without their `\n`).
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let mut rest = chunk;
+        while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&rest[..at]);
+            lines.push(std::mem::take(&mut self.partial));
+            rest = &rest[at + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        lines
     }
 }
 
@@ -208,8 +367,19 @@ pub async fn query(read: ReadArgs) -> anyhow::Result<()> {
         .to_filter(SystemTime::now())
         .map_err(anyhow::Error::msg)?;
     let reader = Reader::open(&read.source)?;
-    let page = reader.page(&read.filter).await?;
-    Printer::new(read.format).print(&mut std::io::stdout().lock(), &page.events)?;
+    let mut printer = Printer::new(read.format);
+    // Line-buffered: each event is out as soon as it is printed.
+    let mut out = std::io::stdout();
+    if read.filter.limit == 0 {
+        printer.header(&mut out)?;
+        reader
+            .stream(&read.filter, &mut |event| printer.event(&mut out, &event))
+            .await?;
+        out.flush()?;
+    } else {
+        let page = reader.page(&read.filter).await?;
+        printer.print(&mut out, &page.events)?;
+    }
     Ok(())
 }
 
@@ -221,20 +391,30 @@ pub async fn tail(read: ReadArgs, every: Duration) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let reader = Reader::open(&read.source)?;
     let mut printer = Printer::new(read.format);
-    let first = reader.page(&args).await?;
-    printer.print(&mut std::io::stdout().lock(), &first.events)?;
-    let mut after = first.next_after_seq;
-    // Following pages are read in seq order, a bounded page at a time.
-    args.limit = 1000;
+    let mut out = std::io::stdout();
+    printer.header(&mut out)?;
+    let mut after = if args.limit == 0 {
+        let end = reader
+            .stream(&args, &mut |event| printer.event(&mut out, &event))
+            .await?;
+        end.next_after_seq
+    } else {
+        let first = reader.page(&args).await?;
+        printer.print(&mut out, &first.events)?;
+        first.end.next_after_seq
+    };
+    // What follows is read in seq order as it comes.
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = tokio::time::sleep(every) => {}
         }
         args.after_seq = Some(after);
-        let page = reader.page(&args).await?;
-        printer.print(&mut std::io::stdout().lock(), &page.events)?;
-        after = page.next_after_seq;
+        let end = reader
+            .stream(&args, &mut |event| printer.event(&mut out, &event))
+            .await?;
+        out.flush()?;
+        after = end.next_after_seq;
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use auditrail_spool::DeadLetter;
 
 use crate::client::Location;
-use crate::output::{format_time, Format};
+use crate::output::{format_time, terminal_safe, Format};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeadLetterCommand {
@@ -18,6 +18,9 @@ pub enum DeadLetterCommand {
         /// Only this sink's.
         #[arg(long)]
         sink: Option<String>,
+        /// Only those of this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -35,8 +38,13 @@ pub enum DeadLetterCommand {
 
 pub async fn run(command: DeadLetterCommand) -> anyhow::Result<()> {
     match command {
-        DeadLetterCommand::List { at, sink, format } => {
-            let letters = list(&at, sink.as_deref()).await?;
+        DeadLetterCommand::List {
+            at,
+            sink,
+            tenant,
+            format,
+        } => {
+            let letters = list(&at, sink.as_deref(), tenant.as_deref()).await?;
             print(&mut std::io::stdout().lock(), &letters, format)?;
         }
         DeadLetterCommand::Replay { at, sink } => {
@@ -63,13 +71,20 @@ pub async fn run(command: DeadLetterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list(at: &Location, sink: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+async fn list(
+    at: &Location,
+    sink: Option<&str>,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetter>> {
     if let Some(spool) = at.open_spool()? {
-        return Ok(spool.dead_letters(sink)?);
+        return Ok(spool.dead_letters(sink, tenant)?);
     }
     let mut request = at.client()?.get(at.url("/v1/dead-letters"));
     if let Some(sink) = sink {
         request = request.query(&[("sink", sink)]);
+    }
+    if let Some(tenant) = tenant {
+        request = request.query(&[("tenant", tenant)]);
     }
     let mut answer = at.call(request).await?;
     serde_json::from_value(answer["dead_letters"].take())
@@ -93,20 +108,62 @@ fn print(out: &mut impl Write, letters: &[DeadLetter], format: Format) -> std::i
                 "{:<12} {:>8} {:<30} {:<6} {:<20} {:<32} REASON",
                 "SINK", "SEQ", "DEAD-LETTERED", "REPLAY", "EVENT", "EVENT_ID"
             )?;
+            // Every field made safe for a terminal: a reason comes from the
+            // far side of a sink, and the event from a client.
             for l in letters {
                 writeln!(
                     out,
                     "{:<12} {:>8} {:<30} {:<6} {:<20} {:<32} {}",
-                    l.sink,
+                    terminal_safe(&l.sink),
                     l.seq,
                     format_time(l.dead_lettered_unix_nano),
                     if l.replay { "queued" } else { "-" },
-                    l.event.event_name,
-                    l.event.event_id,
-                    l.reason
+                    terminal_safe(&l.event.event_name),
+                    terminal_safe(&l.event.event_id),
+                    terminal_safe(&l.reason)
                 )?;
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use auditrail_model::AuditEvent;
+
+    use super::*;
+
+    #[test]
+    fn one_dead_letter_is_one_table_line() {
+        let hostile = "a\r\nb\0c\x1b[31md\u{202e}e\u{2028}f\x7f";
+        let letter = DeadLetter {
+            sink: hostile.into(),
+            seq: 7,
+            reason: hostile.into(),
+            dead_lettered_unix_nano: 1,
+            replay: false,
+            event: AuditEvent {
+                event_name: hostile.into(),
+                event_id: hostile.into(),
+                ..Default::default()
+            },
+        };
+        let mut out = Vec::new();
+        print(&mut out, &[letter.clone(), letter], Format::Table).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        for line in text.lines() {
+            assert!(
+                !line
+                    .chars()
+                    .any(|c| c.is_control() || matches!(c, '\u{202e}' | '\u{2028}')),
+                "{line:?}"
+            );
+        }
+        assert!(
+            text.contains("a\\r\\nb\\0c\\u{1b}[31md\\u{202e}e\\u{2028}f\\u{7f}"),
+            "{text}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ pub mod admin_auth;
 pub mod client;
 pub mod config;
 pub mod dead_letters;
+pub mod events_api;
 pub mod output;
 pub mod query_args;
 pub mod scope;

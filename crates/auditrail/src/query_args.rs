@@ -43,7 +43,12 @@ pub struct QueryArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// Most events returned, newest first chosen, printed oldest first; 0 = no limit.
+    /// Only this tenant's events (a tenant's token reads only its own).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Most events returned, the newest by time, printed oldest first;
+    /// 0 = every match, in seq order, printed as they are found.
     #[arg(long, default_value_t = 100)]
     #[serde(default = "default_limit")]
     pub limit: usize,
@@ -98,6 +103,7 @@ impl QueryArgs {
             outcome,
             trace_id,
             text: self.text.clone(),
+            tenant: self.tenant.clone(),
             after_seq: self.after_seq,
             limit: self.limit,
         })

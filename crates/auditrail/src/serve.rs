@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::admin_auth::AdminAuth;
 use crate::config::Config;
+use crate::events_api::Queries;
 use crate::security::Security;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -95,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         trace_url: config.query.trace_url.clone(),
+        queries: Arc::new(Queries::new(config.admin.query_limits())),
     };
     let admin_settings = |name, tls| ServerSettings {
         listener: ListenerSettings {
@@ -261,9 +263,21 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     const SIZES: &[f64] = &[
         1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
     ];
+    const EVENTS: &[f64] = &[
+        100.0,
+        1_000.0,
+        10_000.0,
+        100_000.0,
+        1_000_000.0,
+        10_000_000.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
         .set_buckets_for_metric(Matcher::Full("auditrail_request_bytes".into()), SIZES)?
+        .set_buckets_for_metric(
+            Matcher::Full("auditrail_query_events_examined".into()),
+            EVENTS,
+        )?
         .install_recorder()
         .context("installing the metrics recorder")
 }

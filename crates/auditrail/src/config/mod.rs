@@ -170,6 +170,16 @@ pub struct AdminSection {
     pub metrics_addr: Option<SocketAddr>,
     /// `[admin.tls]`: TLS on the admin listener.
     pub tls: Option<TlsSection>,
+    /// Most events one `/v1/events` page may ask for (`limit`); more is a
+    /// 400. `limit=0` streams instead.
+    pub max_page_size: usize,
+    /// Most stored events one `/v1/events` request may decode and check.
+    pub max_scan_events: u64,
+    /// `/v1/events` requests running at once; more get 429.
+    pub max_concurrent_queries: usize,
+    /// How long one `/v1/events` request (a stream included) may run.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 impl AdminSection {
@@ -181,10 +191,21 @@ impl AdminSection {
             inline: self.token.is_some(),
         }
     }
+
+    /// What one query may cost.
+    pub fn query_limits(&self) -> crate::events_api::QueryLimits {
+        crate::events_api::QueryLimits {
+            max_page_size: self.max_page_size,
+            max_scan_events: self.max_scan_events,
+            max_concurrent_queries: self.max_concurrent_queries,
+            query_timeout: self.query_timeout,
+        }
+    }
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
+        let limits = crate::events_api::QueryLimits::default();
         AdminSection {
             addr: ([127, 0, 0, 1], 8686).into(),
             token_env: None,
@@ -193,6 +214,10 @@ impl Default for AdminSection {
             allow_unauthenticated: false,
             metrics_addr: None,
             tls: None,
+            max_page_size: limits.max_page_size,
+            max_scan_events: limits.max_scan_events,
+            max_concurrent_queries: limits.max_concurrent_queries,
+            query_timeout: limits.query_timeout,
         }
     }
 }
@@ -297,6 +322,19 @@ impl Config {
             || self.receiver.http_addr == self.admin.addr
         {
             return Err("receiver.grpc_addr, receiver.http_addr and admin.addr must differ".into());
+        }
+        let a = &self.admin;
+        for (key, value) in [
+            ("max_page_size", a.max_page_size as u64),
+            ("max_scan_events", a.max_scan_events),
+            ("max_concurrent_queries", a.max_concurrent_queries as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("admin.{key} must be at least 1"));
+            }
+        }
+        if a.query_timeout.is_zero() {
+            return Err("admin.query_timeout must be longer than 0s".into());
         }
         self.validate_auth()?;
         if self.spool.retention.is_zero() {
@@ -721,6 +759,40 @@ table = "audit_events"
         ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn query_limits_have_defaults_and_bounds() {
+        let limits = parse("").unwrap().admin.query_limits();
+        assert_eq!(limits.max_page_size, 1000);
+        assert_eq!(limits.max_scan_events, 1_000_000);
+        assert_eq!(limits.max_concurrent_queries, 4);
+        assert_eq!(limits.query_timeout, Duration::from_secs(30));
+        let set = parse(
+            "[admin]\nmax_page_size = 50\nmax_scan_events = 20000\nmax_concurrent_queries = 1\nquery_timeout = \"2s\"\n",
+        )
+        .unwrap()
+        .admin
+        .query_limits();
+        assert_eq!(
+            (
+                set.max_page_size,
+                set.max_scan_events,
+                set.max_concurrent_queries
+            ),
+            (50, 20_000, 1)
+        );
+        assert_eq!(set.query_timeout, Duration::from_secs(2));
+        for bad in [
+            "max_page_size = 0",
+            "max_scan_events = 0",
+            "max_concurrent_queries = 0",
+            "query_timeout = \"0s\"",
+        ] {
+            let err = parse(&format!("[admin]\n{bad}\n")).unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(&format!("admin.{key}")), "{bad}: {err}");
         }
     }
 
