@@ -513,3 +513,142 @@ async fn tokens_rotate_by_sighup_without_a_restart() {
         "b was sent before its token was valid: {ids:?}"
     );
 }
+
+/// Tenant globex asks for tenant acme's events every way a reader can —
+/// by time, actor, trace id, text, tenant, a stream, paging, dead letters —
+/// over HTTP and with the CLI, and gets nothing of acme's. Acme, and the
+/// operator, see them (so the answers are not empty for another reason).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_reads_nothing_of_another_tenants() {
+    use auditrail_tests::nats::NatsServer;
+    // NATS refuses messages over 16 KiB: acme's huge event is dead-lettered.
+    let nats = NatsServer::start(Some(16 * 1024));
+    let sink = format!(
+        "[[sinks]]\nname = \"bus\"\ntype = \"nats\"\nurl = \"{}\"\nstream = \"AUDIT\"\n\
+         [sinks.delivery]\nlinger = \"20ms\"\nbackoff_initial = \"50ms\"\n",
+        nats.url()
+    );
+    let server = tenants_server("", &sink);
+    let (acme_trace, acme_trace_hex) = trace_id(4242);
+    let acme_events = request(
+        "imagegen-ui",
+        vec![
+            record(
+                "acme-1",
+                acme_trace,
+                [2; 8],
+                "a lighthouse in acme's secret prompt",
+                vec![attr("user.id", string("alice"))],
+            ),
+            record(
+                "acme-huge",
+                acme_trace,
+                [3; 8],
+                &"lighthouse ".repeat(4000),
+                vec![attr("user.id", string("alice"))],
+            ),
+        ],
+    );
+    grpc_export(&server, Some(&format!("Bearer {ACME}")), acme_events)
+        .await
+        .unwrap();
+    let globex_event = request(
+        "globex-app",
+        vec![record(
+            "globex-1",
+            trace_id(99).0,
+            [4; 8],
+            "globex's own",
+            vec![attr("user.id", string("bob"))],
+        )],
+    );
+    grpc_export(&server, Some(&format!("Bearer {GLOBEX}")), globex_event)
+        .await
+        .unwrap();
+    sinks::wait_dead_lettered(&server, "bus", 1).await;
+
+    let ids = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for query in [
+        "since=1h".to_owned(),
+        "actor=alice".to_owned(),
+        format!("trace_id={acme_trace_hex}"),
+        "text=lighthouse".to_owned(),
+        "tenant=acme".to_owned(),
+        "limit=0".to_owned(),
+        "limit=0&text=lighthouse".to_owned(),
+        "after_seq=0&limit=10".to_owned(),
+        "service=imagegen-ui&since=1h&until=2099-01-01T00:00:00Z".to_owned(),
+    ] {
+        let seen = ids(server.events_as(GLOBEX, &query).await);
+        assert!(
+            seen.iter().all(|id| id == "globex-1"),
+            "globex saw {seen:?} for {query}"
+        );
+        let acme_sees = ids(server.events_as(ACME, &query).await);
+        assert!(
+            acme_sees.iter().any(|id| id.starts_with("acme-")) || query.starts_with("after_seq"),
+            "acme sees its own for {query}: {acme_sees:?}"
+        );
+        assert!(
+            !acme_sees.contains(&"globex-1".to_owned()),
+            "{query}: {acme_sees:?}"
+        );
+    }
+    let dead = |token: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = server.admin_get("/v1/dead-letters", Some(token)).await;
+            assert_eq!(status, 200, "{body}");
+            body["dead_letters"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(dead(GLOBEX).await, 0);
+    assert_eq!(dead(ACME).await, 1);
+    assert_eq!(dead(OPERATOR).await, 1);
+    let (_, other) = server
+        .admin_get("/v1/dead-letters?tenant=acme&sink=bus", Some(GLOBEX))
+        .await;
+    assert_eq!(other["dead_letters"], serde_json::json!([]));
+
+    // The same through the CLI, as users run it.
+    let admin = server.admin_url();
+    let cli_as = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(auditrail_tests::binary())
+            .args(args)
+            .args(["--admin", &admin, "--token-env", "READER_TOKEN"])
+            .env("READER_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [
+        &["query", "--format", "json", "--actor", "alice"][..],
+        &["query", "--format", "json", "--trace-id", &acme_trace_hex],
+        &[
+            "query",
+            "--format",
+            "json",
+            "--text",
+            "lighthouse",
+            "--limit",
+            "0",
+        ],
+        &[
+            "query", "--format", "json", "--tenant", "acme", "--since", "1h",
+        ],
+        &["dead-letter", "list", "--format", "json"],
+    ] {
+        assert_eq!(cli_as(GLOBEX, args), "", "globex's CLI {args:?}");
+        assert!(!cli_as(ACME, args).is_empty(), "acme's CLI {args:?}");
+    }
+}
