@@ -1,5 +1,5 @@
 //! The configs the docs tell users to copy: every ```toml block of
-//! `docs/sinks.md`, `docs/config.md` and the README passes `auditrail check-config` (with
+//! `docs/sinks.md`, `docs/config.md`, `docs/security.md` and the README passes `auditrail check-config` (with
 //! each variable it names from the environment set), and every sink type
 //! auditrail has is shown in `docs/sinks.md` with a config to copy.
 
@@ -88,7 +88,12 @@ fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut types_shown = BTreeSet::new();
-    for doc in ["docs/sinks.md", "docs/config.md", "README.md"] {
+    for doc in [
+        "docs/sinks.md",
+        "docs/config.md",
+        "docs/security.md",
+        "README.md",
+    ] {
         let text = std::fs::read_to_string(repo.join(doc)).unwrap();
         for (line, block) in toml_blocks(&text) {
             if let Err(error) = check_config(&block, dir.path()) {

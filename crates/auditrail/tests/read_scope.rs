@@ -1,18 +1,19 @@
-//! The read handlers honour the caller's scope: with a `ReadScope` request
-//! extension (what the admin API's authentication inserts), a tenant reads
-//! only its own events and dead letters, whatever it asks for; without one,
-//! everything, as before.
+//! The read handlers honour the caller's scope, as the admin API's
+//! authentication decides it: with a tenant's token a reader sees only its
+//! own events and dead letters, whatever it asks for; with the operator's,
+//! everything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use auditrail::admin::{router, AdminState};
+use auditrail::admin_auth::AdminAuth;
 use auditrail::events_api::{Queries, QueryLimits};
-use auditrail::scope::ReadScope;
+use auditrail_auth::tokens::TokenSet;
+use auditrail_auth::{Access, Authenticator};
 use auditrail_exporters::Pipeline;
 use auditrail_model::AuditEvent;
 use auditrail_spool::{Spool, SpoolConfig};
-use axum::Extension;
 use serde_json::Value;
 
 fn event(n: u64, tenant: &str) -> AuditEvent {
@@ -30,9 +31,12 @@ fn event(n: u64, tenant: &str) -> AuditEvent {
     }
 }
 
-/// Serves the admin router over `spool`, with `scope` inserted into every
-/// request when given; returns its base URL.
-async fn serve(spool: Arc<Spool>, pipeline: Arc<Pipeline>, scope: Option<ReadScope>) -> String {
+const ACME: &str = "acme-reader-token-1234";
+const OPERATOR: &str = "operator-token-1234";
+
+/// Serves the admin router over `spool`, behind its authentication with a
+/// token for acme and one for the operator; returns its base URL.
+async fn serve(spool: Arc<Spool>, pipeline: Arc<Pipeline>) -> String {
     let state = AdminState {
         spool,
         pipeline,
@@ -42,18 +46,32 @@ async fn serve(spool: Arc<Spool>, pipeline: Arc<Pipeline>, scope: Option<ReadSco
         trace_url: None,
         queries: Arc::new(Queries::new(QueryLimits::default())),
     };
-    let mut app = router(state);
-    if let Some(scope) = scope {
-        app = app.layer(Extension(scope));
-    }
+    let mut tokens = TokenSet::new();
+    tokens
+        .add(ACME, Access::Tenant("acme".into()), "acme")
+        .unwrap();
+    tokens.add(OPERATOR, Access::Operator, "operator").unwrap();
+    let auth = AdminAuth {
+        authenticator: Arc::new(Authenticator::new(tokens, None)),
+        required: true,
+        loopback_listener: true,
+    };
+    let app = router(state, auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }
 
-async fn get(url: String) -> Value {
-    let response = reqwest::get(&url).await.unwrap();
+/// `GET url` with the bearer token that follows it after a space.
+async fn get(url_and_token: String) -> Value {
+    let (url, token) = url_and_token.rsplit_once(' ').unwrap();
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert!(
         response.status().is_success(),
         "{url}: {}",
@@ -91,13 +109,8 @@ async fn a_tenant_scope_narrows_every_read_whatever_is_asked() {
         spool.dead_letter("warehouse", e, "rejected", 1).unwrap();
     }
 
-    let acme = serve(
-        spool.clone(),
-        pipeline.clone(),
-        Some(ReadScope::Tenant("acme".into())),
-    )
-    .await;
-    let operator = serve(spool.clone(), pipeline.clone(), None).await;
+    let base = serve(spool.clone(), pipeline.clone()).await;
+    // Each URL below is followed by the token it is read with.
     let event_tenant: fn(&Value) -> &Value = |e| &e["tenant"];
     let letter_tenant: fn(&Value) -> &Value = |l| &l["event"]["tenant"];
 
@@ -108,14 +121,14 @@ async fn a_tenant_scope_narrows_every_read_whatever_is_asked() {
         "actor=alice&limit=0",
         "tenant=acme",
     ] {
-        let page = get(format!("{acme}/v1/events?{query}")).await;
+        let page = get(format!("{base}/v1/events?{query} {ACME}")).await;
         assert_eq!(
             tenants_of(&page, "events", event_tenant),
             ["acme"],
             "{query}"
         );
     }
-    let all = get(format!("{acme}/v1/events?limit=0")).await;
+    let all = get(format!("{base}/v1/events?limit=0 {ACME}")).await;
     assert_eq!(all["events"].as_array().unwrap().len(), 10);
     // Asking for another tenant gets nothing, not an error.
     for query in [
@@ -123,31 +136,31 @@ async fn a_tenant_scope_narrows_every_read_whatever_is_asked() {
         "tenant=globex&limit=0",
         "tenant=&after_seq=0&limit=3",
     ] {
-        let page = get(format!("{acme}/v1/events?{query}")).await;
+        let page = get(format!("{base}/v1/events?{query} {ACME}")).await;
         assert_eq!(page["events"], Value::Array(vec![]), "{query}");
         assert_eq!(page["complete"], true);
     }
     assert_eq!(
         tenants_of(
-            &get(format!("{acme}/v1/dead-letters")).await,
+            &get(format!("{base}/v1/dead-letters {ACME}")).await,
             "dead_letters",
             letter_tenant
         ),
         ["acme"]
     );
-    let other = get(format!("{acme}/v1/dead-letters?tenant=globex")).await;
+    let other = get(format!("{base}/v1/dead-letters?tenant=globex {ACME}")).await;
     assert_eq!(other["dead_letters"], Value::Array(vec![]));
 
-    // No scope: everything, and the tenant filter is the caller's choice.
-    let page = get(format!("{operator}/v1/events?limit=0")).await;
+    // The operator: everything, and the tenant filter is the caller's choice.
+    let page = get(format!("{base}/v1/events?limit=0 {OPERATOR}")).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 30);
-    let page = get(format!("{operator}/v1/events?tenant=globex&limit=0")).await;
+    let page = get(format!("{base}/v1/events?tenant=globex&limit=0 {OPERATOR}")).await;
     assert_eq!(tenants_of(&page, "events", event_tenant), ["globex"]);
     assert_eq!(page["events"].as_array().unwrap().len(), 20);
-    let letters = get(format!("{operator}/v1/dead-letters")).await;
+    let letters = get(format!("{base}/v1/dead-letters {OPERATOR}")).await;
     assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 6);
     let letters = get(format!(
-        "{operator}/v1/dead-letters?tenant=globex&sink=warehouse"
+        "{base}/v1/dead-letters?tenant=globex&sink=warehouse {OPERATOR}"
     ))
     .await;
     assert_eq!(
