@@ -114,7 +114,7 @@ impl Location {
     /// Sends a request to the admin API; an answer other than a success is
     /// an error that holds the server's message. While the server is busy
     /// (429: its queries are all running), it waits as `Retry-After` says
-    /// and asks again, up to [`BUSY_RETRIES`] times.
+    /// and asks again, for up to [`BUSY_WAIT`] in all.
     pub async fn send(
         &self,
         request: reqwest::RequestBuilder,
@@ -123,7 +123,7 @@ impl Location {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let mut busy = 0;
+        let busy_since = std::time::Instant::now();
         loop {
             let again = request.try_clone();
             let response = request.send().await.with_context(|| {
@@ -141,9 +141,9 @@ impl Location {
             let message = server_message(&body);
             match (again, wait) {
                 (Some(again), Some(wait))
-                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS && busy < BUSY_RETRIES =>
+                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        && busy_since.elapsed() + wait <= BUSY_WAIT =>
                 {
-                    busy += 1;
                     tracing::warn!(
                         "{} is busy ({message}); asking again in {wait:?}",
                         self.admin
@@ -164,8 +164,9 @@ impl Location {
     }
 }
 
-/// How often a command asks again while the admin API answers 429.
-pub const BUSY_RETRIES: u32 = 10;
+/// How long a command keeps asking again while the admin API answers 429
+/// (a stream may hold the only query slot for up to `query_timeout`).
+pub const BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// A 429's `Retry-After` in seconds (at most a minute).
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
