@@ -652,3 +652,33 @@ async fn a_tenant_reads_nothing_of_another_tenants() {
         assert!(!cli_as(ACME, args).is_empty(), "acme's CLI {args:?}");
     }
 }
+
+/// `[admin] metrics_addr`: Prometheus and probes get `/metrics`, `/healthz`
+/// and `/readyz` with no token on a listener of their own, which serves no
+/// event; the admin listener still wants a token from off the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_listener_exposes_metrics_and_no_events() {
+    let port = auditrail_tests::free_port();
+    let admin =
+        format!("token_env = \"AUDITRAIL_ADMIN_TOKEN\"\nmetrics_addr = \"127.0.0.1:{port}\"");
+    let server = Server::start_setup(Setup {
+        admin: &admin,
+        tables: TOKENS,
+        env: ENV,
+        ..Setup::default()
+    });
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move { reqwest::get(&url).await.unwrap().status().as_u16() }
+    };
+    eventually("the metrics listener answers", || async {
+        get("/healthz").await == 200
+    })
+    .await;
+    assert_eq!(get("/metrics").await, 200);
+    assert_eq!(get("/readyz").await, 200);
+    for path in ["/v1/events", "/v1/dead-letters"] {
+        assert_eq!(get(path).await, 404, "{path} on the metrics listener");
+    }
+    assert_eq!(server.admin_get("/v1/events", None).await.0, 401);
+}
