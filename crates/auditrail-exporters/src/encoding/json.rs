@@ -99,7 +99,7 @@ impl<'a> EventJson<'a> {
 
 /// Appends `event` as one JSON line (without the newline) to `out`.
 pub fn write_event_json(event: &AuditEvent, out: &mut Vec<u8>) {
-    super::line_safe::to_writer(&mut *out, &EventJson::of(event))
+    super::line_safe::write(out, &EventJson::of(event))
         .expect("serializing into a Vec cannot fail");
 }
 

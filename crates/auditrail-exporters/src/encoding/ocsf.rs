@@ -42,7 +42,7 @@ const UNKNOWN: &str = "unknown";
 /// Appends `event` as one OCSF JSON object (without a newline) to `out`.
 pub fn write_event_ocsf(event: &AuditEvent, mapping: &OcsfMapping, out: &mut Vec<u8>) {
     let rule = mapping.rule_for(&event.event_name);
-    super::line_safe::to_writer(&mut *out, &OcsfEvent::of(event, rule))
+    super::line_safe::write(out, &OcsfEvent::of(event, rule))
         .expect("serializing into a Vec cannot fail");
 }
 

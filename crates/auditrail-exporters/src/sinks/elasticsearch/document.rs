@@ -67,10 +67,9 @@ pub fn write_bulk_item(event: &AuditEvent, index: &str, out: &mut Vec<u8>) {
             id: doc_id(event),
         },
     };
-    line_safe::to_writer(&mut *out, &action).expect("serializing into a Vec cannot fail");
+    line_safe::write(out, &action).expect("serializing into a Vec cannot fail");
     out.push(b'\n');
-    line_safe::to_writer(&mut *out, &Document::of(event))
-        .expect("serializing into a Vec cannot fail");
+    line_safe::write(out, &Document::of(event)).expect("serializing into a Vec cannot fail");
     out.push(b'\n');
 }
 

@@ -63,7 +63,7 @@ impl Envelope {
     /// `index` `None` leaves the choice to the token's default index.
     pub fn new(source: &str, sourcetype: &str, index: Option<&str>, format: LineFormat) -> Self {
         let mut constant = Vec::new();
-        line_safe::to_writer(
+        line_safe::write(
             &mut constant,
             &Constant {
                 source,
@@ -85,7 +85,7 @@ impl Envelope {
         out.extend_from_slice(b"{\"time\":");
         write!(out, "{}.{:03}", millis / 1000, millis % 1000).expect("writing to a Vec");
         out.extend_from_slice(b",\"host\":");
-        line_safe::to_writer(&mut *out, &event.node).expect("writing to a Vec");
+        line_safe::write(out, &event.node).expect("writing to a Vec");
         out.extend_from_slice(&self.constant);
         out.extend_from_slice(b",\"event\":");
         self.format.write_line(event, out);
@@ -102,7 +102,7 @@ impl Envelope {
             trace_id: &event.trace_id,
             span_id: &event.span_id,
         };
-        line_safe::to_writer(&mut *out, &fields).expect("writing to a Vec");
+        line_safe::write(out, &fields).expect("writing to a Vec");
         out.extend_from_slice(b"}\n");
     }
 
