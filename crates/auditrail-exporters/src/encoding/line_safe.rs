@@ -24,7 +24,9 @@
 //!
 //! serde_json escapes C0 itself and leaves the rest raw (JSON allows them);
 //! [`LineSafeFormatter`] escapes them as `\uXXXX`, which every JSON reader
-//! decodes back to the same string.
+//! decodes back to the same string. [`write`] is what the sinks call: it
+//! keeps serde_json's plain output for the lines that hold none of them
+//! (nearly all), and uses the formatter for the others.
 
 use std::io;
 
