@@ -856,14 +856,14 @@ fn check_syslog_lines(
                     } else {
                         params.get(field).cloned().unwrap_or_default()
                     };
-                    assert_same(&store, &event_id, field, &stored, text);
+                    assert_same(store, &event_id, field, &stored, text);
                 }
                 for (field, value) in [
                     ("attributes", &want.attributes),
                     ("resource_attributes", &want.resource_attributes),
                 ] {
                     assert_eq!(
-                        parse_json(&store, field, &params[field]),
+                        parse_json(store, field, &params[field]),
                         *value,
                         "{store}: {field} of {event_id:?}"
                     );
@@ -882,7 +882,7 @@ fn check_syslog_lines(
                 let event_id = value("externalId");
                 let want = &sent[&event_id];
                 let name = unescape(&header[4], &['|']).expect("a CEF header field");
-                assert_same(&store, &event_id, "Signature ID", &name, &want.event_name);
+                assert_same(store, &event_id, "Signature ID", &name, &want.event_name);
                 for (key, text) in [
                     ("act", &want.event_name),
                     ("suser", &want.actor_name),
@@ -892,10 +892,10 @@ fn check_syslog_lines(
                     ("sourceServiceName", &want.service_name),
                     ("msg", &want.body),
                 ] {
-                    assert_same(&store, &event_id, key, &value(key), text);
+                    assert_same(store, &event_id, key, &value(key), text);
                 }
                 assert_eq!(
-                    parse_json(&store, "cs4", &value("cs4")),
+                    parse_json(store, "cs4", &value("cs4")),
                     want.attributes,
                     "{store}: attributes of {event_id:?}"
                 );
@@ -903,7 +903,7 @@ fn check_syslog_lines(
             }
             _ => {
                 let msg = syslog_msg_after_nil_sd(line);
-                let value = parse_json(&store, "MSG", msg);
+                let value = parse_json(store, "MSG", msg);
                 check_json_event(store, &value, sent)
             }
         };
