@@ -7,9 +7,12 @@
 //! hashes are lower-case hex. `node`, `seq`, `prev_hash` and `hash` are
 //! kept, so a set of lines can be checked against the chain later.
 //!
-//! serde_json escapes control characters in strings, and the attribute
-//! objects are the model's canonical (compact) JSON, so an encoded event
-//! never holds a raw newline: one event is always one line.
+//! The line is written with [`super::line_safe`]: serde_json escapes the
+//! C0 controls in strings, the formatter also DEL, C1, U+2028/U+2029 and
+//! the bidi controls (in the attribute objects too, which are the model's
+//! canonical, compact JSON), so an encoded event never holds a raw line
+//! break, terminal escape or bidi control: one event is always one line,
+//! and it shows as what it holds.
 
 use auditrail_model::{AuditEvent, Outcome};
 use serde::Serialize;
@@ -96,7 +99,7 @@ impl<'a> EventJson<'a> {
 
 /// Appends `event` as one JSON line (without the newline) to `out`.
 pub fn write_event_json(event: &AuditEvent, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, &EventJson::of(event))
+    super::line_safe::write(out, &EventJson::of(event))
         .expect("serializing into a Vec cannot fail");
 }
 
@@ -110,6 +113,8 @@ pub fn event_json(event: &AuditEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoding::line_safe::must_escape;
+    use crate::encoding::line_safe::tests::{attributes_holding, text};
     use proptest::prelude::*;
 
     fn event() -> AuditEvent {
@@ -150,16 +155,30 @@ mod tests {
     proptest! {
         #[test]
         fn any_event_is_one_line_of_json_that_reads_back(
-            body in any::<String>(),
-            actor in any::<String>(),
+            body in text(),
+            actor in text(),
+            attribute in text(),
             attributes in any::<String>(),
+            json_attributes in any::<bool>(),
         ) {
+            let attributes = if json_attributes { attributes_holding(&attribute) } else { attributes };
             let e = AuditEvent { body, actor_id: actor, attributes, ..event() };
             let line = event_json(&e);
-            prop_assert!(!line.contains('\n') && !line.contains('\r'));
+            prop_assert!(!line.chars().any(must_escape), "{line:?}");
             let value: serde_json::Value = serde_json::from_str(&line).unwrap();
             prop_assert_eq!(value["body"].as_str(), Some(e.body.as_str()));
             prop_assert_eq!(value["actor_id"].as_str(), Some(e.actor_id.as_str()));
+            if json_attributes {
+                prop_assert_eq!(&value["attributes"]["k"], &serde_json::Value::from(attribute.clone()));
+                prop_assert_eq!(&value["attributes"]["nested"][&attribute][0], &serde_json::Value::from(attribute));
+            } else {
+                // Text that is not JSON (or holds a raw line break) is a string.
+                let want = serde_json::from_str::<serde_json::Value>(&e.attributes)
+                    .ok()
+                    .filter(|_| !e.attributes.contains(['\n', '\r']))
+                    .unwrap_or_else(|| e.attributes.clone().into());
+                prop_assert_eq!(&value["attributes"], &want);
+            }
         }
     }
 }

@@ -1,9 +1,12 @@
 //! How the sinks that carry text write an event: the encodings shared by
 //! `file`, `webhook`, `nats`, `kafka`, `otlp` and syslog's `json` and
 //! `ocsf` formats. A sink picks one by its `format` key; every encoding
-//! writes one event as one line (no raw newline, whatever the event holds).
+//! writes one event as one line (no raw newline, whatever the event holds),
+//! and no raw control, line-separator or bidi character either
+//! ([`line_safe`]).
 
 pub mod json;
+pub mod line_safe;
 pub mod ocsf;
 
 use std::fmt;

@@ -47,6 +47,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 
+use crate::encoding::line_safe;
 use crate::fields::utc;
 
 /// `_id` of `event`: `<node>:<seq>`. The seq is all digits after the last
@@ -66,10 +67,9 @@ pub fn write_bulk_item(event: &AuditEvent, index: &str, out: &mut Vec<u8>) {
             id: doc_id(event),
         },
     };
-    serde_json::to_writer(&mut *out, &action).expect("serializing into a Vec cannot fail");
+    line_safe::write(out, &action).expect("serializing into a Vec cannot fail");
     out.push(b'\n');
-    serde_json::to_writer(&mut *out, &Document::of(event))
-        .expect("serializing into a Vec cannot fail");
+    line_safe::write(out, &Document::of(event)).expect("serializing into a Vec cannot fail");
     out.push(b'\n');
 }
 
@@ -436,6 +436,30 @@ mod tests {
             serde_json::from_str(lines[0]).unwrap(),
             serde_json::from_str(lines[1]).unwrap(),
         )
+    }
+
+    #[test]
+    fn hostile_text_stays_data_on_its_line() {
+        let hostile = "a\nb\r\u{0}\u{1b}[31m\u{7f}\u{9b}\u{2028}\u{61c}\u{202e}\u{2066}z";
+        let e = AuditEvent {
+            body: hostile.into(),
+            actor_name: hostile.into(),
+            attributes: serde_json::json!({ hostile: hostile }).to_string(),
+            ..event()
+        };
+        let mut out = Vec::new();
+        write_bulk_item(&e, "audit-2026.05.04", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let raw: Vec<char> = text
+            .trim_end_matches('\n')
+            .chars()
+            .filter(|&c| crate::encoding::line_safe::must_escape(c) && c != '\n')
+            .collect();
+        assert!(raw.is_empty(), "{raw:?} raw in {text:?}");
+        let (_, document) = bulk(&e);
+        assert_eq!(document["message"], hostile);
+        assert_eq!(document["user"]["name"], hostile);
+        assert_eq!(document["auditrail"]["attributes"][hostile], hostile);
     }
 
     #[test]

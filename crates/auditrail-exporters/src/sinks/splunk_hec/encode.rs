@@ -19,7 +19,7 @@ use std::io::Write as _;
 use auditrail_model::AuditEvent;
 use serde::Serialize;
 
-use crate::encoding::LineFormat;
+use crate::encoding::{line_safe, LineFormat};
 
 /// Writes events as HEC event envelopes. What is the same for every event
 /// (source, sourcetype, index) is serialized once.
@@ -62,11 +62,15 @@ struct IndexedFields<'a> {
 impl Envelope {
     /// `index` `None` leaves the choice to the token's default index.
     pub fn new(source: &str, sourcetype: &str, index: Option<&str>, format: LineFormat) -> Self {
-        let mut constant = serde_json::to_vec(&Constant {
-            source,
-            sourcetype,
-            index,
-        })
+        let mut constant = Vec::new();
+        line_safe::write(
+            &mut constant,
+            &Constant {
+                source,
+                sourcetype,
+                index,
+            },
+        )
         .expect("serializing strings cannot fail");
         // `{"source":...}` → `,"source":...`: spliced in after `host`.
         constant[0] = b',';
@@ -81,7 +85,7 @@ impl Envelope {
         out.extend_from_slice(b"{\"time\":");
         write!(out, "{}.{:03}", millis / 1000, millis % 1000).expect("writing to a Vec");
         out.extend_from_slice(b",\"host\":");
-        serde_json::to_writer(&mut *out, &event.node).expect("writing to a Vec");
+        line_safe::write(out, &event.node).expect("writing to a Vec");
         out.extend_from_slice(&self.constant);
         out.extend_from_slice(b",\"event\":");
         self.format.write_line(event, out);
@@ -98,7 +102,7 @@ impl Envelope {
             trace_id: &event.trace_id,
             span_id: &event.span_id,
         };
-        serde_json::to_writer(&mut *out, &fields).expect("writing to a Vec");
+        line_safe::write(out, &fields).expect("writing to a Vec");
         out.extend_from_slice(b"}\n");
     }
 
@@ -138,6 +142,9 @@ mod tests {
             ..AuditEvent::default()
         }
     }
+
+    use crate::encoding::line_safe::must_escape;
+    use crate::encoding::line_safe::tests::text;
 
     fn parse_all(body: &[u8]) -> Vec<Value> {
         serde_json::Deserializer::from_slice(body)
@@ -189,14 +196,18 @@ mod tests {
     proptest! {
         #[test]
         fn any_event_is_one_envelope_that_reads_back(
-            body in any::<String>(),
-            node in any::<String>(),
-            source in any::<String>(),
+            body in text(),
+            node in text(),
+            source in text(),
             time in any::<u64>(),
         ) {
             let envelope = Envelope::new(&source, "st", Some("i"), LineFormat::Json);
             let e = AuditEvent { body, node, time_unix_nano: time, ..event(9) };
-            let events = parse_all(&envelope.body(std::slice::from_ref(&e)));
+            let body = envelope.body(std::slice::from_ref(&e));
+            // What Splunk keeps as the event's raw text shows as what it is.
+            let text = std::str::from_utf8(&body).unwrap();
+            prop_assert!(!text.trim_end_matches('\n').chars().any(must_escape), "{text:?}");
+            let events = parse_all(&body);
             prop_assert_eq!(events.len(), 1);
             prop_assert_eq!(events[0]["event"]["body"].as_str(), Some(e.body.as_str()));
             prop_assert_eq!(events[0]["host"].as_str(), Some(e.node.as_str()));

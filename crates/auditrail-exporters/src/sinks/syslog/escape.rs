@@ -8,8 +8,12 @@
 //! extension values: `=`), written as a backslash and the character, which
 //! is what those grammars define. Control characters become `\n`, `\r`,
 //! `\t` (the forms CEF defines, and the ones a reader recognises), any
-//! other as `\uXXXX`: C0, DEL, C1, and the Unicode line and paragraph
-//! separators, which some viewers break lines at.
+//! other as `\uXXXX`: C0, DEL, C1, the Unicode line and paragraph
+//! separators, which some viewers break lines at, and the bidi controls,
+//! which reorder what a person sees (the set every text output escapes:
+//! [`crate::encoding::line_safe`]).
+
+use crate::encoding::line_safe::{may_start, must_escape};
 
 /// Appends `value` to `out`, escaped: `\` and each of `reserved` as a
 /// backslash and the character, control characters as described above.
@@ -17,9 +21,10 @@ pub fn escape_into(out: &mut String, value: &str, reserved: &[char]) {
     // Scanned byte by byte, and runs that need nothing copied whole: most
     // values need no escape at all, and decoding and pushing each
     // character was 45% of the syslog sink's CPU (scripts/bench-sinks,
-    // perf). Only ASCII, and the lead bytes of C1 controls (0xC2) and of
-    // the line and paragraph separators (0xE2), can start a character
-    // that needs escaping, unless `reserved` holds non-ASCII characters.
+    // perf). Only ASCII, and the lead bytes of C1 controls (0xC2), of
+    // U+061C (0xD8) and of the line and paragraph separators and the other
+    // bidi controls (0xE2), can start a character that needs escaping,
+    // unless `reserved` holds non-ASCII characters.
     let mut special = [false; 128];
     for (b, flag) in special.iter_mut().enumerate() {
         *flag = b < 0x20 || b == 0x7f || b == usize::from(b'\\');
@@ -39,7 +44,7 @@ pub fn escape_into(out: &mut String, value: &str, reserved: &[char]) {
         let maybe = if b.is_ascii() {
             special[usize::from(b)]
         } else {
-            b == 0xC2 || b == 0xE2 || (wide_reserved && b >= 0xC0)
+            may_start(b) || (wide_reserved && b >= 0xC0)
         };
         if !maybe {
             at += 1;
@@ -82,7 +87,7 @@ pub fn escape(value: &str, reserved: &[char]) -> String {
 
 /// Characters that may never appear raw in a syslog line.
 fn needs_code_point_escape(c: char) -> bool {
-    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+    must_escape(c)
 }
 
 /// Reverses [`escape`] with the same `reserved` characters; `None` for text
@@ -132,6 +137,15 @@ mod tests {
             ),
             "a\\\"b\\]c\\\\d\\ne\\r\\tf\\u0000\\u001b[31m\\u007f\\u0085\\u2028é"
         );
+        // The bidi controls, and neighbours with the same lead bytes that
+        // stay as they are.
+        assert_eq!(
+            escape(
+                "\u{600}\u{61c}\u{61d} \u{200d}\u{200e}\u{200f}\u{2010} \u{2029}\u{202a}\u{202e}\u{202f} \u{2065}\u{2066}\u{2069}\u{206a} invoice_\u{202e}fdp.exe",
+                &[]
+            ),
+            "\u{600}\\u061c\u{61d} \u{200d}\\u200e\\u200f\u{2010} \\u2029\\u202a\\u202e\u{202f} \u{2065}\\u2066\\u2069\u{206a} invoice_\\u202efdp.exe"
+        );
         assert_eq!(escape("a|b=c", &['|']), "a\\|b=c");
     }
 
@@ -161,7 +175,12 @@ mod tests {
     proptest! {
         #[test]
         fn the_byte_scan_agrees_with_the_definition(
-            value in any::<String>(),
+            // Any text, and text dense in the lead bytes 0xC2, 0xD8 and
+            // 0xE2: what must be escaped and its neighbours.
+            value in prop_oneof![
+                any::<String>(),
+                "[\\x00-\\x1f\\x7f-\\u{a0}\\u{5ff}-\\u{63f}\\u{2000}-\\u{206f}\\u{2fff} a-z\u{e9}]{0,40}",
+            ],
             wide in any::<bool>(),
         ) {
             let reserved: &[char] = if wide { &['"', ']', 'é', '\u{2029}'] } else { &['"', ']'] };
@@ -175,7 +194,7 @@ mod tests {
             // Any text, and text dense in what must be escaped.
             value in prop_oneof![
                 any::<String>(),
-                "[\\x00-\\x1f\\x7f-\\u{9f}\\\\\"\\]|= a-z\u{e9}\u{2028}\u{2029}]{0,40}",
+                "[\\x00-\\x1f\\x7f-\\u{9f}\\\\\"\\]|= a-z\u{e9}\u{2028}\u{2029}\u{61c}\u{200e}\u{200f}\u{202a}-\u{202e}\u{2066}-\u{2069}]{0,40}",
             ],
             reserved in prop::sample::select(vec![vec!['"', ']'], vec!['|'], vec!['='], vec![]]),
         ) {
