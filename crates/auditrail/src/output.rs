@@ -291,18 +291,8 @@ pub fn format_time(unix_nano: u64) -> String {
 /// ESC, ...) and DEL, the Unicode line and paragraph separators, and the
 /// bidi controls that reorder how the rest of a line is shown.
 fn is_unsafe(c: char) -> bool {
-    c == '\\'
-        || c.is_control()
-        || matches!(
-            c,
-            '\u{2028}'
-                | '\u{2029}'
-                | '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
-        )
+    // The same set every text output of the sinks escapes.
+    c == '\\' || auditrail_exporters::encoding::line_safe::must_escape(c)
 }
 
 /// Appends `c`, escaped if it is unsafe: `\\`, `\n`, `\r`, `\t`, `\0`, else

@@ -8,6 +8,7 @@
 
 use auditrail_model::AuditEvent;
 
+use crate::encoding::line_safe::must_escape;
 pub use crate::template::ParseError;
 use crate::template::{EventTemplate, Part};
 
@@ -73,7 +74,9 @@ fn push_token(out: &mut String, value: &str) {
     }
     out.extend(value.chars().map(|c| match c {
         '.' | '*' | '>' => '_',
-        c if c.is_whitespace() || c.is_control() => '_',
+        // Bidi controls and the line separators too: a subject shows in
+        // `nats` tools and logs, where they would reorder what follows.
+        c if c.is_whitespace() || must_escape(c) => '_',
         c => c,
     }));
 }
@@ -84,7 +87,7 @@ fn is_subject(subject: &str) -> bool {
             !token.is_empty()
                 && token != "*"
                 && token != ">"
-                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !token.chars().any(|c| c.is_whitespace() || must_escape(c))
         })
 }
 
