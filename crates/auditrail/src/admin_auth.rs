@@ -132,7 +132,7 @@ async fn decide(
     }
     if !auth.required {
         if auth.loopback_listener {
-            check_loopback_host(&request.headers)?;
+            check_loopback_host(request)?;
         }
         if changes_state {
             check_not_cross_site(&request.headers)?;
@@ -172,13 +172,16 @@ async fn decide(
 /// DNS rebinding: a page of `evil.example` that rebinds its name to
 /// 127.0.0.1 reaches a loopback listener as same-origin, but its requests
 /// still say `Host: evil.example`.
-fn check_loopback_host(headers: &HeaderMap) -> Result<(), Refused> {
-    let Some(host) = headers.get(header::HOST) else {
-        // HTTP/1.0 without Host, or HTTP/2 with only :authority, which
-        // hyper puts in the URI; a browser always sends one.
-        return Ok(());
+fn check_loopback_host(request: &http::request::Parts) -> Result<(), Refused> {
+    // HTTP/1.1 says `Host`; HTTP/2 says `:authority`, which hyper puts in
+    // the URI. A request with neither (HTTP/1.0) comes from no browser.
+    let text = match request.headers.get(header::HOST) {
+        Some(host) => host.to_str().unwrap_or(""),
+        None => match request.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => return Ok(()),
+        },
     };
-    let text = host.to_str().unwrap_or("");
     let name = match text.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => text.rsplit_once(':').map_or(text, |(name, _)| name),
@@ -211,10 +214,27 @@ fn check_not_cross_site(headers: &HeaderMap) -> Result<(), Refused> {
 mod tests {
     use super::*;
 
-    fn host(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, value.parse().unwrap());
-        h
+    fn host(value: &str) -> http::request::Parts {
+        let (parts, ()) = http::Request::get("/v1/events")
+            .header(header::HOST, value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn an_http2_authority_counts_as_the_host() {
+        let (parts, ()) = http::Request::get("https://attacker.example:8686/v1/events")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(check_loopback_host(&parts).is_err());
+        let (parts, ()) = http::Request::get("https://127.0.0.1:8686/v1/events")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(check_loopback_host(&parts).is_ok());
     }
 
     #[test]
