@@ -233,6 +233,53 @@ ruleset(name="out") {{
         lines(&self.dir.path().join("raw.log"))
     }
 
+    /// Waits until rsyslog has written at least `want` lines, for at most
+    /// `within`; the lines. The failure shows the lines, rsyslogd's output
+    /// and the tail of `server`'s log.
+    pub async fn wait_lines(
+        &self,
+        want: usize,
+        within: Duration,
+        server: &crate::Server,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines = self.raw_lines();
+            if lines.len() >= want {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {want} lines in rsyslog after {within:?}:\n{}\nrsyslogd:\n{}\nserver log (tail):\n{}",
+                lines.len(),
+                lines.join("\n"),
+                self.daemon_log(),
+                crate::sinks::tail(&server.log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for exactly `want` lines: after they are there, a moment more
+    /// in which no further line may appear.
+    pub async fn exactly_lines(
+        &self,
+        want: usize,
+        within: Duration,
+        server: &crate::Server,
+    ) -> Vec<String> {
+        self.wait_lines(want, within, server).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let lines = self.raw_lines();
+        assert_eq!(
+            lines.len(),
+            want,
+            "one line per event, no more:\n{}",
+            lines.join("\n")
+        );
+        lines
+    }
+
     /// rsyslog's RFC 5424 fields of every message received, one object
     /// per line (`pri`, `timestamp`, `hostname`, `app_name`, `procid`,
     /// `msgid`, `structured_data`, `msg`).

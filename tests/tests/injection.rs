@@ -23,14 +23,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditrail_tests::clickhouse::{self, legacy_url, Chdb};
 use auditrail_tests::mysql::{text, Database, SinkToml};
 use auditrail_tests::rsyslog::{Listener, Rsyslog};
-use auditrail_tests::sinks::{
-    assert_no_dead_letters, client, next_trace_id, send, tail, wait_caught_up,
-};
+use auditrail_tests::sinks::{assert_no_dead_letters, client, next_trace_id, send, wait_caught_up};
 use auditrail_tests::{otlp, Server};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
@@ -399,29 +397,37 @@ fn parse_json(store: &str, field: &str, text: &str) -> Value {
 /// operator's, but quoting must hold whatever it says).
 const HOSTILE_TABLE: &str = "audit`events'; DROP TABLE audit_events; --";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sql_injection_through_every_field_is_stored_as_data_in_mysql() {
-    let db = Database::create().await;
-    let sink = |name: &str, table: &str| {
-        SinkToml::new(name, &db.url())
+/// Starts a server with two SQL sinks made by `sink`: `name` into
+/// `audit_events`, `odd-table` into [`HOSTILE_TABLE`]; sends the SQL
+/// payloads as hostile events and waits until both sinks hold all of them,
+/// none dead-lettered. The server, and what was sent by event id.
+async fn deliver_sql_payloads(
+    name: &str,
+    sink: impl Fn(&str) -> SinkToml,
+) -> (Server, BTreeMap<String, Expected>) {
+    let into = |name: &str, table: &str| {
+        sink(name)
             .set("table", &auditrail_tests::mysql::toml_string(table))
             .delivery("linger", "\"20ms\"")
             .delivery("backoff_initial", "\"50ms\"")
             .delivery("backoff_max", "\"1s\"")
             .to_string()
     };
-    let config = [
-        sink("warehouse", "audit_events"),
-        sink("odd-table", HOSTILE_TABLE),
-    ]
-    .join("\n");
+    let config = [into(name, "audit_events"), into("odd-table", HOSTILE_TABLE)].join("\n");
     let server = Server::start_with("", &config);
-    let payloads = sql_payloads();
-    let sent = send_hostile(&server, &payloads, SQL_LIMITS).await;
-    for sink in ["warehouse", "odd-table"] {
+    let sent = send_hostile(&server, &sql_payloads(), SQL_LIMITS).await;
+    for sink in [name, "odd-table"] {
         wait_caught_up(&server, sink, sent.len(), DELIVERY).await;
         assert_no_dead_letters(&server, sink).await;
     }
+    (server, sent)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_injection_through_every_field_is_stored_as_data_in_mysql() {
+    let db = Database::create().await;
+    let (server, sent) =
+        deliver_sql_payloads("warehouse", |name| SinkToml::new(name, &db.url())).await;
 
     let mut tables: Vec<String> = db
         .rows("SELECT CAST(TABLE_NAME AS CHAR) AS t FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME")
@@ -507,26 +513,8 @@ fn ch_str(text: &str) -> String {
 /// else the legacy mapping (attributes as JSON text).
 async fn clickhouse_round(url: &str, maps: bool) {
     let db = clickhouse::Database::create(url).await;
-    let sink = |name: &str, table: &str| {
-        clickhouse::sink(name, url, db.name())
-            .set("table", &auditrail_tests::mysql::toml_string(table))
-            .delivery("linger", "\"20ms\"")
-            .delivery("backoff_initial", "\"50ms\"")
-            .delivery("backoff_max", "\"1s\"")
-            .to_string()
-    };
-    let config = [
-        sink("analytics", "audit_events"),
-        sink("odd-table", HOSTILE_TABLE),
-    ]
-    .join("\n");
-    let server = Server::start_with("", &config);
-    let payloads = sql_payloads();
-    let sent = send_hostile(&server, &payloads, SQL_LIMITS).await;
-    for sink in ["analytics", "odd-table"] {
-        wait_caught_up(&server, sink, sent.len(), DELIVERY).await;
-        assert_no_dead_letters(&server, sink).await;
-    }
+    let (server, sent) =
+        deliver_sql_payloads("analytics", |name| clickhouse::sink(name, url, db.name())).await;
 
     let tables: Vec<String> = clickhouse::select(
         url,
@@ -737,32 +725,6 @@ fn cef_parts(msg: &str) -> (Vec<String>, HashMap<String, String>) {
     (fields, cef_extension(&msg[start..]))
 }
 
-/// Waits for exactly `want` lines in rsyslog's file (and half a second
-/// more in which no other may come).
-async fn exactly_lines(rsyslog: &Rsyslog, want: usize, server: &Server) -> Vec<String> {
-    let deadline = Instant::now() + DELIVERY;
-    while rsyslog.raw_lines().len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {want} lines in rsyslog:\n{}\nrsyslogd:\n{}\nserver:\n{}",
-            rsyslog.raw_lines().len(),
-            rsyslog.raw_lines().join("\n"),
-            rsyslog.daemon_log(),
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let lines = rsyslog.raw_lines();
-    assert_eq!(
-        lines.len(),
-        want,
-        "one line per event, no more:\n{}",
-        lines.join("\n")
-    );
-    lines
-}
-
 /// No raw forbidden character in `line`; names the first one.
 fn assert_clean(store: &str, line: &str) {
     if let Some((at, c)) = line.char_indices().find(|(_, c)| is_forbidden(*c)) {
@@ -948,7 +910,7 @@ async fn log_injection_cannot_forge_syslog_lines_in_any_format() {
     let mut failures = Vec::new();
     for (format, rsyslog) in formats.iter().zip(&daemons) {
         let store = format!("rsyslog ({format})");
-        let lines = exactly_lines(rsyslog, sent.len(), &server).await;
+        let lines = rsyslog.exactly_lines(sent.len(), DELIVERY, &server).await;
         if let Err(e) = verdict(|| check_syslog_lines(&store, format, &lines, &sent)) {
             failures.push(e);
         }

@@ -30,41 +30,6 @@ fn sink(name: &str, url: &str, keys: &str) -> String {
     )
 }
 
-/// Waits until rsyslog has written at least `want` lines, and returns them.
-async fn wait_lines(rsyslog: &Rsyslog, want: usize, server: &Server) -> Vec<String> {
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let lines = rsyslog.raw_lines();
-        if lines.len() >= want {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {want} lines in rsyslog after {DELIVERY:?}:\n{}\nrsyslogd:\n{}\nserver log (tail):\n{}",
-            lines.len(),
-            lines.join("\n"),
-            rsyslog.daemon_log(),
-            tail(&server.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits for exactly `want` lines: after they are there, a moment more in
-/// which no further line may appear.
-async fn exactly_lines(rsyslog: &Rsyslog, want: usize, server: &Server) -> Vec<String> {
-    wait_lines(rsyslog, want, server).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let lines = rsyslog.raw_lines();
-    assert_eq!(
-        lines.len(),
-        want,
-        "one line per event, no more:\n{}",
-        lines.join("\n")
-    );
-    lines
-}
-
 // ---------------------------------------------------------------------------
 
 /// A body with everything that breaks lines, fields or terminals.
@@ -136,7 +101,7 @@ async fn hostile_events_arrive_one_per_line_escaped_in_every_format() {
     let sent = send_hostile(&server, n).await;
 
     // rfc5424: the canonical fields in structured data, the body as MSG.
-    let lines = exactly_lines(&rfc5424, n, &server).await;
+    let lines = rfc5424.exactly_lines(n, DELIVERY, &server).await;
     let parsed = rfc5424.parsed();
     assert_eq!(parsed.len(), n);
     let mut seen = HashSet::new();
@@ -184,7 +149,7 @@ async fn hostile_events_arrive_one_per_line_escaped_in_every_format() {
     assert_eq!(seen.len(), n);
 
     // cef: one CEF line as MSG, values escaped for CEF.
-    exactly_lines(&cef, n, &server).await;
+    cef.exactly_lines(n, DELIVERY, &server).await;
     let mut seen = HashSet::new();
     for fields in cef.parsed() {
         let msg = fields["msg"].as_str().unwrap();
@@ -227,7 +192,7 @@ async fn hostile_events_arrive_one_per_line_escaped_in_every_format() {
     assert_eq!(seen.len(), n);
 
     // json: the canonical event as MSG, exact after JSON decoding.
-    exactly_lines(&json, n, &server).await;
+    json.exactly_lines(n, DELIVERY, &server).await;
     let mut seen = HashSet::new();
     for fields in json.parsed() {
         // local3 (19) * 8 + warning (4).
@@ -261,7 +226,7 @@ async fn tls_with_a_client_certificate_into_rsyslog() {
     let server = Server::start_with("", &sink("siem-tls", &url, &keys));
     let (request, ids) = numbered_batch(SPAN, "tls", 50);
     send(&mut client(&server).await, request).await;
-    let lines = exactly_lines(&rsyslog, 50, &server).await;
+    let lines = rsyslog.exactly_lines(50, DELIVERY, &server).await;
     let seen: HashSet<String> = lines
         .iter()
         .filter_map(|l| sd_value(l, "event_id"))
@@ -369,7 +334,7 @@ async fn udp_one_datagram_per_event_and_an_oversized_event_is_dead_lettered() {
     records[7].body = Some(otlp::string("x".repeat(3000)));
     send(&mut client(&server).await, request).await;
 
-    let lines = exactly_lines(&rsyslog, 19, &server).await;
+    let lines = rsyslog.exactly_lines(19, DELIVERY, &server).await;
     let delivered: HashSet<String> = lines
         .iter()
         .map(|line| {
@@ -419,7 +384,7 @@ async fn rsyslog_down_for_a_while_then_every_event_arrives() {
     let (request, ids) = numbered_batch(SPAN, "before", 100);
     sent.extend(ids);
     send(&mut client, request).await;
-    wait_lines(&rsyslog, 100, &server).await;
+    rsyslog.wait_lines(100, DELIVERY, &server).await;
 
     // The sink's connection stays open across the stop: the next batch
     // must find out it is dead rather than write into it.

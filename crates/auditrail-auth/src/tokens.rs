@@ -92,11 +92,6 @@ impl TokenSet {
         }
         Option::<u64>::from(found).map(|i| &self.grants[i as usize])
     }
-
-    /// Every grant, in the order they were added.
-    pub fn grants(&self) -> &[StaticToken] {
-        &self.grants
-    }
 }
 
 fn digest(secret: &str) -> [u8; 32] {

@@ -51,18 +51,6 @@ impl Writers {
         }
     }
 
-    /// No auth at all: every writer is the default tenant.
-    pub fn open() -> Writers {
-        Writers::new(
-            Arc::new(Authenticator::new(Default::default(), None)),
-            false,
-        )
-    }
-
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
     /// The tenant the request writes as. A bearer token, when sent, decides;
     /// otherwise the connection's client certificate.
     pub async fn tenant_of(
@@ -177,7 +165,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_auth_everyone_is_the_default_tenant() {
-        let w = Writers::open();
+        // No credential configured at all.
+        let w = Writers::new(Arc::new(Authenticator::new(TokenSet::new(), None)), false);
         assert_eq!(
             w.tenant_of(&bearer("anything"), None).await.unwrap(),
             DEFAULT_TENANT

@@ -93,14 +93,14 @@ fn status_of(e: &IngestError, retry_after: std::time::Duration) -> Status {
 struct WriterTenant(String);
 
 /// The status of a request that may not write (counted by `Writers`).
-fn write_status(e: &WriteRefused) -> Status {
+fn write_status(e: &WriteRefused, retry_after: std::time::Duration) -> Status {
     match e {
         WriteRefused::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
         WriteRefused::NotAWriter { .. } => Status::permission_denied(e.to_string()),
         WriteRefused::Unavailable(_) => Status::with_error_details(
             Code::Unavailable,
             e.to_string(),
-            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(5))),
+            ErrorDetails::with_retry_info(Some(retry_after)),
         ),
     }
 }
@@ -258,7 +258,7 @@ where
                 .await
             {
                 Ok(tenant) => tenant,
-                Err(e) => return Ok(write_status(&e).into_http()),
+                Err(e) => return Ok(write_status(&e, ingest.config().retry_after).into_http()),
             };
             let compression = match request.headers().get("grpc-encoding") {
                 None => None,

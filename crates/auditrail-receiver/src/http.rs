@@ -202,7 +202,10 @@ async fn read_and_export(
         .writers()
         .tenant_of(headers, connection)
         .await
-        .map_err(|e| write_refusal(e, content_type(headers).unwrap_or(Encoding::Json)))?;
+        .map_err(|e| {
+            let encoding = content_type(headers).unwrap_or(Encoding::Json);
+            write_refusal(e, ingest.config().retry_after, encoding)
+        })?;
     let encoding = content_type(headers)?;
     let max = ingest.config().max_request_bytes;
     let too_large = |what: &str| {
@@ -280,14 +283,15 @@ async fn read_and_export(
 }
 
 /// The answer to a request that may not write (counted by [`Writers`]).
-fn write_refusal(e: WriteRefused, encoding: Encoding) -> Refusal {
+fn write_refusal(e: WriteRefused, retry_after: std::time::Duration, encoding: Encoding) -> Refusal {
     let (http, grpc_code) = match &e {
         WriteRefused::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED),
         WriteRefused::NotAWriter { .. } => (StatusCode::FORBIDDEN, code::PERMISSION_DENIED),
         WriteRefused::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
     };
     Refusal {
-        retry_after: matches!(e, WriteRefused::Unavailable(_)).then_some(5),
+        retry_after: matches!(e, WriteRefused::Unavailable(_))
+            .then(|| retry_after_seconds(retry_after)),
         challenge: matches!(e, WriteRefused::Unauthenticated(_))
             .then_some(r#"Bearer realm="auditrail""#),
         counted: true,
@@ -302,15 +306,19 @@ fn refusal_of(e: IngestError, retry_after: std::time::Duration, encoding: Encodi
         IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
         _ => (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED),
     };
-    // Retry-After is in whole seconds: round up, so a client that obeys it
-    // is not refused again.
-    let wait = e.retry_after(retry_after);
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     Refusal {
-        retry_after: e.retryable().then_some(seconds.max(1)),
+        retry_after: e
+            .retryable()
+            .then(|| retry_after_seconds(e.retry_after(retry_after))),
         counted: true,
         ..Refusal::new(http, grpc_code, e.to_string(), encoding)
     }
+}
+
+/// `Retry-After` is in whole seconds: rounded up (at least 1), so a client
+/// that obeys it is not refused again.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Encoding, Refusal> {

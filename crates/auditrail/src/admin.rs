@@ -148,8 +148,7 @@ async fn forget_sink(State(state): State<AdminState>, Path(name): Path<String>) 
                 ForgetError::Unknown(_) => StatusCode::NOT_FOUND,
                 ForgetError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            let message = format!("{:#}", anyhow::Error::from(e));
-            (status, Json(serde_json::json!({ "error": message }))).into_response()
+            error_response(status, format!("{:#}", anyhow::Error::from(e)))
         }
         Err(e) => internal_error(e.to_string()),
     }
@@ -166,11 +165,12 @@ async fn on_spool<T: Send + 'static>(
 }
 
 fn internal_error(message: String) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// Every error the admin API answers: `{"error": message}` with `status`.
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

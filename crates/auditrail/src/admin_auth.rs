@@ -21,8 +21,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
+use crate::admin::error_response;
 use crate::scope::ReadScope;
 
 /// The admin listener's auth settings.
@@ -71,11 +71,7 @@ impl IntoResponse for Refused {
                 StatusCode::FORBIDDEN
             }
         };
-        let mut response = (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response();
+        let mut response = error_response(status, self.to_string());
         match self {
             Refused::Unauthenticated(_) => {
                 response.headers_mut().insert(

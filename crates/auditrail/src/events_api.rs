@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::admin::error_response;
 use crate::output::{
     event_json, EventView, EventsPage, PageEnd, PageLines, STOPPED_BY_ERROR, STOPPED_BY_TIMEOUT,
 };
@@ -535,13 +536,11 @@ fn refuse(outcome: Outcome, status: StatusCode, message: String) -> Response {
         status = status.as_u16(),
         "query refused: {message}"
     );
-    let body = serde_json::json!({ "error": message });
-    (status, axum::Json(body)).into_response()
+    error_response(status, message)
 }
 
 fn failed(message: String) -> Response {
     Outcome::Error.count(None);
     tracing::error!("query failed: {message}");
-    let body = serde_json::json!({ "error": message });
-    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
