@@ -7,8 +7,12 @@
 //! <base64 root hash>                 MTH of those leaves
 //! first-seq 1                        the seq of leaf 0
 //! chain <hex>                        hash-chain `hash` of the last covered event
+//! previous 1500                      tree size of the checkpoint before (0: first)
 //! time 1796300000000000000           when it was signed (unix ns)
 //! ```
+//!
+//! `previous` links the checkpoints into a list, so a removed checkpoint is
+//! found without knowing how often the node signs.
 //!
 //! Leaf `i` is the event with seq `first-seq + i`. The `chain` line ties the
 //! spool's older per-event hash chain to the signature as well, so a sink's
@@ -31,6 +35,8 @@ pub struct Checkpoint {
     /// The chain `hash` of the event with seq `first_seq + size - 1`
     /// (all zeros for an empty tree).
     pub chain: Hash,
+    /// The tree size of the checkpoint signed before this one (0: none).
+    pub previous: u64,
     pub time_unix_nano: u64,
 }
 
@@ -59,12 +65,13 @@ impl Checkpoint {
     /// The note's text: what the signature covers.
     pub fn text(&self) -> String {
         format!(
-            "{}\n{}\n{}\nfirst-seq {}\nchain {}\ntime {}\n",
+            "{}\n{}\n{}\nfirst-seq {}\nchain {}\nprevious {}\ntime {}\n",
             self.origin,
             self.size,
             B64.encode(self.root),
             self.first_seq,
             hex::encode(self.chain),
+            self.previous,
             self.time_unix_nano
         )
     }
@@ -92,7 +99,10 @@ impl Checkpoint {
     fn parse_text(text: &str) -> Result<Checkpoint, CheckpointError> {
         use CheckpointError::Malformed;
         let mut lines = text.lines();
-        let origin = lines.next().filter(|l| !l.is_empty()).ok_or(Malformed("no origin line"))?;
+        let origin = lines
+            .next()
+            .filter(|l| !l.is_empty())
+            .ok_or(Malformed("no origin line"))?;
         let size = lines
             .next()
             .and_then(|l| decimal(l))
@@ -102,13 +112,14 @@ impl Checkpoint {
             .and_then(|l| B64.decode(l).ok())
             .and_then(|b| Hash::try_from(b).ok())
             .ok_or(Malformed("the root hash is not 32 bytes of base64"))?;
-        let (mut first_seq, mut chain, mut time) = (None, None, None);
+        let (mut first_seq, mut chain, mut previous, mut time) = (None, None, None, None);
         for line in lines {
             match line.split_once(' ') {
                 Some(("first-seq", v)) => first_seq = decimal(v),
                 Some(("chain", v)) => {
                     chain = hex::decode(v).ok().and_then(|b| Hash::try_from(b).ok())
                 }
+                Some(("previous", v)) => previous = decimal(v),
                 Some(("time", v)) => time = decimal(v),
                 // Lines of a later version are covered by the signature
                 // but not understood; they are not an error.
@@ -121,6 +132,7 @@ impl Checkpoint {
             root,
             first_seq: first_seq.ok_or(Malformed("no valid first-seq line"))?,
             chain: chain.ok_or(Malformed("no valid chain line"))?,
+            previous: previous.ok_or(Malformed("no valid previous line"))?,
             time_unix_nano: time.ok_or(Malformed("no valid time line"))?,
         })
     }
@@ -146,6 +158,7 @@ mod tests {
             root: [7; 32],
             first_seq: 1,
             chain: [9; 32],
+            previous: 1500,
             time_unix_nano: 1_796_300_000_000_000_000,
         }
     }
@@ -177,10 +190,7 @@ mod tests {
 
     #[test]
     fn malformed_texts_are_named() {
-        for (text, want) in [
-            ("o\n01\nAAAA\n", "decimal"),
-            ("o\n5\nAAAA\n", "root hash"),
-        ] {
+        for (text, want) in [("o\n01\nAAAA\n", "decimal"), ("o\n5\nAAAA\n", "root hash")] {
             let err = Checkpoint::parse_unverified(text).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }

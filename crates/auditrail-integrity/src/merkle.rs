@@ -438,7 +438,10 @@ mod tests {
             1 => leaf_hash(&entries[0]),
             n => {
                 let k = split_point(n as u64) as usize;
-                node_hash(&reference_root(&entries[..k]), &reference_root(&entries[k..]))
+                node_hash(
+                    &reference_root(&entries[..k]),
+                    &reference_root(&entries[k..]),
+                )
             }
         }
     }

@@ -79,7 +79,9 @@ fn parse_key_text(text: &str) -> Result<(&str, u32, [u8; 32]), NoteError> {
             Ok((name, id, rest.try_into().expect("32 bytes")))
         }
         Some((&ALG_ED25519, _)) => Err(NoteError::MalformedKey("an ed25519 key has 32 bytes")),
-        _ => Err(NoteError::MalformedKey("not an ed25519 key (algorithm byte 0x01)")),
+        _ => Err(NoteError::MalformedKey(
+            "not an ed25519 key (algorithm byte 0x01)",
+        )),
     }
 }
 
@@ -164,7 +166,9 @@ impl SignerKey {
         let rest = text
             .trim()
             .strip_prefix("PRIVATE+KEY+")
-            .ok_or(NoteError::MalformedKey("a signer key starts with PRIVATE+KEY+"))?;
+            .ok_or(NoteError::MalformedKey(
+                "a signer key starts with PRIVATE+KEY+",
+            ))?;
         let (name, stated, seed) = parse_key_text(rest)?;
         let key = SignerKey::from_seed(name, seed);
         if stated != key.id {
@@ -212,13 +216,17 @@ impl SignerKey {
 
 fn check_text(text: &str) -> Result<(), NoteError> {
     if !text.ends_with('\n') {
-        return Err(NoteError::MalformedNote("the text does not end in a newline"));
+        return Err(NoteError::MalformedNote(
+            "the text does not end in a newline",
+        ));
     }
     if text.contains("\n\n") || text.starts_with('\n') {
         return Err(NoteError::MalformedNote("the text holds an empty line"));
     }
     if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(NoteError::MalformedNote("the text holds a control character"));
+        return Err(NoteError::MalformedNote(
+            "the text holds a control character",
+        ));
     }
     Ok(())
 }
@@ -226,22 +234,26 @@ fn check_text(text: &str) -> Result<(), NoteError> {
 /// Checks that `note` carries a valid signature by `key`; returns its text.
 /// Signatures by other keys (a witness's cosignature) are ignored.
 pub fn open<'a>(note: &'a str, key: &VerifierKey) -> Result<&'a str, NoteError> {
-    let split = note
-        .rfind("\n\n")
-        .ok_or(NoteError::MalformedNote("no blank line before the signatures"))?;
+    let split = note.rfind("\n\n").ok_or(NoteError::MalformedNote(
+        "no blank line before the signatures",
+    ))?;
     let (text, signatures) = (&note[..split + 1], &note[split + 2..]);
     check_text(text)?;
     if !signatures.ends_with('\n') {
-        return Err(NoteError::MalformedNote("the signatures do not end in a newline"));
+        return Err(NoteError::MalformedNote(
+            "the signatures do not end in a newline",
+        ));
     }
     let mut signed_by_key = false;
     for line in signatures.lines() {
         let rest = line
             .strip_prefix(SIGNATURE_PREFIX)
-            .ok_or(NoteError::MalformedNote("a signature line does not start with \u{2014}"))?;
-        let (name, blob) = rest
-            .split_once(' ')
-            .ok_or(NoteError::MalformedNote("a signature line has no signature"))?;
+            .ok_or(NoteError::MalformedNote(
+                "a signature line does not start with \u{2014}",
+            ))?;
+        let (name, blob) = rest.split_once(' ').ok_or(NoteError::MalformedNote(
+            "a signature line has no signature",
+        ))?;
         let blob = B64
             .decode(blob)
             .map_err(|_| NoteError::MalformedNote("a signature is not base64"))?;

@@ -172,6 +172,7 @@ mod tests {
             root: merkle::root(store, size).unwrap(),
             first_seq: 10,
             chain: [0; 32],
+            previous: 0,
             time_unix_nano: 1,
         }
     }

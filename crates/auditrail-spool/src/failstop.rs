@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(*durable.borrow_and_update(), 3);
         let seqs: Vec<u64> = spool.read(0, 10).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
-        assert!(spool.verify().unwrap().is_intact());
+        assert!(spool.verify(None).unwrap().is_intact());
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ mod quota;
 mod read_only;
 mod recovery;
 mod retention;
+mod tree;
 mod verify;
 mod watermark;
 mod writer;
@@ -47,7 +48,8 @@ pub use identity::SpoolIdentity;
 pub use query::{Budget, Filter, QueryEnd, QueryStats, Stop};
 pub use read_only::{check_is_spool, ReadOnlySpool};
 pub use retention::GcStats;
-pub use verify::{ChainStart, Problem, ProblemKind, VerifyReport};
+pub use tree::{Signing, StoredCheckpoint};
+pub use verify::{ChainStart, CheckpointSummary, Problem, ProblemKind, VerifyReport};
 
 use dedup::DedupSet;
 use durable::SyncBarrier;
@@ -69,6 +71,9 @@ pub struct SpoolConfig {
     pub retention: Duration,
     /// sled's page cache size.
     pub cache_bytes: u64,
+    /// Signs checkpoints of the Merkle tree; `None`: the tree is kept, but
+    /// nothing is signed.
+    pub signing: Option<Signing>,
 }
 
 impl SpoolConfig {
@@ -79,6 +84,7 @@ impl SpoolConfig {
             max_disk_bytes: 20 << 30,
             retention: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 256 << 20,
+            signing: None,
         }
     }
 }
@@ -133,6 +139,22 @@ pub enum SpoolError {
     /// A query was stopped through [`Budget::cancel`].
     #[error("the query was cancelled")]
     QueryCancelled,
+    /// No signed checkpoint of that tree size (`None`: none at all yet).
+    #[error("{}", match .size {
+        Some(size) => format!("no signed checkpoint of tree size {size}"),
+        None => "no signed checkpoint yet: is [integrity] configured with a key, and has the first period passed?".to_owned(),
+    })]
+    NoCheckpoint { size: Option<u64> },
+    /// The checkpoint does not cover the event.
+    #[error("seq {seq} is not covered by the checkpoint of tree size {size} (it covers seqs {first_seq}..{}); wait for the next checkpoint", first_seq + size)]
+    NotCovered { seq: u64, size: u64, first_seq: u64 },
+    /// The tree nodes a consistency proof from `size` needs went with the
+    /// events retention removed.
+    #[error("the tree nodes needed to prove from tree size {size} were removed by retention with its events; prove from a newer checkpoint")]
+    ProofPastRetention { size: u64 },
+    /// The event was removed by retention (or never stored).
+    #[error("seq {0} is not in the spool (removed by retention, or never stored)")]
+    NotRetained(u64),
 }
 
 impl SpoolError {
@@ -206,6 +228,14 @@ pub(crate) struct Shared {
     pub(crate) dead_letters: sled::Tree,
     /// Small facts that outlive the batches (see `retention.rs`).
     pub(crate) meta: sled::Tree,
+    /// The Merkle tree's tiles and state (see `tree.rs`).
+    pub(crate) merkle: sled::Tree,
+    /// Signed checkpoints by tree size (see `tree.rs`).
+    pub(crate) checkpoints: sled::Tree,
+    /// The tree's builder, once the spool has started.
+    pub(crate) tree: Mutex<Option<tree::Builder>>,
+    /// The seq the tree takes next: retention keeps every event from it on.
+    pub(crate) tree_end: AtomicU64,
     pub(crate) dedup: Mutex<DedupSet>,
     initial_last_hash: Hash,
     /// Makes what sled wrote durable (see `durable.rs`).
@@ -398,6 +428,31 @@ impl Spool {
         self.current()?.scan(filter, budget, &mut each)
     }
 
+    /// Every signed checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SpoolError> {
+        tree::checkpoints(&self.current()?.shared)
+    }
+
+    /// An inclusion proof of the event `seq` against the checkpoint of tree
+    /// size `at_size` (the newest when `None`), to check offline.
+    pub fn prove_inclusion(
+        &self,
+        seq: u64,
+        at_size: Option<u64>,
+    ) -> Result<auditrail_integrity::InclusionProof, SpoolError> {
+        tree::prove_inclusion(&self.current()?.shared, seq, at_size)
+    }
+
+    /// A consistency proof that the checkpoint of `new_size` (the newest
+    /// when `None`) extends the one of `old_size`.
+    pub fn prove_consistency(
+        &self,
+        old_size: u64,
+        new_size: Option<u64>,
+    ) -> Result<auditrail_integrity::ConsistencyProof, SpoolError> {
+        tree::prove_consistency(&self.current()?.shared, old_size, new_size)
+    }
+
     /// Registers a sink's cursor, at the start of the retained events for a
     /// new sink; returns the cursor. From now on retention keeps every event
     /// the sink has not acknowledged.
@@ -497,10 +552,15 @@ impl Spool {
         self.current()?.resolve_dead_letter(sink, seq)
     }
 
-    /// Re-walks the hash chain of everything retained. The first retained
-    /// event's `prev_hash` is taken as given: retention removed what it links to.
-    pub fn verify(&self) -> Result<VerifyReport, SpoolError> {
-        self.current()?.verify()
+    /// Re-walks the hash chain of everything retained and recomputes the
+    /// Merkle tree, checking it against every signed checkpoint (their
+    /// signatures too, when `key` is given). The first retained event's
+    /// `prev_hash` is taken as given: retention removed what it links to.
+    pub fn verify(
+        &self,
+        key: Option<&auditrail_integrity::VerifierKey>,
+    ) -> Result<VerifyReport, SpoolError> {
+        self.current()?.verify(key)
     }
 
     /// The content pass of `auditrail spool check`: whether the trees agree

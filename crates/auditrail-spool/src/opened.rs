@@ -16,7 +16,7 @@ use crate::quota::DiskQuota;
 use crate::writer::{self, AppendJob};
 use crate::{
     check, cursors, dead_letter, dedup, identity, index, opening, query, retention, seq_from_bytes,
-    verify, Appended, Budget, DeadLetter, Filter, Finding, ForgottenSink, GcStats, QueryEnd,
+    tree, verify, Appended, Budget, DeadLetter, Filter, Finding, ForgottenSink, GcStats, QueryEnd,
     Shared, SpoolConfig, SpoolError, SpoolIdentity, SpoolStats, VerifyReport, SEGMENT_SIZE,
 };
 
@@ -28,6 +28,9 @@ pub(crate) struct Opened {
     /// final `sync_all().unwrap()`) is caught.
     pub(crate) shared: ManuallyDrop<Arc<Shared>>,
     jobs: Mutex<Option<mpsc::Sender<AppendJob>>>,
+    /// Dropped after the writer and flusher are joined: the tree builder's
+    /// cue to sign its last checkpoint and stop.
+    tree_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -77,6 +80,8 @@ impl Opened {
         let cursors = db.open_tree("cursors")?;
         let dead_letters = db.open_tree("dead_letters")?;
         let meta = db.open_tree("meta")?;
+        let merkle = db.open_tree("merkle")?;
+        let checkpoints = db.open_tree("checkpoints")?;
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
@@ -136,6 +141,12 @@ impl Opened {
             cursors,
             dead_letters,
             meta,
+            tree_end: AtomicU64::new(
+                tree::TreeState::read(&merkle)?.map_or(first_seq, |t| t.first_seq + t.size),
+            ),
+            merkle,
+            checkpoints,
+            tree: Mutex::new(None),
             dedup: Mutex::new(dedup),
             initial_last_hash: last_hash,
             barrier: Mutex::new(barrier),
@@ -159,6 +170,7 @@ impl Opened {
         let (job_tx, job_rx) = mpsc::channel(JOB_QUEUE);
         let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
         let (index_tx, index_rx) = std::sync::mpsc::sync_channel(INDEX_QUEUE);
+        let (tree_stop, tree_stopped) = std::sync::mpsc::channel();
         let threads = vec![
             spawn("spool-writer", &shared, {
                 let shared = shared.clone();
@@ -172,10 +184,17 @@ impl Opened {
                 let shared = shared.clone();
                 move || index::run_indexer(shared, index_rx)
             }),
+            // Last: on close it signs a final checkpoint once the writer
+            // and flusher, joined before it, have made everything durable.
+            spawn("spool-tree", &shared, {
+                let shared = shared.clone();
+                move || tree::run_builder(shared, config.signing, tree_stopped)
+            }),
         ];
         Ok(Opened {
             shared: ManuallyDrop::new(shared),
             jobs: Mutex::new(Some(job_tx)),
+            tree_stop: Mutex::new(Some(tree_stop)),
             threads: Mutex::new(threads),
         })
     }
@@ -415,8 +434,11 @@ impl Opened {
     }
 
     /// See [`crate::Spool::verify`].
-    pub(crate) fn verify(&self) -> Result<VerifyReport, SpoolError> {
-        verify::verify(&self.shared)
+    pub(crate) fn verify(
+        &self,
+        key: Option<&auditrail_integrity::VerifierKey>,
+    ) -> Result<VerifyReport, SpoolError> {
+        verify::verify(&self.shared, key)
     }
 
     /// See [`crate::Spool::check_trees`].
@@ -435,8 +457,14 @@ impl Opened {
     /// See [`crate::Spool::close`].
     pub(crate) fn close(&self) -> Result<(), SpoolError> {
         lock(&self.jobs).take();
-        for handle in lock(&self.threads).drain(..) {
+        let mut threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        let tree = threads.pop();
+        for handle in threads {
             // A panic was caught inside the thread (see `spawn`).
+            let _ = handle.join();
+        }
+        lock(&self.tree_stop).take();
+        if let Some(handle) = tree {
             let _ = handle.join();
         }
         self.shared.sync()

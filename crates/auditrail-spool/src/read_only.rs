@@ -15,6 +15,8 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use auditrail_integrity::VerifierKey;
+
 use crate::durable::DB_FILE;
 use crate::verify::{Problem, ProblemKind, VerifyReport};
 use crate::watermark::{self, Previous, WATERMARK_FILE};
@@ -69,13 +71,18 @@ impl ReadOnlySpool {
         })
     }
 
-    /// [`Spool::verify`], plus what the durable watermark proves: events
+    /// [`Spool::verify`] (signatures checked with `key`), plus what the durable watermark proves: events
     /// acknowledged as durable that the spool no longer holds are missing.
-    pub fn verify(&self) -> Result<VerifyReport, SpoolError> {
-        let mut report = self.spool.verify()?;
+    pub fn verify(&self, key: Option<&VerifierKey>) -> Result<VerifyReport, SpoolError> {
+        let mut report = self.spool.verify(key)?;
         let last = report.highest_seq.unwrap_or(self.spool.stats().last_seq);
+        // The newest checkpoint may have said so already.
+        let known = report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Missing && p.seq == last + 1);
         match &self.watermark {
-            Previous::Seq(acked) if *acked > last => report.problems.push(Problem {
+            Previous::Seq(acked) if *acked > last && !known => report.problems.push(Problem {
                 seq: last + 1,
                 kind: ProblemKind::Missing,
                 detail: format!(

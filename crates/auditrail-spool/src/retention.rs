@@ -8,6 +8,10 @@
 //! removed, so that their index keys can be removed with them. Their event
 //! ids leave the dedup set too: a resend after retention is a new event.
 //!
+//! The Merkle tree outlives them too: a batch goes only once the tree
+//! holds its events, and the tree keeps its nodes above the leaves (see
+//! `tree.rs`).
+//!
 //! The chain's tail outlives the batches: before a batch goes, its last seq
 //! and hash are written to `meta` (key [`REMOVED_TAIL`]), so a spool that
 //! retention emptied still continues its seq and chain after a restart
@@ -47,6 +51,9 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
     let retention = u64::try_from(shared.retention.as_nanos()).unwrap_or(u64::MAX);
     let cutoff = now_unix_nano.saturating_sub(retention);
     let delivered = shared.slowest_cursor()?.unwrap_or(u64::MAX);
+    // Events leave only once the Merkle tree holds them: bring it up to date
+    // rather than wait for its thread.
+    crate::tree::step(shared, None, false)?;
     let mut stats = GcStats::default();
     for item in shared.batches.iter() {
         let (key, value) = item?;
@@ -54,6 +61,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         if view.max_received >= cutoff
             || view.last_seq() > shared.indexed_seq.load(Ordering::Acquire)
             || view.last_seq() > delivered
+            || view.last_seq() >= shared.tree_end.load(Ordering::Acquire)
         {
             break;
         }
@@ -81,6 +89,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         debug_assert_eq!(crate::seq_from_bytes(&key), view.first_seq);
     }
     if stats.events > 0 {
+        crate::tree::forget_leaves_below(shared, shared.first_seq.load(Ordering::Acquire))?;
         shared.sync()?;
         metrics::counter!("auditrail_spool_expired_events_total").increment(stats.events);
         tracing::info!(events = stats.events, "removed events past retention");

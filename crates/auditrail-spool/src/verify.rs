@@ -7,9 +7,14 @@
 
 use std::fmt;
 
+use std::collections::VecDeque;
+
+use auditrail_integrity::merkle::{self, Frontier};
+use auditrail_integrity::{Checkpoint, VerifierKey};
 use auditrail_model::{chain_hash, Hash, GENESIS_HASH};
 
 use crate::batch::BatchView;
+use crate::tree::{self, Tiles, TreeState};
 use crate::{retention, Shared, SpoolError};
 
 /// What is wrong at one place in the chain.
@@ -29,6 +34,9 @@ pub enum ProblemKind {
     Unlinked,
     /// A stored batch or event cannot be decoded at all.
     Unreadable,
+    /// A checkpoint whose signature fails, that names another log, or whose
+    /// predecessor is gone (a period with no checkpoint).
+    BadCheckpoint,
 }
 
 impl ProblemKind {
@@ -41,6 +49,7 @@ impl ProblemKind {
             ProblemKind::Modified => "modified",
             ProblemKind::Unlinked => "unlinked",
             ProblemKind::Unreadable => "unreadable",
+            ProblemKind::BadCheckpoint => "bad checkpoint",
         }
     }
 }
@@ -96,6 +105,25 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// The walk stopped early because there were too many problems.
     pub truncated: bool,
+    /// What the signed checkpoints proved.
+    pub checkpoints: CheckpointSummary,
+}
+
+/// What the walk found of the signed checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// Checkpoints stored.
+    pub total: u64,
+    /// Checkpoints whose signature (when a key was given), origin and link
+    /// to the one before hold, and whose root the retained events (and the
+    /// kept tree nodes of removed ones) hash to.
+    pub valid: u64,
+    /// Whether signatures were checked (a public key was given).
+    pub signatures_checked: bool,
+    /// Retained events after the newest checkpoint: not signed yet.
+    pub unsigned_tail: u64,
+    /// The newest valid checkpoint's tree size.
+    pub newest_size: Option<u64>,
 }
 
 impl VerifyReport {
@@ -115,6 +143,8 @@ struct Walk {
     /// Seq ranges found missing so far: a seq from one of them that turns
     /// up later was reordered, any other old seq is a second copy.
     gaps: Vec<(u64, u64)>,
+    /// Recomputes the Merkle tree as the events go by.
+    tree: Option<TreeWalk>,
 }
 
 impl Walk {
@@ -200,7 +230,17 @@ impl Walk {
     }
 }
 
-pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, SpoolError> {
+pub(crate) fn verify(
+    shared: &Shared,
+    key: Option<&VerifierKey>,
+) -> Result<VerifyReport, SpoolError> {
+    // The tree is derived from the batches: bring it up to them first, so
+    // that a spool whose server stopped before its builder caught up is
+    // checked all the same. It cannot when events it needs are gone; the
+    // walk says which.
+    if let Err(e) = tree::step(shared, None, false) {
+        tracing::debug!(error = %e, "the merkle tree could not catch up before verify");
+    }
     let removed_tail = retention::removed_tail(&shared.meta)?;
     let mut walk = Walk {
         report: VerifyReport {
@@ -211,11 +251,27 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, SpoolError> {
             start: ChainStart::Empty,
             problems: Vec::new(),
             truncated: false,
+            checkpoints: CheckpointSummary::default(),
         },
         expected_seq: None,
         prev: None,
         gaps: Vec::new(),
+        tree: None,
     };
+    let tree_state = TreeState::read(&shared.merkle)?;
+    let checkpoints = read_checkpoints(shared, key, tree_state, &mut walk)?;
+    walk.tree = tree_state.map(|state| TreeWalk {
+        first_seq: state.first_seq,
+        frontier: None,
+        next_seq: state.first_seq,
+        pending: checkpoints,
+        proven_through: state.first_seq - 1,
+        problems_before: walk.report.problems.len(),
+        broken: false,
+        pinned: 0,
+        tile: None,
+    });
+    walk.report.checkpoints.signatures_checked = key.is_some();
     let mut first = true;
     for item in shared.batches.iter() {
         let (key, value) = item?;
@@ -293,10 +349,302 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, SpoolError> {
                 Ok(prev) => prev,
                 Err(_) => walk.prev.unwrap_or(GENESIS_HASH),
             };
-            if walk.record(seq, stored_prev, canonical, stored_hash) {
+            let stop = walk.record(seq, stored_prev, canonical, stored_hash);
+            walk.leaf(shared, seq, canonical, stored_hash)?;
+            if stop {
                 return Ok(walk.report);
             }
         }
     }
+    walk.finish();
     Ok(walk.report)
+}
+
+/// The Merkle side of the walk.
+///
+/// Two checks. Each checkpoint's root is compared with the tree the walk
+/// recomputes as it reaches the checkpoint's size. And the stored tree
+/// nodes, once the newest checkpoint they agree with has authenticated
+/// them, pin each leaf: an event whose leaf hash differs from its stored
+/// leaf is named by seq, even when its chain was recomputed around it.
+struct TreeWalk {
+    /// The seq of leaf 0.
+    first_seq: u64,
+    /// Loaded at the first retained event, from the kept nodes of the
+    /// events retention removed before it.
+    frontier: Option<Frontier>,
+    next_seq: u64,
+    /// Checkpoints not reached yet, by size; `bool`: valid so far.
+    pending: VecDeque<(Checkpoint, bool)>,
+    /// The last seq a checkpoint proved.
+    proven_through: u64,
+    /// How many problems were known when the current checkpoint's
+    /// interval began: a root that does not match is news only if the walk
+    /// found nothing else wrong in the interval.
+    problems_before: usize,
+    /// Roots are no longer compared: seqs out of order, or a checkpoint
+    /// already failed (every later root differs for the same cause).
+    broken: bool,
+    /// Leaves below this index are pinned by stored nodes a signed root
+    /// authenticated.
+    pinned: u64,
+    /// The level-0 tile read last, for the pinned leaves.
+    tile: Option<(u64, Vec<u8>)>,
+}
+
+const TILE_WIDTH: u64 = 256;
+
+impl TreeWalk {
+    /// The stored leaf hash of leaf `index`, if it is pinned.
+    fn pinned_leaf(&mut self, shared: &Shared, index: u64) -> Option<Hash> {
+        if index >= self.pinned {
+            return None;
+        }
+        let tile = index / TILE_WIDTH;
+        if self.tile.as_ref().is_none_or(|(t, _)| *t != tile) {
+            let bytes = shared.merkle.get(tree::tile_key(0, tile)).ok()??;
+            self.tile = Some((tile, bytes.to_vec()));
+        }
+        let (_, bytes) = self.tile.as_ref()?;
+        let at = (index % TILE_WIDTH) as usize * 32;
+        bytes.get(at..at + 32)?.try_into().ok()
+    }
+}
+
+impl Walk {
+    /// Adds a walked event to the tree; checks the checkpoints it completes.
+    fn leaf(
+        &mut self,
+        shared: &Shared,
+        seq: u64,
+        canonical: &[u8],
+        stored_hash: Hash,
+    ) -> Result<(), SpoolError> {
+        let Some(tree) = self.tree.as_mut() else {
+            return Ok(());
+        };
+        if seq < tree.first_seq {
+            return Ok(());
+        }
+        if tree.frontier.is_none() && !tree.broken {
+            self.start_tree(shared, seq);
+        }
+        let tree = self.tree.as_mut().expect("checked above");
+        let leaf = merkle::leaf_hash(canonical);
+        if let Some(pinned) = tree.pinned_leaf(shared, seq - tree.first_seq) {
+            let already = self
+                .report
+                .problems
+                .iter()
+                .rev()
+                .take(4)
+                .any(|p| p.seq == seq && p.kind == ProblemKind::Modified);
+            if pinned != leaf && !already {
+                self.problem(
+                    seq,
+                    ProblemKind::Modified,
+                    "content does not hash to the leaf a signed checkpoint covers \
+                     (the chain was recomputed over the change)",
+                );
+            }
+        }
+        let tree = self.tree.as_mut().expect("checked above");
+        if tree.broken {
+            return Ok(());
+        }
+        if seq != tree.next_seq {
+            tree.broken = true;
+            return Ok(());
+        }
+        let frontier = tree.frontier.as_mut().expect("loaded by start_tree");
+        frontier.push(leaf, |_, _, _| {});
+        tree.next_seq += 1;
+        while tree
+            .pending
+            .front()
+            .is_some_and(|(c, _)| c.size == frontier.size())
+        {
+            let (checkpoint, valid) = tree.pending.pop_front().expect("front exists");
+            let matches = checkpoint.root == frontier.root() && checkpoint.chain == stored_hash;
+            let explained = self.report.problems.len() > tree.problems_before;
+            if !matches {
+                if !explained {
+                    let from = tree.proven_through + 1;
+                    self.report.problems.push(Problem {
+                        seq: from,
+                        kind: ProblemKind::Modified,
+                        detail: format!(
+                            "seq {from}..{seq} no longer hash to the root signed by the \
+                             checkpoint of tree size {}: an event in that range was changed \
+                             and the chain recomputed over it",
+                            checkpoint.size
+                        ),
+                    });
+                }
+                tree.broken = true;
+                break;
+            }
+            if valid {
+                self.report.checkpoints.valid += 1;
+                self.report.checkpoints.newest_size = Some(checkpoint.size);
+            }
+            tree.proven_through = seq;
+            tree.problems_before = self.report.problems.len();
+        }
+        Ok(())
+    }
+
+    /// At the first retained event of the tree: loads the tree of the events
+    /// retention removed before it, checks the checkpoints that cover only
+    /// those, and finds how far the stored nodes are authenticated.
+    fn start_tree(&mut self, shared: &Shared, seq: u64) {
+        let tree = self.tree.as_mut().expect("called with a tree");
+        let tiles = Tiles(&shared.merkle);
+        // The newest valid checkpoint whose root the stored nodes give.
+        tree.pinned = tree
+            .pending
+            .iter()
+            .rev()
+            .filter(|(_, valid)| *valid)
+            .find(|(c, _)| merkle::root(&tiles, c.size).is_ok_and(|r| r == c.root))
+            .map_or(0, |(c, _)| c.size);
+        let removed = seq - tree.first_seq;
+        match Frontier::load(&tiles, removed) {
+            Ok(frontier) => tree.frontier = Some(frontier),
+            Err(e) => {
+                tree.broken = true;
+                self.problem(
+                    seq,
+                    ProblemKind::Unreadable,
+                    format!("the kept tree nodes of the {removed} removed events: {e}"),
+                );
+                return;
+            }
+        }
+        tree.next_seq = seq;
+        tree.proven_through = seq - 1;
+        // Checkpoints of removed events only: their roots come from the kept
+        // nodes alone (when retention kept enough of them to say).
+        while let Some((checkpoint, valid)) = tree.pending.front().cloned() {
+            if checkpoint.size > removed {
+                break;
+            }
+            tree.pending.pop_front();
+            let root = merkle::root(&tiles, checkpoint.size).ok();
+            if valid && root.is_none_or(|r| r == checkpoint.root) {
+                self.report.checkpoints.valid += 1;
+                self.report.checkpoints.newest_size = Some(checkpoint.size);
+            }
+        }
+    }
+
+    /// After the last event: checkpoints past it sign events that are gone.
+    fn finish(&mut self) {
+        let last_retained = self.report.highest_seq;
+        let Some(tree) = self.tree.as_mut() else {
+            return;
+        };
+        let newest = tree
+            .pending
+            .iter()
+            .rev()
+            .find(|(_, valid)| *valid)
+            .map(|(c, _)| c.clone());
+        if let Some(newest) = newest {
+            let from = tree.next_seq.max(last_retained.map_or(0, |l| l + 1));
+            if newest.last_seq() >= from {
+                self.report.problems.push(Problem {
+                    seq: from,
+                    kind: ProblemKind::Missing,
+                    detail: format!(
+                        "seq {from}..{} absent, though the checkpoint of tree size {} signed them",
+                        newest.last_seq(),
+                        newest.size
+                    ),
+                });
+            }
+        }
+        let signed_through = self
+            .report
+            .checkpoints
+            .newest_size
+            .map_or(tree.first_seq - 1, |size| tree.first_seq + size - 1);
+        self.report.checkpoints.unsigned_tail =
+            last_retained.map_or(0, |last| last.saturating_sub(signed_through));
+    }
+}
+
+/// Reads and checks every stored checkpoint on its own (signature, origin,
+/// link to the one before); returns those whose root is still to compare.
+fn read_checkpoints(
+    shared: &Shared,
+    key: Option<&VerifierKey>,
+    state: Option<TreeState>,
+    walk: &mut Walk,
+) -> Result<VecDeque<(Checkpoint, bool)>, SpoolError> {
+    let stored = tree::checkpoints(shared)?;
+    walk.report.checkpoints.total = stored.len() as u64;
+    let spool_id = shared.identity.get().map(|i| i.spool_id.clone());
+    let mut pending = VecDeque::new();
+    let mut previous = 0;
+    for stored in stored {
+        let first_seq = state.map_or(1, |s| s.first_seq);
+        let seq = (first_seq + stored.size).saturating_sub(1);
+        let opened = match key {
+            Some(key) => Checkpoint::open(&stored.note, key),
+            None => Checkpoint::parse_unverified(&stored.note),
+        };
+        let checkpoint = match opened {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => {
+                walk.problem(
+                    seq,
+                    ProblemKind::BadCheckpoint,
+                    format!("checkpoint of tree size {}: {e}", stored.size),
+                );
+                continue;
+            }
+        };
+        let mut wrong = Vec::new();
+        if checkpoint.size != stored.size {
+            wrong.push(format!("it is stored as tree size {}", stored.size));
+        }
+        if let Some(id) = &spool_id {
+            if !checkpoint.origin.ends_with(&format!("/{id}")) {
+                wrong.push(format!(
+                    "its origin {:?} is not this spool's",
+                    checkpoint.origin
+                ));
+            }
+        }
+        if checkpoint.first_seq != first_seq {
+            wrong.push(format!(
+                "it starts the tree at seq {}, the spool at {first_seq}",
+                checkpoint.first_seq
+            ));
+        }
+        if checkpoint.previous != previous {
+            wrong.push(match previous {
+                0 => format!(
+                    "the checkpoint before it (tree size {}) is missing",
+                    checkpoint.previous
+                ),
+                _ => format!(
+                    "it follows tree size {}, but the checkpoint before it is of size {previous}: \
+                     the checkpoints between are missing",
+                    checkpoint.previous
+                ),
+            });
+        }
+        for why in &wrong {
+            walk.problem(
+                seq,
+                ProblemKind::BadCheckpoint,
+                format!("checkpoint of tree size {}: {why}", stored.size),
+            );
+        }
+        previous = stored.size;
+        pending.push_back((checkpoint, wrong.is_empty()));
+    }
+    Ok(pending)
 }

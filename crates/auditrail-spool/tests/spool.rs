@@ -380,7 +380,7 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
             .await
             .unwrap();
         spool.append(vec![event("c", 3, "u", "x")]).await.unwrap();
-        let report = spool.verify().unwrap();
+        let report = spool.verify(None).unwrap();
         assert!(report.is_intact(), "{:?}", report.problems);
         assert_eq!(
             (report.events, report.first_seq, report.last_seq),
@@ -400,7 +400,7 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
         db.flush().unwrap();
     }
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
-    let report = spool.verify().unwrap();
+    let report = spool.verify(None).unwrap();
     let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(
         problems,
@@ -453,7 +453,7 @@ async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> auditrail_spool::VerifyRe
     }
     let before = file_digests(dir.path());
     let spool = reopen(|| ReadOnlySpool::open(dir.path()));
-    let report = spool.verify().unwrap();
+    let report = spool.verify(None).unwrap();
     drop(spool);
     assert_eq!(before, file_digests(dir.path()), "verify changed the spool");
     report
@@ -840,7 +840,7 @@ async fn dead_letters_keep_the_event_through_retention_and_replay_marks() {
         [3],
         "a spool emptied by retention continues its seq after a restart"
     );
-    assert!(spool.verify().unwrap().is_intact());
+    assert!(spool.verify(None).unwrap().is_intact());
 }
 
 /// Opens a spool that this process closed a moment ago (see [`reopen`]),
@@ -911,7 +911,7 @@ async fn an_empty_conf_is_rewritten_and_the_data_kept() {
     let spool = reopen_result(dir.path()).unwrap();
     assert_eq!(spool.stats().events, 3000);
     assert_eq!(all(&spool).len(), 3000);
-    assert!(spool.verify().unwrap().problems.is_empty());
+    assert!(spool.verify(None).unwrap().problems.is_empty());
     drop(spool);
     assert!(
         std::fs::metadata(dir.path().join("conf")).unwrap().len() > 8,
@@ -949,7 +949,7 @@ async fn a_new_spool_is_pending_until_its_first_seq_is_decided() {
     // A new chain: the first event links to the genesis hash.
     let events = all(&spool);
     assert_eq!(events[0].prev_hash, GENESIS_HASH);
-    assert!(spool.verify().unwrap().is_intact());
+    assert!(spool.verify(None).unwrap().is_intact());
     spool.register_sink("s").unwrap();
     assert_eq!(spool.read(0, 10).unwrap().len(), 2);
     drop(spool);
