@@ -105,7 +105,7 @@ impl Checkpoint {
             .ok_or(Malformed("no origin line"))?;
         let size = lines
             .next()
-            .and_then(|l| decimal(l))
+            .and_then(decimal)
             .ok_or(Malformed("the tree size is not a decimal number"))?;
         let root = lines
             .next()

@@ -44,6 +44,8 @@ pub struct Filter {
     pub text: Option<String>,
     /// Exactly the event's `tenant`.
     pub tenant: Option<String>,
+    /// Exactly the event's `event_id` (no index: a scan).
+    pub event_id: Option<String>,
     pub after_seq: Option<u64>,
     /// 0 means no limit.
     pub limit: usize,
@@ -54,6 +56,7 @@ impl Filter {
         self.since.is_none_or(|t| e.time_unix_nano >= t)
             && self.until.is_none_or(|t| e.time_unix_nano <= t)
             && self.tenant.as_ref().is_none_or(|t| &e.tenant == t)
+            && self.event_id.as_ref().is_none_or(|id| &e.event_id == id)
             && self.event_name.as_ref().is_none_or(|n| &e.event_name == n)
             && self
                 .actor

@@ -85,6 +85,7 @@ impl ReadOnlySpool {
             Previous::Seq(acked) if *acked > last && !known => report.problems.push(Problem {
                 seq: last + 1,
                 kind: ProblemKind::Missing,
+                count: acked - last,
                 detail: format!(
                     "seq {}..{acked} were acknowledged as durable ({WATERMARK_FILE} says so) but are gone",
                     last + 1
@@ -93,6 +94,7 @@ impl ReadOnlySpool {
             Previous::Damaged(why) => report.problems.push(Problem {
                 seq: last,
                 kind: ProblemKind::Unreadable,
+                count: 0,
                 detail: format!("the durable watermark {WATERMARK_FILE} is unreadable: {why}"),
             }),
             _ => {}

@@ -73,7 +73,7 @@ pub(crate) fn tile_key(tile_level: u8, tile: u64) -> [u8; 10] {
 }
 
 fn hashes_of(bytes: &[u8]) -> Result<Vec<Hash>, SpoolError> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(SpoolError::Corrupt(
             "a merkle tile is not a whole number of hashes".into(),
         ));
@@ -162,7 +162,10 @@ pub(crate) struct Builder {
     open_tiles: Vec<(u64, Vec<Hash>)>,
     /// The chain hash of the last leaf.
     chain: Hash,
-    last_checkpoint: Option<(u64, Instant)>,
+    /// The tree size the newest checkpoint signed.
+    signed_size: u64,
+    /// Since when leaves beyond `signed_size` have been waiting.
+    unsigned_since: Option<Instant>,
 }
 
 impl Builder {
@@ -213,16 +216,17 @@ impl Builder {
             0 => auditrail_model::GENESIS_HASH,
             _ => chain_hash_of(shared, state.last_seq())?,
         };
-        let last_checkpoint = shared
+        let signed_size = shared
             .checkpoints
             .last()?
-            .map(|(k, _)| (crate::seq_from_bytes(&k), Instant::now()));
+            .map_or(0, |(k, _)| crate::seq_from_bytes(&k));
         Ok(Some(Builder {
             state,
             frontier,
             open_tiles,
             chain,
-            last_checkpoint,
+            signed_size,
+            unsigned_since: (state.size > signed_size).then(Instant::now),
         }))
     }
 
@@ -258,7 +262,7 @@ impl Builder {
                 let (canonical, hash) = view.record(i)?;
                 let open_tiles = &mut self.open_tiles;
                 let mut emit = |level: u8, index: u64, h: &Hash| {
-                    if level % TILE_HEIGHT != 0 {
+                    if !level.is_multiple_of(TILE_HEIGHT) {
                         return;
                     }
                     let tile_level = level / TILE_HEIGHT;
@@ -297,6 +301,9 @@ impl Builder {
             writes.insert(&tile_key(tile_level, tile), hashes.concat());
         }
         self.state.size = next - self.state.first_seq;
+        if self.state.size > self.signed_size && self.unsigned_since.is_none() {
+            self.unsigned_since = Some(Instant::now());
+        }
         writes.insert(STATE_KEY, self.state.bytes());
         shared.merkle.apply_batch(writes)?;
         shared.tree_end.store(next, Ordering::Release);
@@ -311,12 +318,10 @@ impl Builder {
         force: bool,
     ) -> Result<Option<String>, SpoolError> {
         let size = self.state.size;
-        let (covered, since) = match self.last_checkpoint {
-            Some((covered, at)) => (covered, at.elapsed()),
-            None => (0, Duration::MAX),
-        };
+        let covered = self.signed_size;
         let pending = size.saturating_sub(covered);
-        if pending == 0 || !(force || pending >= signing.every_events || since >= signing.interval)
+        let waited = self.unsigned_since.map_or(Duration::ZERO, |t| t.elapsed());
+        if pending == 0 || !(force || pending >= signing.every_events || waited >= signing.interval)
         {
             return Ok(None);
         }
@@ -344,7 +349,8 @@ impl Builder {
         // Durable before anyone is shown it: a checkpoint exported and then
         // lost in a crash would look like a removed one.
         shared.sync()?;
-        self.last_checkpoint = Some((size, Instant::now()));
+        self.signed_size = size;
+        self.unsigned_since = None;
         metrics::counter!("auditrail_checkpoints_total").increment(1);
         metrics::gauge!("auditrail_checkpoint_tree_size").set(size as f64);
         tracing::debug!(size, "signed a checkpoint");
@@ -541,7 +547,7 @@ pub(crate) fn prove_consistency(
         .first_seq
         .load(Ordering::Acquire)
         .saturating_sub(state.first_seq);
-    if old.size % TILE_WIDTH != 0 && old.size / TILE_WIDTH < retained_from / TILE_WIDTH {
+    if !old.size.is_multiple_of(TILE_WIDTH) && old.size / TILE_WIDTH < retained_from / TILE_WIDTH {
         return Err(SpoolError::ProofPastRetention { size: old.size });
     }
     let hashes = match old.size {

@@ -61,6 +61,9 @@ pub struct Problem {
     /// missing one).
     pub seq: u64,
     pub kind: ProblemKind,
+    /// How many seqs it concerns (for [`ProblemKind::Missing`], how many
+    /// are absent; 0 for [`ProblemKind::BadCheckpoint`]).
+    pub count: u64,
     /// What exactly was found.
     pub detail: String,
 }
@@ -149,9 +152,22 @@ struct Walk {
 
 impl Walk {
     fn problem(&mut self, seq: u64, kind: ProblemKind, detail: impl Into<String>) -> bool {
+        let count = u64::from(kind != ProblemKind::BadCheckpoint);
+        self.problem_of(seq, count, kind, detail)
+    }
+
+    /// A problem that concerns `count` seqs from `seq` on.
+    fn problem_of(
+        &mut self,
+        seq: u64,
+        count: u64,
+        kind: ProblemKind,
+        detail: impl Into<String>,
+    ) -> bool {
         self.report.problems.push(Problem {
             seq,
             kind,
+            count,
             detail: detail.into(),
         });
         if self.report.problems.len() >= MAX_PROBLEMS {
@@ -175,7 +191,7 @@ impl Walk {
                     format!("seq {want}..{} absent", seq - 1)
                 };
                 self.gaps.push((want, seq - 1));
-                stop |= self.problem(want, ProblemKind::Missing, detail)
+                stop |= self.problem_of(want, seq - want, ProblemKind::Missing, detail)
             }
             Some(want) if seq < want => {
                 // Below the walk's position: either a seq that was missing
@@ -326,7 +342,7 @@ pub(crate) fn verify(
                     let last = view.first_seq - 1;
                     walk.gaps.push((1, last));
                     let detail = format!("seq 1..{last} absent, and retention did not remove them");
-                    if walk.problem(1, ProblemKind::Missing, detail) {
+                    if walk.problem_of(1, last, ProblemKind::Missing, detail) {
                         return Ok(walk.report);
                     }
                     ChainStart::Unanchored { prev_hash: prev }
@@ -473,6 +489,7 @@ impl Walk {
                     self.report.problems.push(Problem {
                         seq: from,
                         kind: ProblemKind::Modified,
+                        count: 1,
                         detail: format!(
                             "seq {from}..{seq} no longer hash to the root signed by the \
                              checkpoint of tree size {}: an event in that range was changed \
@@ -556,6 +573,7 @@ impl Walk {
                 self.report.problems.push(Problem {
                     seq: from,
                     kind: ProblemKind::Missing,
+                    count: newest.last_seq() + 1 - from,
                     detail: format!(
                         "seq {from}..{} absent, though the checkpoint of tree size {} signed them",
                         newest.last_seq(),

@@ -31,6 +31,11 @@ pub struct AdminState {
 pub fn router(state: AdminState, auth: AdminAuth) -> Router {
     operations_router(state.clone())
         .route("/v1/events", get(events))
+        .route("/v1/proof", get(crate::integrity::proof_handler))
+        .route(
+            "/v1/checkpoints",
+            get(crate::integrity::checkpoints_handler),
+        )
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/sinks/{name}/forget", post(forget_sink))

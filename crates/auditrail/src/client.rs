@@ -1,4 +1,4 @@
-//! The commands that read events: `query`, `tail` and `verify`, against a
+//! The commands that read events: `query` and `tail`, against a
 //! running server's admin API or a stopped server's spool directory.
 
 use std::io::Write;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use auditrail_spool::{check_is_spool, Budget, ChainStart, ReadOnlySpool, Spool, SpoolConfig};
+use auditrail_spool::{check_is_spool, Budget, Spool, SpoolConfig};
 
 use crate::output::{EventView, EventsPage, Format, PageEnd, PageLine, Printer};
 use crate::query_args::QueryArgs;
@@ -417,52 +417,4 @@ pub async fn tail(read: ReadArgs, every: Duration) -> anyhow::Result<()> {
         out.flush()?;
         after = end.next_after_seq;
     }
-}
-
-/// `auditrail verify --data-dir`: walks the chain of a stopped server's
-/// spool, read-only. `Ok(false)` when it found tampering.
-pub fn verify(data_dir: PathBuf) -> anyhow::Result<bool> {
-    let spool = ReadOnlySpool::open(&data_dir)
-        .with_context(|| format!("opening spool {} read-only", data_dir.display()))?;
-    let report = spool.verify()?;
-    let mut out = std::io::stdout().lock();
-    match (report.first_seq, report.last_seq) {
-        (Some(first), Some(last)) => writeln!(
-            out,
-            "checked {} events, seq {first}..{last}, in {}",
-            report.events,
-            data_dir.display()
-        )?,
-        _ => writeln!(out, "no events in {}", data_dir.display())?,
-    }
-    let start = match report.start {
-        ChainStart::Empty => "nothing to check".to_owned(),
-        ChainStart::Genesis => "the chain starts at genesis: no hash taken on trust".to_owned(),
-        ChainStart::RemovedTail {
-            last_removed_seq,
-            hash,
-        } => format!(
-            "retention removed seq ..{last_removed_seq}; trusted start: their last hash {} as recorded then",
-            hex::encode(hash)
-        ),
-        ChainStart::Unanchored { prev_hash } => format!(
-            "trusted start: the first event's prev_hash {} (nothing records what came before)",
-            hex::encode(prev_hash)
-        ),
-    };
-    writeln!(out, "{start}")?;
-    for problem in &report.problems {
-        writeln!(out, "BROKEN: {problem}")?;
-    }
-    if report.truncated {
-        writeln!(
-            out,
-            "too many problems; stopped after {}",
-            report.problems.len()
-        )?;
-    }
-    if report.is_intact() {
-        writeln!(out, "chain intact")?;
-    }
-    Ok(report.is_intact())
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use auditrail::config::Config;
-use auditrail::{client, dead_letters, serve, sinks, spool_check};
+use auditrail::{client, dead_letters, integrity, serve, sinks, spool_check};
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the
@@ -48,13 +48,58 @@ enum Command {
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         every: Duration,
     },
-    /// Re-walk the hash chain of a stopped server's spool, read-only.
-    /// Exit 0: intact; 1: tampering found (each problem names its seq and
-    /// kind); 2: the spool could not be checked.
+    /// Check that nothing was altered, removed, reordered or inserted:
+    /// a stopped server's spool (its hash chain, Merkle tree and signed
+    /// checkpoints), or a proof file, offline. Exit 0: intact; 1: tampering
+    /// found (each problem names its seq and kind); 2: it could not be
+    /// checked (usage, a missing or busy spool, a bad key).
     Verify {
-        /// The spool directory.
-        #[arg(long = "data-dir", default_value = "auditrail-data")]
+        /// The spool directory (read-only; its server must be stopped).
+        #[arg(
+            long = "data-dir",
+            default_value = "auditrail-data",
+            conflicts_with = "proof"
+        )]
         data_dir: PathBuf,
+        /// A proof file from `auditrail prove`, checked offline.
+        #[arg(long, requires = "pubkey")]
+        proof: Option<PathBuf>,
+        /// The auditor's copy of the verifier (public) key, or a file
+        /// holding it (`auditrail keygen` writes KEY.pub). Without it
+        /// checkpoints are compared but their signatures not checked.
+        #[arg(long, value_name = "KEY|FILE")]
+        pubkey: Option<String>,
+    },
+    /// Write a new checkpoint signing key: FILE (secret, mode 0600, for
+    /// `[integrity] key_file`) and FILE.pub (the verifier key, for
+    /// auditors); prints the verifier key.
+    Keygen {
+        /// Where to write the signer key.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: PathBuf,
+        /// The key's name, shown in every signature line.
+        #[arg(long, default_value = "auditrail")]
+        name: String,
+    },
+    /// Print a proof to check offline with `verify --proof`: that an event
+    /// (`--seq` or `--event-id`) is in a signed checkpoint, or that a
+    /// checkpoint extends an older one (`--from-size`).
+    Prove {
+        #[arg(long, conflicts_with_all = ["event_id", "from_size"], required_unless_present_any = ["event_id", "from_size"])]
+        seq: Option<u64>,
+        #[arg(long = "event-id", conflicts_with = "from_size")]
+        event_id: Option<String>,
+        /// A consistency proof from the checkpoint of this tree size.
+        #[arg(long = "from-size")]
+        from_size: Option<u64>,
+        /// Against the checkpoint of this tree size (default: the newest).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Write the proof here instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        at: client::Location,
     },
     /// Look after a stopped server's spool.
     #[command(subcommand)]
@@ -124,11 +169,43 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tail { read, every } => runtime()?.block_on(client::tail(read, every))?,
         Command::DeadLetter(command) => runtime()?.block_on(dead_letters::run(command))?,
         Command::Sink(command) => runtime()?.block_on(sinks::run(command))?,
-        Command::Verify { data_dir } => match client::verify(data_dir) {
-            Ok(true) => {}
-            Ok(false) => return Ok(ExitCode::FAILURE),
-            Err(e) => return Ok(cannot_check(e)),
-        },
+        Command::Verify {
+            data_dir,
+            proof,
+            pubkey,
+        } => {
+            let key = match pubkey.as_deref().map(integrity::read_verifier).transpose() {
+                Ok(key) => key,
+                Err(e) => return Ok(cannot_check(e)),
+            };
+            let verdict = match (proof, &key) {
+                (Some(proof), Some(key)) => integrity::verify_proof(&proof, key),
+                _ => integrity::verify_spool(&data_dir, key.as_ref()),
+            };
+            match verdict {
+                Ok(true) => {}
+                Ok(false) => return Ok(ExitCode::FAILURE),
+                Err(e) => return Ok(cannot_check(e)),
+            }
+        }
+        Command::Keygen { out, name } => integrity::keygen(&name, &out)?,
+        Command::Prove {
+            seq,
+            event_id,
+            from_size,
+            size,
+            out,
+            at,
+        } => runtime()?.block_on(integrity::prove_command(
+            at,
+            integrity::ProveParams {
+                seq,
+                event_id,
+                from_size,
+                size,
+            },
+            out,
+        ))?,
         Command::Spool(SpoolCommand::Check { data_dir }) => match spool_check::run(&data_dir) {
             Ok(spool_check::Verdict::Healthy) => {}
             Ok(spool_check::Verdict::Damaged) => return Ok(ExitCode::FAILURE),

@@ -104,6 +104,7 @@ impl QueryArgs {
             trace_id,
             text: self.text.clone(),
             tenant: self.tenant.clone(),
+            event_id: None,
             after_seq: self.after_seq,
             limit: self.limit,
         })

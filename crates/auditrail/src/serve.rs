@@ -251,6 +251,7 @@ pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {
         max_disk_bytes: config.spool.max_disk.as_u64(),
         retention: config.spool.retention,
         cache_bytes: config.spool.cache.as_u64(),
+        signing: crate::integrity::signing(config)?,
     })
     .with_context(|| format!("opening spool {}", config.spool.dir.display()))?;
     Ok(Arc::new(spool))

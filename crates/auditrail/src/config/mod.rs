@@ -49,6 +49,8 @@ pub struct Config {
     pub admin: AdminSection,
     pub spool: SpoolSection,
     pub query: QuerySection,
+    /// `[integrity]`: the checkpoint signing key and how often it signs.
+    pub integrity: IntegritySection,
     /// `[oidc]`: JWTs from an OpenID Connect issuer (see [`auth::OidcSection`]).
     pub oidc: Option<OidcSection>,
     /// `[[sinks]]`: see `auditrail_exporters::SinkConfig`.
@@ -248,6 +250,30 @@ impl Default for SpoolSection {
     }
 }
 
+/// `[integrity]`: signed checkpoints of the spool's Merkle tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegritySection {
+    /// The ed25519 signer key, as `auditrail keygen` writes it. Without
+    /// one the tree is kept but no checkpoint is signed.
+    pub key_file: Option<PathBuf>,
+    /// Sign once this many events are not covered by a checkpoint...
+    pub checkpoint_every: u64,
+    /// ...or once the oldest of them waited this long.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for IntegritySection {
+    fn default() -> Self {
+        IntegritySection {
+            key_file: None,
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuerySection {
@@ -352,6 +378,15 @@ impl Config {
             if !template.contains("{trace_id}") {
                 return Err("query.trace_url must contain {trace_id}".into());
             }
+        }
+        if self.integrity.checkpoint_every == 0 {
+            return Err("integrity.checkpoint_every must be at least 1".into());
+        }
+        if self.integrity.checkpoint_interval.is_zero() {
+            return Err("integrity.checkpoint_interval must be longer than 0s".into());
+        }
+        if let Some(path) = &self.integrity.key_file {
+            crate::integrity::read_signer(path)?;
         }
         let mut names = std::collections::HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {

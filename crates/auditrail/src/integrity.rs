@@ -1,0 +1,456 @@
+//! `auditrail keygen`, `prove` and `verify`: the commands around the signed
+//! Merkle tree (see `auditrail-integrity`), and the admin API's
+//! `GET /v1/proof`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use auditrail_integrity::{Proof, SignerKey, VerifierKey};
+use auditrail_model::AuditEvent;
+use auditrail_spool::{
+    Budget, ChainStart, Filter, ProblemKind, ReadOnlySpool, Spool, SpoolError, VerifyReport,
+};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use crate::admin::{error_response, AdminState};
+use crate::client::Location;
+use crate::scope::{ReadScope, Tenants};
+
+/// `auditrail keygen`: writes the signer key to `out` (mode 0600, never
+/// over an existing file) and the verifier key to `out.pub`; prints the
+/// verifier key, which is what auditors get.
+pub fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
+    let key = SignerKey::generate(name).context("keygen --name")?;
+    let public = out.with_extension("pub");
+    for path in [out, public.as_path()] {
+        if path.exists() {
+            bail!(
+                "{} exists already; keygen never overwrites a key",
+                path.display()
+            );
+        }
+    }
+    write_new(out, &format!("{}\n", key.to_text()), 0o600)?;
+    write_new(&public, &format!("{}\n", key.verifier()), 0o644)?;
+    println!("{}", key.verifier());
+    eprintln!(
+        "signer key (keep it secret; [integrity] key_file names it): {}\n\
+         verifier key (give it to auditors; `verify --pubkey` takes it): {}",
+        out.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads a signer key file, as `[integrity] key_file` names it.
+pub fn read_signer(path: &Path) -> Result<SignerKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("integrity.key_file {}: {e}", path.display()))?;
+    SignerKey::parse(&text).map_err(|e| {
+        format!(
+            "integrity.key_file {}: {e} (write one with `auditrail keygen`)",
+            path.display()
+        )
+    })
+}
+
+/// `--pubkey`: the verifier key itself, or a file holding it.
+pub fn read_verifier(arg: &str) -> anyhow::Result<VerifierKey> {
+    let text = match std::fs::read_to_string(arg) {
+        Ok(text) => text,
+        Err(_) if arg.contains('+') => arg.to_owned(),
+        Err(e) => bail!("--pubkey {arg}: not a key, and cannot be read as a file: {e}"),
+    };
+    VerifierKey::parse(&text).with_context(|| format!("--pubkey {arg}"))
+}
+
+/// What `auditrail prove` proves.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProveParams {
+    /// The event, by seq...
+    pub seq: Option<u64>,
+    /// ...or by event id.
+    pub event_id: Option<String>,
+    /// A consistency proof from the checkpoint of this tree size.
+    pub from_size: Option<u64>,
+    /// Against the checkpoint of this tree size (default: the newest).
+    pub size: Option<u64>,
+}
+
+/// Why a proof was not made: the caller's mistake or the spool's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error("say what to prove: seq, event_id or from_size")]
+    NothingAsked,
+    #[error("no event with id {0:?} is retained")]
+    NoSuchEvent(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl ProveError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProveError::NothingAsked => StatusCode::BAD_REQUEST,
+            ProveError::NoSuchEvent(_) => StatusCode::NOT_FOUND,
+            ProveError::Spool(
+                SpoolError::NoCheckpoint { .. }
+                | SpoolError::NotCovered { .. }
+                | SpoolError::NotRetained(_)
+                | SpoolError::ProofPastRetention { .. },
+            ) => StatusCode::NOT_FOUND,
+            ProveError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Makes the proof `params` asks for. An inclusion proof is made only of
+/// an event `tenants` may see; any other answers as if it did not exist.
+pub fn prove(spool: &Spool, params: &ProveParams, tenants: &Tenants) -> Result<Proof, ProveError> {
+    if let Some(from) = params.from_size {
+        // Hashes and signed roots only: nothing of any tenant's events.
+        return Ok(Proof::Consistency(
+            spool.prove_consistency(from, params.size)?,
+        ));
+    }
+    let filter = match (&params.event_id, params.seq) {
+        (Some(id), _) => Filter {
+            event_id: Some(id.clone()),
+            limit: 1,
+            ..Filter::default()
+        },
+        (None, Some(seq)) => Filter {
+            after_seq: Some(seq.saturating_sub(1)),
+            limit: 1,
+            ..Filter::default()
+        },
+        (None, None) => return Err(ProveError::NothingAsked),
+    };
+    let (events, _) = spool.query_within(&filter, &Budget::default())?;
+    let visible = |e: &AuditEvent| match tenants {
+        Tenants::All => true,
+        Tenants::Only(own) => &e.tenant == own,
+        Tenants::Nothing => false,
+    };
+    let event = events
+        .into_iter()
+        .find(|e| params.seq.is_none_or(|seq| e.seq == seq) && visible(e));
+    match (event, &params.event_id, params.seq) {
+        (Some(event), _, _) => Ok(Proof::Inclusion(
+            spool.prove_inclusion(event.seq, params.size)?,
+        )),
+        (None, Some(id), _) => Err(ProveError::NoSuchEvent(id.clone())),
+        (None, None, Some(seq)) => Err(ProveError::Spool(SpoolError::NotRetained(seq))),
+        (None, None, None) => Err(ProveError::NothingAsked),
+    }
+}
+
+/// `GET /v1/proof?seq=N|event_id=ID|from_size=M[&size=S]`: a proof file.
+/// A tenant proves only its own events.
+pub async fn proof_handler(
+    State(state): State<AdminState>,
+    scope: Option<Extension<ReadScope>>,
+    params: Result<Query<ProveParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    // A tenant reader's scope is its own tenant; the operator's, all.
+    let tenants = ReadScope::of(scope).restrict(None);
+    let spool = state.spool.clone();
+    let proved = tokio::task::spawn_blocking(move || prove(&spool, &params, &tenants)).await;
+    match proved {
+        Ok(Ok(proof)) => Json(proof).into_response(),
+        Ok(Err(e)) => error_response(e.status(), e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /v1/checkpoints`: every signed checkpoint, oldest first, as
+/// `{"checkpoints": [{"size": N, "note": "<signed note>"}]}`. Roots and
+/// signatures only, so any reader may have them: auditors keep copies (as
+/// witnesses do), which a rewrite of the spool cannot reach.
+pub async fn checkpoints_handler(State(state): State<AdminState>) -> Response {
+    let spool = state.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.checkpoints()).await {
+        Ok(Ok(list)) => {
+            let list: Vec<_> = list
+                .into_iter()
+                .map(|c| serde_json::json!({ "size": c.size, "note": c.note }))
+                .collect();
+            Json(serde_json::json!({ "checkpoints": list })).into_response()
+        }
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `auditrail prove`: from a running server's admin API, or a stopped
+/// server's spool; the proof file goes to `out` or stdout.
+pub async fn prove_command(
+    at: Location,
+    params: ProveParams,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let proof: Proof = match at.open_spool()? {
+        Some(spool) => tokio::task::spawn_blocking(move || prove(&spool, &params, &Tenants::All))
+            .await?
+            .map_err(anyhow::Error::from)?,
+        None => {
+            let client = at.client()?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(seq) = params.seq {
+                query.push(("seq", seq.to_string()));
+            }
+            if let Some(id) = &params.event_id {
+                query.push(("event_id", id.clone()));
+            }
+            if let Some(from) = params.from_size {
+                query.push(("from_size", from.to_string()));
+            }
+            if let Some(size) = params.size {
+                query.push(("size", size.to_string()));
+            }
+            let answer = at
+                .call(client.get(at.url("/v1/proof")).query(&query))
+                .await?;
+            serde_json::from_value(answer).context("the admin API's proof is not a proof file")?
+        }
+    };
+    let json = serde_json::to_string_pretty(&proof)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout().write_all(json.as_bytes())?,
+    }
+    Ok(())
+}
+
+/// `auditrail verify --proof FILE --pubkey KEY`: offline, with nothing but
+/// the file and the key. `Ok(false)` when the proof does not hold.
+pub fn verify_proof(file: &Path, key: &VerifierKey) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let proof: Proof = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an auditrail proof file", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    match proof {
+        Proof::Inclusion(proof) => match proof.verify(key) {
+            Ok(checkpoint) => {
+                let event = proof
+                    .event_bytes()
+                    .ok()
+                    .and_then(|b| AuditEvent::from_canonical_bytes(&b).ok());
+                if let Some(event) = &event {
+                    if event.seq != proof.seq {
+                        writeln!(
+                            out,
+                            "INVALID: the event inside says seq {}, the proof seq {}",
+                            event.seq, proof.seq
+                        )?;
+                        return Ok(false);
+                    }
+                }
+                writeln!(
+                    out,
+                    "valid: seq {} is leaf {} of {}'s tree of {} events, signed by {} at {}",
+                    proof.seq,
+                    proof.leaf_index,
+                    checkpoint.origin,
+                    checkpoint.size,
+                    key.name(),
+                    time_text(checkpoint.time_unix_nano)
+                )?;
+                if let Some(event) = event {
+                    writeln!(
+                        out,
+                        "event {}: {} by {} ({}), tenant {}, at {}",
+                        event.event_id,
+                        event.event_name,
+                        event.actor_id,
+                        event.outcome.as_str(),
+                        event.tenant,
+                        time_text(event.time_unix_nano)
+                    )?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                writeln!(out, "INVALID: {e}")?;
+                Ok(false)
+            }
+        },
+        Proof::Consistency(proof) => match proof.verify(key) {
+            Ok((old, new)) => {
+                writeln!(
+                    out,
+                    "valid: {}'s tree of {} events extends its tree of {}: history up to \
+                     seq {} was only appended to",
+                    new.origin,
+                    new.size,
+                    old.size,
+                    old.last_seq()
+                )?;
+                Ok(true)
+            }
+            Err(e) => {
+                writeln!(out, "INVALID: {e}")?;
+                Ok(false)
+            }
+        },
+    }
+}
+
+fn time_text(unix_nano: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nano);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// `auditrail verify --data-dir`: walks the chain and the Merkle tree of a
+/// stopped server's spool, read-only. `Ok(false)` when it found tampering.
+pub fn verify_spool(data_dir: &Path, key: Option<&VerifierKey>) -> anyhow::Result<bool> {
+    let spool = ReadOnlySpool::open(data_dir)
+        .with_context(|| format!("opening spool {} read-only", data_dir.display()))?;
+    let report = spool.verify(key)?;
+    let mut out = std::io::stdout().lock();
+    print_report(&mut out, &report, &data_dir.display().to_string(), key)?;
+    Ok(report.is_intact())
+}
+
+/// Prints a report: where the chain starts, each problem, then the summary
+/// line (`2000 events: 1998 valid, 1 modified, 1 missing; checkpoints 12/12
+/// valid`).
+pub fn print_report(
+    out: &mut impl Write,
+    report: &VerifyReport,
+    store: &str,
+    key: Option<&VerifierKey>,
+) -> std::io::Result<()> {
+    match (report.first_seq, report.last_seq) {
+        (Some(first), Some(last)) => writeln!(
+            out,
+            "checked {} events, seq {first}..{last}, in {store}",
+            report.events
+        )?,
+        _ => writeln!(out, "no events in {store}")?,
+    }
+    let start = match report.start {
+        ChainStart::Empty => "nothing to check".to_owned(),
+        ChainStart::Genesis => "the chain starts at genesis: no hash taken on trust".to_owned(),
+        ChainStart::RemovedTail {
+            last_removed_seq,
+            hash,
+        } => format!(
+            "retention removed seq ..{last_removed_seq} (not tampering: retention records what it \
+             removes); trusted start: their last hash {} as recorded then",
+            hex::encode(hash)
+        ),
+        ChainStart::Unanchored { prev_hash } => format!(
+            "trusted start: the first event's prev_hash {} (nothing records what came before)",
+            hex::encode(prev_hash)
+        ),
+    };
+    writeln!(out, "{start}")?;
+    for problem in &report.problems {
+        writeln!(out, "BROKEN: {problem}")?;
+    }
+    if report.truncated {
+        writeln!(
+            out,
+            "too many problems; stopped after {}",
+            report.problems.len()
+        )?;
+    }
+    let c = &report.checkpoints;
+    match key {
+        Some(key) => writeln!(
+            out,
+            "checkpoint signatures checked with {}+{:08x}",
+            key.name(),
+            key.id()
+        )?,
+        None if c.total > 0 => writeln!(
+            out,
+            "checkpoint signatures NOT checked: give the auditor's public key with --pubkey"
+        )?,
+        None => {}
+    }
+    if c.unsigned_tail > 0 {
+        writeln!(
+            out,
+            "note: the newest {} events are not covered by a checkpoint yet (signed every \
+             [integrity] checkpoint_every events or checkpoint_interval, and at shutdown)",
+            c.unsigned_tail
+        )?;
+    }
+    if report.is_intact() {
+        writeln!(out, "chain intact")?;
+    }
+    writeln!(out, "{}", summary(report))
+}
+
+/// `2000 events: 1998 valid, 1 modified, 1 missing; checkpoints 12/12 valid`.
+pub fn summary(report: &VerifyReport) -> String {
+    let mut bad_seqs = std::collections::BTreeSet::new();
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for problem in &report.problems {
+        let label = problem.kind.label();
+        let n = match problem.kind {
+            ProblemKind::Missing => problem.count,
+            ProblemKind::BadCheckpoint => 0,
+            _ => {
+                bad_seqs.insert(problem.seq);
+                problem.count
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, c)) => *c += n,
+            None => counts.push((label, n)),
+        }
+    }
+    let valid = report.events.saturating_sub(bad_seqs.len() as u64);
+    let mut line = format!("{} events: {valid} valid", report.events);
+    for (label, n) in counts {
+        line.push_str(&format!(", {n} {label}"));
+    }
+    let c = &report.checkpoints;
+    line.push_str(&format!("; checkpoints {}/{} valid", c.valid, c.total));
+    line
+}
+
+/// The `[integrity]` key, for a spool: `None` when no key is configured.
+pub fn signing(config: &crate::config::Config) -> anyhow::Result<Option<auditrail_spool::Signing>> {
+    let section = &config.integrity;
+    let Some(path) = &section.key_file else {
+        return Ok(None);
+    };
+    let key = read_signer(path).map_err(anyhow::Error::msg)?;
+    Ok(Some(auditrail_spool::Signing {
+        key: Arc::new(key),
+        every_events: section.checkpoint_every,
+        interval: section.checkpoint_interval,
+    }))
+}
