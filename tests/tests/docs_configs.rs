@@ -1,6 +1,8 @@
 //! The configs the docs tell users to copy: every ```toml block of
-//! `docs/sinks.md`, `docs/config.md`, `docs/security.md` and the README passes `auditrail check-config` (with
-//! each variable it names from the environment set), and every sink type
+//! `docs/sinks.md`, `docs/config.md`, `docs/security.md`, `docs/integrity.md`
+//! and the README passes `auditrail check-config` (with each variable it
+//! names from the environment set, and each `key_file` written by `auditrail
+//! keygen`), and every sink type
 //! auditrail has is shown in `docs/sinks.md` with a config to copy.
 
 use std::collections::BTreeSet;
@@ -66,9 +68,43 @@ fn variables(block: &str) -> BTreeSet<String> {
     vars
 }
 
+/// The block with each `key_file = "PATH"` pointing at a key `auditrail
+/// keygen` just wrote, as the docs tell users to make it.
+fn with_keys(block: &str, dir: &Path) -> String {
+    let mut out = String::new();
+    for line in block.lines() {
+        let code = line.split('#').next().unwrap_or("");
+        match code.split_once('=') {
+            Some((key, _)) if key.trim() == "key_file" => {
+                let key = dir.join(format!("key-{}", rand_suffix()));
+                let status = Command::new(binary())
+                    .args(["keygen", "--out"])
+                    .arg(&key)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("running auditrail keygen");
+                assert!(status.success(), "auditrail keygen failed");
+                out.push_str(&format!("key_file = \"{}\"\n", key.display()));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
 fn check_config(block: &str, dir: &Path) -> Result<(), String> {
     let path = dir.join("auditrail.toml");
-    std::fs::write(&path, block).unwrap();
+    std::fs::write(&path, with_keys(block, dir)).unwrap();
     let mut command = Command::new(binary());
     command.arg("check-config").arg(&path).stdin(Stdio::null());
     for var in variables(block) {
@@ -92,6 +128,7 @@ fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
         "docs/sinks.md",
         "docs/config.md",
         "docs/security.md",
+        "docs/integrity.md",
         "README.md",
     ] {
         let text = std::fs::read_to_string(repo.join(doc)).unwrap();
