@@ -151,6 +151,9 @@ impl Pipeline {
             if let Some((policy, _)) = &sink.acks {
                 tasks.push(tokio::spawn(sink.clone().poll_acks(policy.poll_interval)));
             }
+            if sink.exporter.holds_checkpoints() {
+                tasks.push(tokio::spawn(sink.clone().deliver_checkpoints()));
+            }
             sinks.push(RunningSink {
                 health,
                 tasks: std::sync::Mutex::new(tasks),
@@ -792,6 +795,78 @@ impl SinkShared {
         }
     }
 
+    /// Stores the spool's signed checkpoints in the sink, each once every
+    /// event it covers is confirmed there, so that the sink never holds a
+    /// checkpoint of events it lacks (which `verify --sink` would report as
+    /// missing). Failures are retried with backoff, like batches.
+    async fn deliver_checkpoints(self: Arc<Self>) {
+        let mut backoff = self.backoff();
+        loop {
+            match self.checkpoints_due().await {
+                Ok(due) if due.is_empty() => {
+                    backoff = self.backoff();
+                    tokio::time::sleep(CHECKPOINT_POLL).await;
+                }
+                Ok(due) => {
+                    let newest = due.last().map_or(0, |c| c.checkpoint.size);
+                    let stored = self.attempt(self.exporter.export_checkpoints(&due)).await;
+                    let recorded = stored.and_then(|()| {
+                        self.spool
+                            .checkpoints_delivered_to(&self.name, newest)
+                            .map_err(|e| ExportError::retryable("spool", e.to_string()))
+                    });
+                    match recorded {
+                        Ok(()) => {
+                            backoff = self.backoff();
+                            metrics::counter!("auditrail_sink_checkpoints_total", "sink" => self.name.clone())
+                                .increment(due.len() as u64);
+                        }
+                        Err(e) => {
+                            tracing::warn!(sink = %self.name, error = %e, "storing checkpoints failed; retrying");
+                            metrics::counter!("auditrail_sink_errors_total", "sink" => self.name.clone(), "kind" => "checkpoints").increment(1);
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, error = %e, "reading checkpoints from the spool failed");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Checkpoints the sink has not stored yet whose events it has all
+    /// confirmed, oldest first (at most [`CHECKPOINTS_PER_CALL`]).
+    async fn checkpoints_due(&self) -> Result<Vec<crate::SignedCheckpoint>, SpoolError> {
+        let spool = self.spool.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let delivered = spool.checkpoints_delivered(&name)?;
+            let confirmed = spool
+                .cursors()?
+                .into_iter()
+                .find(|(sink, _)| *sink == name)
+                .map_or(0, |(_, seq)| seq);
+            let mut due = Vec::new();
+            for stored in spool.checkpoints()? {
+                if stored.size <= delivered {
+                    continue;
+                }
+                let Some(signed) = crate::SignedCheckpoint::of_note(stored.note) else {
+                    continue;
+                };
+                if signed.checkpoint.last_seq() > confirmed || due.len() >= CHECKPOINTS_PER_CALL {
+                    break;
+                }
+                due.push(signed);
+            }
+            Ok(due)
+        })
+        .await
+        .map_err(|e| SpoolError::Storage(format!("spool read task: {e}")))?
+    }
+
     /// Runs one call with the configured timeout; a timeout is retryable.
     async fn attempt<T>(
         &self,
@@ -849,6 +924,11 @@ impl SinkShared {
             .map_err(|e| SpoolError::Storage(format!("spool read task: {e}")))?
     }
 }
+
+/// How often a sink that holds checkpoints looks for new ones.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+/// Most checkpoints stored in one call.
+const CHECKPOINTS_PER_CALL: usize = 500;
 
 /// One batch's consecutive failures with the same kind of error: after
 /// `stuck_after` of them the batch shows as stuck, until it goes through

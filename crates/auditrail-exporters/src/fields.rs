@@ -151,6 +151,71 @@ impl Field {
     }
 }
 
+impl Field {
+    /// The fields an event is read back from (every one but `time`, which
+    /// only repeats `time_unix_nano` for people).
+    pub fn stored() -> impl Iterator<Item = Field> {
+        Field::ALL.into_iter().filter(|f| *f != Field::Time)
+    }
+
+    /// Sets this field of `event` from its stored text (a column read back
+    /// as text, a JSON line's value as text).
+    pub fn set(self, event: &mut AuditEvent, text: String) -> Result<(), String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{}` is not a number: {t:?}", self.name()))
+        };
+        let hash = |t: &str| -> Result<auditrail_model::Hash, String> {
+            hex::decode(t.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("`{}` is not a hex SHA-256: {t:?}", self.name()))
+        };
+        match self {
+            Field::Node => event.node = text,
+            Field::Seq => event.seq = number(&text)?,
+            Field::EventId => event.event_id = text,
+            Field::Time => {}
+            Field::TimeUnixNano => event.time_unix_nano = number(&text)?,
+            Field::ObservedTimeUnixNano => event.observed_time_unix_nano = number(&text)?,
+            Field::ReceivedTimeUnixNano => event.received_time_unix_nano = number(&text)?,
+            Field::Tenant => event.tenant = text,
+            Field::ServiceName => event.service_name = text,
+            Field::EventName => event.event_name = text,
+            Field::SeverityNumber => {
+                event.severity_number = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`severity_number` is not a number: {text:?}"))?
+            }
+            Field::SeverityText => event.severity_text = text,
+            Field::ActorId => event.actor_id = text,
+            Field::ActorName => event.actor_name = text,
+            Field::ClientAddress => event.client_address = text,
+            Field::Outcome => {
+                event.outcome = auditrail_model::Outcome::parse(&text).ok_or_else(|| {
+                    format!("`outcome` is not success, failure or unknown: {text:?}")
+                })?
+            }
+            Field::Target => event.target = text,
+            Field::TraceId => event.trace_id = text,
+            Field::SpanId => event.span_id = text,
+            Field::TraceFlags => {
+                event.trace_flags = u32::try_from(number(&text)?)
+                    .map_err(|_| format!("`trace_flags` is out of range: {text:?}"))?
+            }
+            Field::Body => event.body = text,
+            Field::Attributes => event.attributes = text,
+            Field::ResourceAttributes => event.resource_attributes = text,
+            Field::ScopeName => event.scope_name = text,
+            Field::PrevHash => event.prev_hash = hash(&text)?,
+            Field::Hash => event.hash = hash(&text)?,
+        }
+        Ok(())
+    }
+}
+
 /// Where a mapped (legacy) column takes its value from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

@@ -108,6 +108,69 @@ pub trait Exporter: Send + Sync + 'static {
     async fn highest_seq(&self, _node: &str) -> Result<HeldSeq, ExportError> {
         Ok(HeldSeq::NotTracked)
     }
+
+    /// Whether the sink stores signed checkpoints beside the events (an
+    /// `audit_checkpoints` table, checkpoint lines), so that `auditrail
+    /// verify --sink` can check it against them. The default: it cannot.
+    fn holds_checkpoints(&self) -> bool {
+        false
+    }
+
+    /// Stores `checkpoints` (oldest first), idempotently: the same one may
+    /// come again. The delivery loop calls it only with checkpoints whose
+    /// every event this sink has confirmed, and only when
+    /// [`Exporter::holds_checkpoints`].
+    async fn export_checkpoints(
+        &self,
+        _checkpoints: &[SignedCheckpoint],
+    ) -> Result<(), ExportError> {
+        Ok(())
+    }
+
+    /// What `auditrail verify --sink` reads back; `None` (the default) for
+    /// a sink whose far side cannot be read back.
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        None
+    }
+}
+
+/// A signed checkpoint, on its way to a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// The signed note, as the spool stored it.
+    pub note: String,
+    /// What it states (read without checking the signature: sinks store,
+    /// `verify` checks).
+    pub checkpoint: auditrail_integrity::Checkpoint,
+}
+
+impl SignedCheckpoint {
+    /// Reads a stored note; `None` when it cannot be read at all.
+    pub fn of_note(note: String) -> Option<SignedCheckpoint> {
+        let checkpoint = auditrail_integrity::Checkpoint::parse_unverified(&note).ok()?;
+        Some(SignedCheckpoint { note, checkpoint })
+    }
+}
+
+/// A sink's far side, read back by `auditrail verify --sink`: the events
+/// and checkpoints it holds, as it holds them.
+#[async_trait]
+pub trait ReadBack: Send + Sync {
+    /// The nodes whose events it holds.
+    async fn nodes(&self) -> Result<Vec<String>, ExportError>;
+
+    /// The events of `node` with seq above `after`, in seq order (rows of
+    /// one seq in the order they were stored), at most `limit`; each with
+    /// the `hash` and `prev_hash` it was stored with.
+    async fn events(
+        &self,
+        node: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ExportError>;
+
+    /// The signed notes of `node`'s checkpoints, oldest first.
+    async fn checkpoints(&self, node: &str) -> Result<Vec<String>, ExportError>;
 }
 
 /// What a sink needs to know about the node it runs in.

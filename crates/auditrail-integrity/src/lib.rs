@@ -5,9 +5,11 @@
 //! consistency proofs that tie an event, or an older checkpoint, to a
 //! signed one ([`proof`]).
 //!
-//! It knows nothing of events beyond their bytes, so that the spool, the
-//! sinks' verification and a stand-alone verifier share one implementation.
+//! [`audit`] walks a store's events (the spool's batches, a sink's rows)
+//! against all of it, so that the spool, the sinks' verification and a
+//! stand-alone verifier share one implementation.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod merkle;
 pub mod note;

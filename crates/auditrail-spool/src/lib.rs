@@ -232,6 +232,8 @@ pub(crate) struct Shared {
     pub(crate) merkle: sled::Tree,
     /// Signed checkpoints by tree size (see `tree.rs`).
     pub(crate) checkpoints: sled::Tree,
+    /// Per sink, the tree size of the newest checkpoint it stored.
+    pub(crate) checkpoint_cursors: sled::Tree,
     /// The tree's builder, once the spool has started.
     pub(crate) tree: Mutex<Option<tree::Builder>>,
     /// The seq the tree takes next: retention keeps every event from it on.
@@ -431,6 +433,26 @@ impl Spool {
     /// Every signed checkpoint, oldest first.
     pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SpoolError> {
         tree::checkpoints(&self.current()?.shared)
+    }
+
+    /// The tree size of the newest checkpoint `sink` has stored (0: none).
+    pub fn checkpoints_delivered(&self, sink: &str) -> Result<u64, SpoolError> {
+        let shared = &self.current()?.shared;
+        Ok(shared
+            .checkpoint_cursors
+            .get(sink.as_bytes())?
+            .map_or(0, |v| seq_from_bytes(&v)))
+    }
+
+    /// Records that `sink` has stored the checkpoints up to tree size
+    /// `size`. Written with the next flush: losing it in a crash only means
+    /// sending those checkpoints again, which sinks take idempotently.
+    pub fn checkpoints_delivered_to(&self, sink: &str, size: u64) -> Result<(), SpoolError> {
+        let shared = &self.current()?.shared;
+        shared
+            .checkpoint_cursors
+            .insert(sink.as_bytes(), &size.to_be_bytes())?;
+        Ok(())
     }
 
     /// An inclusion proof of the event `seq` against the checkpoint of tree

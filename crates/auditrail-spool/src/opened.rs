@@ -82,6 +82,7 @@ impl Opened {
         let meta = db.open_tree("meta")?;
         let merkle = db.open_tree("merkle")?;
         let checkpoints = db.open_tree("checkpoints")?;
+        let checkpoint_cursors = db.open_tree("checkpoint_cursors")?;
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
 
@@ -146,6 +147,7 @@ impl Opened {
             ),
             merkle,
             checkpoints,
+            checkpoint_cursors,
             tree: Mutex::new(None),
             dedup: Mutex::new(dedup),
             initial_last_hash: last_hash,
@@ -335,6 +337,7 @@ impl Opened {
             .remove(sink.as_bytes())?
             .map(|v| seq_from_bytes(&v));
         let dead_letters = dead_letter::remove_all(&self.shared, sink)?;
+        self.shared.checkpoint_cursors.remove(sink.as_bytes())?;
         self.shared.sync()?;
         Ok(ForgottenSink {
             cursor,

@@ -478,10 +478,8 @@ async fn verify_names_each_kind_of_tampering_by_seq() {
         t.remove(3u64.to_be_bytes()).unwrap();
     })
     .await;
-    assert_eq!(
-        kinds(&removed),
-        [(3, ProblemKind::Missing), (4, ProblemKind::Unlinked)]
-    );
+    // (Seq 4 cannot link to what is gone: the gap says so already.)
+    assert_eq!(kinds(&removed), [(3, ProblemKind::Missing)]);
 
     // Seq 4-5's batch moved under seq 3's key and seq 3's after it: the
     // walk meets 1, 2, 4, 5, 3.
@@ -492,15 +490,9 @@ async fn verify_names_each_kind_of_tampering_by_seq() {
         t.insert(6u64.to_be_bytes(), three).unwrap();
     })
     .await;
-    assert_eq!(
-        kinds(&reordered),
-        [
-            (3, ProblemKind::Missing),
-            (4, ProblemKind::Unlinked),
-            (3, ProblemKind::Reordered),
-            (3, ProblemKind::Unlinked)
-        ]
-    );
+    // Seq 3 is not lost: it turned up late, so the gap it left is no
+    // loss, and the links around it are explained by the move.
+    assert_eq!(kinds(&reordered), [(3, ProblemKind::Reordered)]);
 
     // Seq 3's batch stored a second time, after the end.
     let inserted = tampered(|t| {
@@ -508,10 +500,7 @@ async fn verify_names_each_kind_of_tampering_by_seq() {
         t.insert(9u64.to_be_bytes(), three).unwrap();
     })
     .await;
-    assert_eq!(
-        kinds(&inserted),
-        [(3, ProblemKind::Inserted), (3, ProblemKind::Unlinked)]
-    );
+    assert_eq!(kinds(&inserted), [(3, ProblemKind::Inserted)]);
 }
 
 #[tokio::test]

@@ -61,6 +61,16 @@ enum Command {
             conflicts_with = "proof"
         )]
         data_dir: PathBuf,
+        /// The config naming the sink to check (with --sink).
+        #[arg(long, requires = "sink", conflicts_with = "proof")]
+        config: Option<PathBuf>,
+        /// Check this sink's rows and checkpoints, read back from it
+        /// (the mysql sink's canonical table).
+        #[arg(long, requires = "config")]
+        sink: Option<String>,
+        /// Only this node's rows (default: every node the sink holds).
+        #[arg(long, requires = "sink")]
+        node: Option<String>,
         /// A proof file from `auditrail prove`, checked offline.
         #[arg(long, requires = "pubkey")]
         proof: Option<PathBuf>,
@@ -171,6 +181,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sink(command) => runtime()?.block_on(sinks::run(command))?,
         Command::Verify {
             data_dir,
+            config,
+            sink,
+            node,
             proof,
             pubkey,
         } => {
@@ -178,8 +191,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(key) => key,
                 Err(e) => return Ok(cannot_check(e)),
             };
-            let verdict = match (proof, &key) {
-                (Some(proof), Some(key)) => integrity::verify_proof(&proof, key),
+            let verdict = match (proof, &key, config, sink) {
+                (Some(proof), Some(key), _, _) => integrity::verify_proof(&proof, key),
+                (_, _, Some(config), Some(sink)) => Config::load(&config)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|config| {
+                        runtime()?.block_on(integrity::verify_sink(
+                            &config,
+                            &sink,
+                            node.as_deref(),
+                            key.as_ref(),
+                        ))
+                    }),
                 _ => integrity::verify_spool(&data_dir, key.as_ref()),
             };
             match verdict {

@@ -29,7 +29,7 @@ use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder}
 use time::PrimitiveDateTime;
 
 use crate::fields::{utc, Field, Source, Value};
-use crate::{ExportError, Exporter, HeldSeq, SinkContext};
+use crate::{ExportError, Exporter, HeldSeq, ReadBack, SignedCheckpoint, SinkContext};
 use errors::classify;
 pub use partitions::{Maintenance, PartitionConfig};
 
@@ -54,10 +54,18 @@ pub struct MysqlConfig {
     pub tls: TlsConfig,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Where signed checkpoints go (canonical table only; created when
+    /// absent).
+    #[serde(default = "default_checkpoint_table")]
+    pub checkpoint_table: String,
 }
 
 fn default_table() -> String {
     "audit_events".into()
+}
+
+fn default_checkpoint_table() -> String {
+    "audit_checkpoints".into()
 }
 
 /// The default delivery concurrency (4), plus one for partition upkeep and
@@ -101,6 +109,7 @@ pub struct MysqlSink {
     partitions: Option<PartitionConfig>,
     /// Whether the table has a unique key that makes re-sent rows no-ops.
     upsert: AtomicBool,
+    checkpoint_table: String,
 }
 
 /// Rows per INSERT statement: MySQL allows 65,535 placeholders.
@@ -199,6 +208,7 @@ impl MysqlSink {
             legacy,
             partitions: config.partitions.clone(),
             upsert: AtomicBool::new(!legacy),
+            checkpoint_table: config.checkpoint_table.clone(),
         })
     }
 
@@ -212,6 +222,10 @@ impl MysqlSink {
     }
 
     async fn prepare_canonical(&self) -> Result<(), ExportError> {
+        sqlx::query(&schema::create_checkpoint_table(&self.checkpoint_table))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
         match schema::columns(&self.pool, &self.table).await? {
             None => {
                 let clause = self
@@ -428,5 +442,111 @@ impl Exporter for MysqlSink {
 
     fn maintenance_interval(&self) -> Option<Duration> {
         self.partitions.as_ref().map(|_| Duration::from_secs(3600))
+    }
+
+    fn holds_checkpoints(&self) -> bool {
+        !self.legacy
+    }
+
+    async fn export_checkpoints(
+        &self,
+        checkpoints: &[SignedCheckpoint],
+    ) -> Result<(), ExportError> {
+        let mut insert: QueryBuilder<MySql> = QueryBuilder::new(format!(
+            "INSERT INTO {} (`node`, `origin`, `tree_size`, `first_seq`, `last_seq`, \
+             `root_hash`, `chain_hash`, `signed_at_unix_nano`, `note`) ",
+            quote(&self.checkpoint_table)
+        ));
+        insert.push_values(checkpoints, |mut row, signed| {
+            let c = &signed.checkpoint;
+            row.push_bind(node_of_origin(&c.origin))
+                .push_bind(&c.origin)
+                .push_bind(c.size)
+                .push_bind(c.first_seq)
+                .push_bind(c.last_seq())
+                .push_bind(hex::encode(c.root))
+                .push_bind(hex::encode(c.chain))
+                .push_bind(c.time_unix_nano)
+                .push_bind(&signed.note);
+        });
+        // Stored once: the same checkpoint sent again is a no-op.
+        insert.push(" ON DUPLICATE KEY UPDATE `origin` = `origin`");
+        insert.build().execute(&self.pool).await.map_err(classify)?;
+        Ok(())
+    }
+
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        (!self.legacy).then_some(self as &dyn ReadBack)
+    }
+}
+
+/// The node an origin line names (`auditrail/<node>/<spool id>`).
+fn node_of_origin(origin: &str) -> &str {
+    origin.split('/').nth(1).unwrap_or(origin)
+}
+
+#[async_trait]
+impl ReadBack for MysqlSink {
+    async fn nodes(&self) -> Result<Vec<String>, ExportError> {
+        let sql = format!(
+            "SELECT DISTINCT CAST(`node` AS CHAR) FROM {} ORDER BY 1",
+            quote(&self.table)
+        );
+        sqlx::query_scalar(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn events(
+        &self,
+        node: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ExportError> {
+        // Every column as text, as stored: a JSON column's text is what
+        // MariaDB keeps byte for byte.
+        let fields: Vec<Field> = Field::stored().collect();
+        let columns: Vec<String> = fields
+            .iter()
+            .map(|f| format!("CAST({} AS CHAR)", quote(f.name())))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE `node` = ? AND `seq` > ? \
+             ORDER BY `seq`, `received_time_unix_nano` LIMIT ?",
+            columns.join(", "),
+            quote(&self.table)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(node)
+            .bind(after)
+            .bind(limit as u64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let mut event = AuditEvent::default();
+                for (i, field) in fields.iter().enumerate() {
+                    let text: Option<String> = sqlx::Row::try_get(row, i).map_err(classify)?;
+                    field
+                        .set(&mut event, text.unwrap_or_default())
+                        .map_err(|e| ExportError::permanent("read_back", e))?;
+                }
+                Ok(event)
+            })
+            .collect()
+    }
+
+    async fn checkpoints(&self, node: &str) -> Result<Vec<String>, ExportError> {
+        let sql = format!(
+            "SELECT CAST(`note` AS CHAR) FROM {} WHERE `node` = ? ORDER BY `first_seq`, `tree_size`",
+            quote(&self.checkpoint_table)
+        );
+        sqlx::query_scalar(&sql)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
     }
 }

@@ -90,6 +90,28 @@ pub(super) fn create_table(table: &str, partitions: Option<&str>) -> String {
     sql
 }
 
+/// `CREATE TABLE IF NOT EXISTS` for the signed checkpoints: one row per
+/// checkpoint, keyed by its origin (node and spool) and tree size, so a
+/// checkpoint sent twice is stored once.
+pub(super) fn create_checkpoint_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n\
+         \x20 `node` VARCHAR(255) NOT NULL,\n\
+         \x20 `origin` VARCHAR(255) NOT NULL,\n\
+         \x20 `tree_size` BIGINT UNSIGNED NOT NULL,\n\
+         \x20 `first_seq` BIGINT UNSIGNED NOT NULL,\n\
+         \x20 `last_seq` BIGINT UNSIGNED NOT NULL,\n\
+         \x20 `root_hash` CHAR(64) NOT NULL,\n\
+         \x20 `chain_hash` CHAR(64) NOT NULL,\n\
+         \x20 `signed_at_unix_nano` BIGINT UNSIGNED NOT NULL,\n\
+         \x20 `note` TEXT NOT NULL,\n\
+         \x20 PRIMARY KEY (`origin`, `tree_size`),\n\
+         \x20 KEY `idx_node` (`node`, `first_seq`, `tree_size`)\n\
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        quote(table)
+    )
+}
+
 /// A column of an existing table, from information_schema.
 #[derive(Debug, Clone)]
 pub(super) struct Column {
