@@ -249,3 +249,173 @@ async fn a_bad_key_file_is_a_config_error_that_names_it() {
     assert!(stderr.contains("integrity.key_file"), "{stderr}");
     assert!(stderr.contains("auditrail keygen"), "{stderr}");
 }
+
+/// Runs `auditrail verify --config CONFIG --sink warehouse --pubkey KEY`.
+fn verify_sink(config: &Path, public: &Path) -> (i32, String) {
+    let (code, stdout, stderr) = run(&[
+        "verify",
+        "--config",
+        path(config),
+        "--sink",
+        "warehouse",
+        "--pubkey",
+        path(public),
+    ]);
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// The `BROKEN: seq N: KIND` pairs of a verify output.
+fn broken(out: &str) -> Vec<(u64, String)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("BROKEN: seq "))
+        .map(|l| {
+            let (seq, rest) = l.split_once(": ").unwrap();
+            let kind = rest.split(':').next().unwrap();
+            (seq.parse().unwrap(), kind.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_each_tampering_in_a_mysql_sink_by_seq_and_kind() {
+    use auditrail_tests::mysql::{Database, SinkToml};
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("checkpoint.key");
+    let public = keys.path().join("checkpoint.pub");
+    assert_eq!(run(&["keygen", "--out", path(&key)]).0, 0);
+    let db = Database::create().await;
+    let sink = SinkToml::new("warehouse", &db.url())
+        .delivery("linger", "\"20ms\"")
+        // Partitioned: the key takes received_time, so a forged row can
+        // reuse a seq (what a key on (node, seq) alone would refuse).
+        .partitions("days_ahead", "2");
+    let tables = format!(
+        "[integrity]\nkey_file = \"{}\"\ncheckpoint_every = 10\ncheckpoint_interval = \"1s\"\n\n{sink}",
+        key.display()
+    );
+    let mut server = Server::start_setup(Setup {
+        tables: &tables,
+        ..Setup::default()
+    });
+    let url = server.grpc_url();
+    tokio::task::spawn_blocking(move || emit(url, 40))
+        .await
+        .unwrap();
+    // Every event, and a checkpoint of all of them, in the sink.
+    eventually("a checkpoint of seq 40 in audit_checkpoints", || async {
+        db.scalar::<Option<u64>>("SELECT CAST(MAX(last_seq) AS UNSIGNED) FROM audit_checkpoints")
+            .await
+            == Some(40)
+    })
+    .await;
+    assert!(server.terminate().success());
+    let config = server.config_path.clone();
+
+    let (code, out) = verify_sink(&config, &public);
+    assert_eq!(code, 0, "{out}");
+    let summary = out.lines().last().unwrap();
+    assert!(
+        summary.starts_with("40 events: 40 valid; checkpoints "),
+        "{out}"
+    );
+
+    // An inclusion proof of seq 7, made before any tampering.
+    let spool = server.spool_dir();
+    let proofs = tempfile::tempdir().unwrap();
+    let proof = proofs.path().join("seq7.json");
+    let (code, _, stderr) = run(&[
+        "prove",
+        "--seq",
+        "7",
+        "--data-dir",
+        path(&spool),
+        "-o",
+        path(&proof),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // One change of each kind.
+    db.execute("UPDATE audit_events SET body = 'deleted nothing' WHERE seq = 5")
+        .await;
+    db.execute("DELETE FROM audit_events WHERE seq = 12").await;
+    // Seqs 20 and 21 trade places: each row now holds the other's event.
+    for sql in [
+        "CREATE TABLE swapped AS SELECT * FROM audit_events WHERE seq IN (20, 21)",
+        "UPDATE swapped SET seq = 41 - seq",
+        "DELETE FROM audit_events WHERE seq IN (20, 21)",
+        "INSERT INTO audit_events SELECT * FROM swapped",
+        "DROP TABLE swapped",
+    ] {
+        db.execute(sql).await;
+    }
+    let columns = "event_id, time, time_unix_nano, observed_time_unix_nano, tenant, service_name, \
+                   event_name, severity_number, severity_text, actor_id, actor_name, client_address, \
+                   outcome, target, trace_id, span_id, trace_flags, body, attributes, \
+                   resource_attributes, scope_name, prev_hash, hash";
+    // A forged row, stored beside seq 30 as a second copy of it.
+    db.execute(&format!(
+        "INSERT INTO audit_events ({columns}, node, seq, received_time_unix_nano) \
+         SELECT {cols}, node, seq, received_time_unix_nano + 1000 FROM audit_events WHERE seq = 30",
+        cols = columns.replace("body", "'an event that never happened'")
+    ))
+    .await;
+
+    let (code, out) = verify_sink(&config, &public);
+    assert_eq!(code, 1, "{out}");
+    let found = broken(&out);
+    for want in [
+        (5, "modified"),
+        (12, "missing"),
+        (20, "reordered"),
+        (21, "reordered"),
+        (30, "inserted"),
+    ] {
+        assert!(
+            found.iter().any(|(s, k)| (*s, k.as_str()) == want),
+            "{want:?} not found:\n{out}"
+        );
+    }
+    // Nothing else is blamed on an intact event.
+    for (seq, kind) in &found {
+        assert!(
+            [5, 12, 20, 21, 30].contains(seq),
+            "seq {seq} ({kind}) was not changed:\n{out}"
+        );
+    }
+    assert!(out.contains("1 missing"), "{out}");
+
+    // A forged checkpoint signature fails.
+    db.execute(
+        "UPDATE audit_checkpoints SET note = REPLACE(note, 'previous ', 'previous 1') \
+         ORDER BY tree_size LIMIT 1",
+    )
+    .await;
+    let (code, out) = verify_sink(&config, &public);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad checkpoint"), "{out}");
+
+    // The proof of seq 7 holds for its row, until the row changes.
+    let check_row = || {
+        run(&[
+            "verify",
+            "--proof",
+            path(&proof),
+            "--pubkey",
+            path(&public),
+            "--config",
+            path(&config),
+            "--sink",
+            "warehouse",
+        ])
+    };
+    let (code, stdout, stderr) = check_row();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE seq = 7")
+        .await;
+    let (code, stdout, stderr) = check_row();
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.starts_with("INVALID: "), "{stdout}");
+    // The proof alone, offline, still holds: it carries the event as signed.
+    let (code, stdout, _) = run(&["verify", "--proof", path(&proof), "--pubkey", path(&public)]);
+    assert_eq!(code, 0, "{stdout}");
+}

@@ -233,7 +233,8 @@ impl Audit {
             }
             _ => {}
         }
-        self.expected_seq = Some(seq.max(self.expected_seq.unwrap_or(0)) + 1);
+        // A seq below the walk's position does not move it back.
+        self.expected_seq = Some((seq + 1).max(self.expected_seq.unwrap_or(0)));
         let decoded = AuditEvent::from_canonical_bytes(canonical);
         match &decoded {
             Ok(event) if event.seq != seq => {
@@ -337,6 +338,11 @@ impl Audit {
         audit.report.checkpoints.signatures_checked = key.is_some();
         if let Some(start) = tree {
             let pending = read_checkpoints(key, &start, &mut audit);
+            let newest_signed = pending
+                .iter()
+                .filter(|(_, v)| *v)
+                .map(|(c, _)| c.size)
+                .max();
             audit.tree = Some(TreeWalk {
                 first_seq: start.first_seq,
                 frontier: None,
@@ -346,6 +352,7 @@ impl Audit {
                 problems_before: audit.report.problems.len(),
                 broken: false,
                 nodes_kept: start.nodes_kept,
+                newest_signed,
                 chain_only: false,
                 pinned: 0,
             });
@@ -426,6 +433,8 @@ struct TreeWalk {
     broken: bool,
     /// The store keeps no tree nodes.
     nodes_kept: bool,
+    /// The tree size of the newest checkpoint whose signature holds.
+    newest_signed: Option<u64>,
     /// Roots cannot be recomputed (no nodes for the events before the
     /// first stored one): each checkpoint's `chain` line is compared with
     /// the stored hash of its last event instead.
@@ -660,10 +669,10 @@ impl Audit {
                 });
             }
         }
-        let signed_through = self
-            .report
-            .checkpoints
-            .newest_size
+        // Events past the newest checkpoint whose signature holds (whether
+        // or not the events still match it) were never signed.
+        let signed_through = tree
+            .newest_signed
             .map_or(tree.first_seq - 1, |size| tree.first_seq + size - 1);
         self.report.checkpoints.unsigned_tail =
             last_retained.map_or(0, |last| last.saturating_sub(signed_through));

@@ -246,13 +246,75 @@ pub async fn prove_command(
     Ok(())
 }
 
-/// `auditrail verify --proof FILE --pubkey KEY`: offline, with nothing but
-/// the file and the key. `Ok(false)` when the proof does not hold.
-pub fn verify_proof(file: &Path, key: &VerifierKey) -> anyhow::Result<bool> {
+/// Reads a proof file.
+pub fn read_proof(file: &Path) -> anyhow::Result<Proof> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let proof: Proof = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an auditrail proof file", file.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an auditrail proof file", file.display()))
+}
+
+/// An inclusion proof with its event replaced by the row the sink holds
+/// now for the same node and seq: `verify --proof FILE --config C --sink S`
+/// checks that row, not the copy the proof carries.
+pub async fn with_row_from_sink(
+    proof: Proof,
+    config: &crate::config::Config,
+    name: &str,
+) -> anyhow::Result<Proof> {
+    use base64::Engine;
+    let Proof::Inclusion(mut inclusion) = proof else {
+        bail!("--sink checks an event's row: give an inclusion proof");
+    };
+    let claimed = auditrail_integrity::Checkpoint::parse_unverified(&inclusion.checkpoint)?;
+    let node = claimed
+        .origin
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let exporter = sink_exporter(config, name)?;
+    let store = exporter
+        .read_back()
+        .with_context(|| format!("sink {name} cannot be read back"))?;
+    let rows = store
+        .events(&node, inclusion.seq - 1, 1)
+        .await
+        .with_context(|| format!("reading sink {name}'s row"))?;
+    let row = rows
+        .into_iter()
+        .find(|r| r.seq == inclusion.seq)
+        .with_context(|| {
+            format!(
+                "sink {name} holds no row of node {node}, seq {}",
+                inclusion.seq
+            )
+        })?;
+    inclusion.event = base64::engine::general_purpose::STANDARD.encode(row.canonical_bytes());
+    Ok(Proof::Inclusion(inclusion))
+}
+
+/// The exporter of the sink `name` of `config`, built but not connected.
+fn sink_exporter(
+    config: &crate::config::Config,
+    name: &str,
+) -> anyhow::Result<Arc<dyn auditrail_exporters::Exporter>> {
+    let sink = config
+        .sinks
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("--sink {name}: no sink of that name in the config"))?;
+    sink.kind
+        .build(&auditrail_exporters::SinkContext {
+            name: sink.name.clone(),
+            retention: config.spool.retention,
+        })
+        .with_context(|| format!("sink {name}"))
+}
+
+/// `auditrail verify --proof FILE --pubkey KEY`: offline, with nothing but
+/// the proof and the key. `Ok(false)` when the proof does not hold.
+pub fn verify_proof(proof: Proof, key: &VerifierKey) -> anyhow::Result<bool> {
     let mut out = std::io::stdout().lock();
     match proof {
         Proof::Inclusion(proof) => match proof.verify(key) {
@@ -350,27 +412,14 @@ pub async fn verify_sink(
     only_node: Option<&str>,
     key: Option<&VerifierKey>,
 ) -> anyhow::Result<bool> {
-    use auditrail_exporters::SinkContext;
     use auditrail_integrity::audit::{Audit, NoNodes, StoredNote, TreeStart};
     use auditrail_integrity::Checkpoint;
 
-    let sink = config
-        .sinks
-        .iter()
-        .find(|s| s.name == name)
-        .with_context(|| format!("--sink {name}: no sink of that name in the config"))?;
-    let exporter = sink
-        .kind
-        .build(&SinkContext {
-            name: sink.name.clone(),
-            retention: config.spool.retention,
-        })
-        .with_context(|| format!("sink {name}"))?;
+    let exporter = sink_exporter(config, name)?;
     let Some(store) = exporter.read_back() else {
         bail!(
-            "sink {name} ({}) cannot be read back; verify --sink supports the mysql sink's \
-             canonical table",
-            sink.kind.type_name()
+            "sink {name} cannot be read back; verify --sink supports the mysql sink's \
+             canonical table"
         );
     };
     let nodes = match only_node {

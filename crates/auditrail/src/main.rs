@@ -62,10 +62,11 @@ enum Command {
         )]
         data_dir: PathBuf,
         /// The config naming the sink to check (with --sink).
-        #[arg(long, requires = "sink", conflicts_with = "proof")]
+        #[arg(long, requires = "sink")]
         config: Option<PathBuf>,
         /// Check this sink's rows and checkpoints, read back from it
-        /// (the mysql sink's canonical table).
+        /// (the mysql sink's canonical table); with --proof, the row the
+        /// sink holds now for the proof's event instead of the proof's copy.
         #[arg(long, requires = "config")]
         sink: Option<String>,
         /// Only this node's rows (default: every node the sink holds).
@@ -192,7 +193,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(e) => return Ok(cannot_check(e)),
             };
             let verdict = match (proof, &key, config, sink) {
-                (Some(proof), Some(key), _, _) => integrity::verify_proof(&proof, key),
+                (Some(proof), Some(key), Some(config), Some(sink)) => integrity::read_proof(&proof)
+                    .and_then(|proof| {
+                        let config = Config::load(&config)?;
+                        let proof = runtime()?
+                            .block_on(integrity::with_row_from_sink(proof, &config, &sink))?;
+                        integrity::verify_proof(proof, key)
+                    }),
+                (Some(proof), Some(key), _, _) => integrity::read_proof(&proof)
+                    .and_then(|proof| integrity::verify_proof(proof, key)),
                 (_, _, Some(config), Some(sink)) => Config::load(&config)
                     .map_err(anyhow::Error::from)
                     .and_then(|config| {
