@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use auditrail_model::{map_request, ReceiveContext, RequestCost};
+use auditrail_redact::{RedactError, Redactor, Report};
 use auditrail_spool::{Spool, SpoolError};
 
 use crate::auth::Writers;
@@ -123,6 +124,12 @@ pub enum IngestError {
     /// Over its tenant's rate (`receiver.rate_limit`).
     #[error("{0}")]
     RateLimited(RateRefused),
+    /// The request could not be redacted (a tenant without an HMAC key):
+    /// nothing of it may be stored in clear, so none of it is stored. The
+    /// server's config is at fault, so the client is told to retry (HTTP
+    /// 503, gRPC UNAVAILABLE) while an operator fixes it.
+    #[error("events could not be redacted: {0}; retry later")]
+    Redaction(RedactError),
 }
 
 impl IngestError {
@@ -134,6 +141,7 @@ impl IngestError {
             IngestError::TooLarge { limit, .. } => limit,
             IngestError::Busy { .. } => "max_in_flight_bytes",
             IngestError::RateLimited(_) => "rate_limit",
+            IngestError::Redaction(_) => "redaction",
         }
     }
 
@@ -145,6 +153,7 @@ impl IngestError {
                 | IngestError::Unavailable(_)
                 | IngestError::Busy { .. }
                 | IngestError::RateLimited(RateRefused::Later { .. })
+                | IngestError::Redaction(_)
         )
     }
 
@@ -228,11 +237,13 @@ impl BodyAccount {
     }
 }
 
-/// Maps, stores and acknowledges export requests.
+/// Redacts, maps, stores and acknowledges export requests.
 pub struct Ingest {
     spool: Arc<Spool>,
     config: ReceiverConfig,
     writers: Writers,
+    /// Applied to every request before its records become events.
+    redactor: Redactor,
     rates: TenantRateLimiter,
     /// The in-flight account, in KiB (`PERMIT_BYTES`).
     in_flight: Arc<Semaphore>,
@@ -240,7 +251,12 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(spool: Arc<Spool>, config: ReceiverConfig, writers: Writers) -> Arc<Ingest> {
+    pub fn new(
+        spool: Arc<Spool>,
+        config: ReceiverConfig,
+        writers: Writers,
+        redactor: Redactor,
+    ) -> Arc<Ingest> {
         let in_flight_permits =
             u32::try_from(config.max_in_flight_bytes as u64 / PERMIT_BYTES).unwrap_or(u32::MAX);
         Arc::new(Ingest {
@@ -250,6 +266,7 @@ impl Ingest {
             in_flight_permits,
             config,
             writers,
+            redactor,
         })
     }
 
@@ -278,6 +295,11 @@ impl Ingest {
         match error {
             IngestError::Unavailable(_) => {
                 tracing::error!(%error, "request refused: events could not be stored")
+            }
+            IngestError::Redaction(e) => {
+                metrics::counter!("auditrail_redaction_failures_total", "reason" => e.reason())
+                    .increment(1);
+                tracing::error!(%error, "request refused: events could not be redacted")
             }
             IngestError::RateLimited(
                 RateRefused::Later { tenant, .. } | RateRefused::Never { tenant, .. },
@@ -381,7 +403,7 @@ impl Ingest {
 
     async fn admit_and_store(
         &self,
-        request: ExportLogsServiceRequest,
+        mut request: ExportLogsServiceRequest,
         transport: Transport,
         tenant: String,
         wire_bytes: usize,
@@ -397,6 +419,16 @@ impl Ingest {
         self.spool
             .check_quota()
             .map_err(IngestError::QuotaExceeded)?;
+        // Before the records become events: the canonical fields and
+        // content-hash ids are then made from what is stored, and clear
+        // text never reaches the spool.
+        if self.redactor.is_active() {
+            let report = self
+                .redactor
+                .redact(&mut request, &tenant)
+                .map_err(IngestError::Redaction)?;
+            self.count_redactions(&report);
+        }
         let ctx = ReceiveContext {
             tenant,
             received_time_unix_nano: now_unix_nano(),
@@ -442,6 +474,30 @@ impl Ingest {
             }
         });
         Ok(ExportLogsServiceResponse { partial_success })
+    }
+}
+
+impl Ingest {
+    fn count_redactions(&self, report: &Report) {
+        for ((rule, action), &n) in self.redactor.policy().rule_labels().zip(&report.by_rule) {
+            if n > 0 {
+                metrics::counter!("auditrail_redactions_total",
+                    "rule" => rule.to_owned(), "action" => action)
+                .increment(n);
+            }
+        }
+        for (reason, n) in [
+            ("metadata", report.dropped_by_level),
+            ("max_body_bytes", report.truncated_by_cap),
+        ] {
+            if n > 0 {
+                metrics::counter!("auditrail_truncated_values_total", "reason" => reason)
+                    .increment(n);
+            }
+        }
+        if report.cut_bytes > 0 {
+            metrics::counter!("auditrail_truncated_bytes_total").increment(report.cut_bytes);
+        }
     }
 }
 
