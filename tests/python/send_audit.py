@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra request header (gRPC metadata), e.g. 'authorization=Bearer TOKEN'",
     )
     p.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further (string) attribute of every record; may replace the fixed ones",
+    )
+    p.add_argument(
         "--processor",
         choices=("batch", "simple"),
         default="batch",
@@ -150,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"send_audit: --header {header!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         headers[key.strip().lower()] = value.strip()
+    attrs = {}
+    for attr in args.attr:
+        key, sep, value = attr.partition("=")
+        if not sep:
+            print(f"send_audit: --attr {attr!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        attrs[key] = value
     exporter = make_exporter(args.protocol, args.endpoint, args.timeout, headers)
     if args.processor == "simple":
         processor = SimpleLogRecordProcessor(exporter)
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if args.uid_prefix is not None:
                     extra["log.record.uid"] = f"{args.uid_prefix}-{i}"
+                extra.update(attrs)
                 # The body is passed as the message with no args, so '%' in it is not interpolated.
                 audit_log.info(args.body, extra=extra)
     finally:
