@@ -636,6 +636,12 @@ fn overrides_by_service_and_event_first_match_wins() {
                 max_body_bytes: Some(4),
                 ..CaptureOverride::default()
             },
+            // Matches chat.completion too, but comes after the first.
+            CaptureOverride {
+                event: Some("chat.*".into()),
+                max_body_bytes: Some(3),
+                ..CaptureOverride::default()
+            },
         ],
         ..CaptureSpec::default()
     };
@@ -652,17 +658,18 @@ fn overrides_by_service_and_event_first_match_wins() {
                 vec![kv("event.name", s("image.delete"))],
             ),
             record("user.login", "kept whole", vec![]),
+            record("chat.summary", "summary", vec![]),
         ],
     );
     r.redact(&mut req, "acme").unwrap();
     let bodies: Vec<String> = events(&req).into_iter().map(|e| e.body).collect();
-    assert_eq!(bodies, ["", "a li", "even", "kept whole"]);
+    assert_eq!(bodies, ["", "a li", "even", "kept whole", "sum"]);
     let mut other = request_of(
         "imagegen-ui",
         vec![record("chat.completion", "prompt", vec![])],
     );
     r.redact(&mut other, "acme").unwrap();
-    assert_eq!(events(&other)[0].body, "prompt", "another service");
+    assert_eq!(events(&other)[0].body, "pro", "another service: the chat.* cap");
 }
 
 #[test]
