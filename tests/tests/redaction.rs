@@ -273,7 +273,10 @@ fn holds(haystack: &[u8], needle: &str) -> bool {
 fn assert_no_secret(what: &str, stores: &[(String, Vec<u8>)]) {
     for (name, bytes) in stores {
         for secret in SECRETS {
-            assert!(!holds(bytes, secret), "{what}: {secret:?} in clear in {name}");
+            assert!(
+                !holds(bytes, secret),
+                "{what}: {secret:?} in clear in {name}"
+            );
         }
     }
     assert!(
@@ -381,7 +384,10 @@ async fn no_secret_reaches_the_spool_the_sql_rows_or_the_file_sink_in_clear() {
     // The metadata level: no body, no prompt, their sizes recorded.
     let private = by_event("chat.private");
     assert_eq!(private["body"], "");
-    assert_eq!(attrs(private)["audit.truncated_bytes"], private_bodies[0].len());
+    assert_eq!(
+        attrs(private)["audit.truncated_bytes"],
+        private_bodies[0].len()
+    );
     assert_eq!(
         attrs(private)["audit.truncated_attributes"],
         serde_json::json!({"gen_ai.prompt": format!("tell {PROMPT_SECRET} the plan").len()})
@@ -474,7 +480,8 @@ async fn no_secret_reaches_the_spool_the_sql_rows_or_the_file_sink_in_clear() {
 #[test]
 fn a_missing_key_stops_check_config_and_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let tables = "[[redaction.keys]]\ntenant = \"*\"\nversion = 1\nkey_env = \"REDACT_UNSET_KEY\"\n\n\
+    let tables =
+        "[[redaction.keys]]\ntenant = \"*\"\nversion = 1\nkey_env = \"REDACT_UNSET_KEY\"\n\n\
                   [[redaction.rules]]\nattributes = [\"user.id\"]\naction = \"hmac\"\n";
     let config = dir.path().join("check.toml");
     std::fs::write(&config, tables).unwrap();
@@ -491,13 +498,8 @@ fn a_missing_key_stops_check_config_and_serve() {
         "{stderr}"
     );
 
-    let (status, log) = Server::start_expecting_exit(
-        dir.path(),
-        "",
-        tables,
-        &[],
-        Duration::from_secs(30),
-    );
+    let (status, log) =
+        Server::start_expecting_exit(dir.path(), "", tables, &[], Duration::from_secs(30));
     assert!(!status.success());
     assert!(
         log.contains("redaction.keys[0]") && log.contains("REDACT_UNSET_KEY"),

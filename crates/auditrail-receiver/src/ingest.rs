@@ -517,3 +517,93 @@ pub(crate) fn now_unix_nano() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auditrail_auth::tokens::TokenSet;
+    use auditrail_auth::Authenticator;
+    use auditrail_redact::{Action, CaptureSpec, Keyring, Policy, RuleSpec};
+    use auditrail_spool::SpoolConfig;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    fn ingest(dir: &std::path::Path) -> (Arc<Ingest>, Arc<Spool>) {
+        let spool = Arc::new(
+            Spool::open(SpoolConfig {
+                dir: dir.to_owned(),
+                node: "n".into(),
+                max_disk_bytes: 1 << 30,
+                retention: Duration::from_secs(3600),
+                cache_bytes: 1 << 20,
+            })
+            .unwrap(),
+        );
+        let rules = [RuleSpec {
+            name: None,
+            attributes: vec!["user.id".into()],
+            resource_attributes: Vec::new(),
+            body: false,
+            action: Action::Hmac,
+        }];
+        let redactor = Redactor::new(
+            Policy::new(&rules, &CaptureSpec::default()).unwrap(),
+            Keyring::from_keys([("acme", 1, b"0123456789abcdef0123456789abcdef".as_slice())]),
+        );
+        let writers = Writers::new(Arc::new(Authenticator::new(TokenSet::new(), None)), false);
+        let ingest = Ingest::new(spool.clone(), ReceiverConfig::default(), writers, redactor);
+        (ingest, spool)
+    }
+
+    fn request() -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        attributes: vec![KeyValue {
+                            key: "user.id".into(),
+                            value: Some(AnyValue {
+                                value: Some(Value::StringValue("alice".into())),
+                            }),
+                            ..KeyValue::default()
+                        }],
+                        ..LogRecord::default()
+                    }],
+                    ..ScopeLogs::default()
+                }],
+                ..ResourceLogs::default()
+            }],
+        }
+    }
+
+    /// Redaction runs before the spool: a tenant with a key gets its
+    /// events stored redacted; one without is refused whole, with a retry
+    /// hint, and nothing of it is stored.
+    #[tokio::test]
+    async fn requests_are_redacted_before_the_spool_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingest, spool) = ingest(dir.path());
+        let err = ingest
+            .export(request(), Transport::Grpc, "globex".into(), 10, 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::Redaction(_)), "{err}");
+        assert_eq!(err.reason(), "redaction");
+        assert!(err.retryable() && !err.too_large());
+        assert!(err.to_string().contains("tenant globex"), "{err}");
+        assert_eq!(spool.stats().last_seq, 0, "nothing stored");
+
+        ingest
+            .export(request(), Transport::Grpc, "acme".into(), 10, 10)
+            .await
+            .unwrap();
+        let stored = spool.read(0, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(
+            stored[0].actor_id.starts_with("hmac-sha256:v1:"),
+            "{:?}",
+            stored[0]
+        );
+        assert!(!stored[0].attributes.contains("alice"), "{:?}", stored[0]);
+    }
+}

@@ -669,7 +669,11 @@ fn overrides_by_service_and_event_first_match_wins() {
         vec![record("chat.completion", "prompt", vec![])],
     );
     r.redact(&mut other, "acme").unwrap();
-    assert_eq!(events(&other)[0].body, "pro", "another service: the chat.* cap");
+    assert_eq!(
+        events(&other)[0].body,
+        "pro",
+        "another service: the chat.* cap"
+    );
 }
 
 #[test]

@@ -330,9 +330,11 @@ impl RuleEntry {
                 match (self.keep_prefix, self.keep_suffix) {
                     (Some(n), None) => Action::Mask(Keep::Prefix(n)),
                     (None, Some(n)) => Action::Mask(Keep::Suffix(n)),
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "{what}: action = \"mask\" needs keep_prefix or keep_suffix (one of them)"
-                    )),
+                    ))
+                    }
                 }
             }
             ActionName::Regex => {
