@@ -416,7 +416,7 @@ async fn no_secret_reaches_the_spool_the_sql_rows_or_the_file_sink_in_clear() {
     assert_no_secret("MySQL rows", &sql);
     let capped = rows
         .iter()
-        .find(|r| text(*r, "event_name").as_deref() == Some("chat.completion"))
+        .find(|r| text(r, "event_name").as_deref() == Some("chat.completion"))
         .unwrap();
     let row_attrs: Value = serde_json::from_str(&text(capped, "attributes").unwrap()).unwrap();
     assert_eq!(row_attrs["audit.truncated_bytes"], BIG_BODY);

@@ -198,14 +198,7 @@ impl Keyring {
                 .expect("HMAC takes a key of any length");
             versions.push((version, mac));
         }
-        let tenants = by_tenant
-            .into_iter()
-            .map(|(tenant, mut versions)| {
-                versions.sort_by(|a, b| b.0.cmp(&a.0));
-                (tenant, TenantKeys { versions })
-            })
-            .collect();
-        Ok(Keyring { tenants })
+        Ok(Keyring::of(by_tenant))
     }
 
     /// A keyring of the given keys, as text (for tests and tools).
@@ -218,15 +211,19 @@ impl Keyring {
                 .or_default()
                 .push((version, mac));
         }
-        Keyring {
-            tenants: by_tenant
-                .into_iter()
-                .map(|(tenant, mut versions)| {
-                    versions.sort_by(|a, b| b.0.cmp(&a.0));
-                    (tenant, TenantKeys { versions })
-                })
-                .collect(),
-        }
+        Keyring::of(by_tenant)
+    }
+
+    /// Each tenant's keys, newest first.
+    fn of(by_tenant: BTreeMap<String, Vec<(u32, Hmac<Sha256>)>>) -> Keyring {
+        let tenants = by_tenant
+            .into_iter()
+            .map(|(tenant, mut versions)| {
+                versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+                (tenant, TenantKeys { versions })
+            })
+            .collect();
+        Keyring { tenants }
     }
 
     /// `tenant`'s keys, else those of [`ANY_TENANT`].

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::patterns::{self, Builtin};
+use crate::patterns::{self, always, Builtin, Check};
 
 /// Attributes no rule may touch: they identify the event or decide how it is
 /// read, and auditrail validates them (a redacted `audit.outcome` or
@@ -274,14 +274,10 @@ pub(crate) struct Group {
     /// The pattern's name (`{pattern}`).
     pub(crate) name: String,
     /// Whether a candidate really is one (see [`crate::patterns`]).
-    pub(crate) check: fn(&str, usize, usize) -> bool,
+    pub(crate) check: Check,
     /// The capture group's index: own regexes may have groups of their
     /// own, so this is looked up by the group's name once.
     pub(crate) index: usize,
-}
-
-fn always(_: &str, _: usize, _: usize) -> bool {
-    true
 }
 
 impl Replacer {
@@ -300,7 +296,7 @@ impl Replacer {
                 ),
             ));
         }
-        let mut groups: Vec<(String, fn(&str, usize, usize) -> bool)> = Vec::new();
+        let mut groups: Vec<(String, Check)> = Vec::new();
         let mut sources = Vec::new();
         // Own regexes first: they are the more specific ones.
         for (name, source) in regexes {
