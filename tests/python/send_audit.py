@@ -87,6 +87,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def key_values(option: str, pairs: list[str]) -> dict[str, str] | None:
+    """KEY=VALUE arguments as a dict; None (after saying why) if one is not."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            print(f"send_audit: {option} {pair!r} is not KEY=VALUE", file=sys.stderr)
+            return None
+        out[key] = value
+    return out
+
+
 def recording_exporter_class(base: type) -> type:
     """Subclass an OTLP log exporter so the outcome of every export() call is kept."""
 
@@ -150,20 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     tracer_provider = TracerProvider(resource=resource)
     tracer = tracer_provider.get_tracer(AUDIT_LOGGER_NAME)
 
-    headers = {}
-    for header in args.header:
-        key, sep, value = header.partition("=")
-        if not sep:
-            print(f"send_audit: --header {header!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        headers[key.strip().lower()] = value.strip()
-    attrs = {}
-    for attr in args.attr:
-        key, sep, value = attr.partition("=")
-        if not sep:
-            print(f"send_audit: --attr {attr!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        attrs[key] = value
+    headers = key_values("--header", args.header)
+    attrs = key_values("--attr", args.attr)
+    if headers is None or attrs is None:
+        return 2
+    headers = {key.strip().lower(): value.strip() for key, value in headers.items()}
     exporter = make_exporter(args.protocol, args.endpoint, args.timeout, headers)
     if args.processor == "simple":
         processor = SimpleLogRecordProcessor(exporter)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use auditrail_tests::mysql::{text, Database, SinkToml};
 use auditrail_tests::sinks::{assert_no_dead_letters, emit_in_span, wait_caught_up};
-use auditrail_tests::{binary, python_venv, Server, Setup};
+use auditrail_tests::{binary, files_under, python_venv, Server, Setup};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
 use opentelemetry_otlp::{LogExporter, WithExportConfig, WithTonicConfig};
 use serde_json::Value;
@@ -242,24 +242,6 @@ fn auditrail_hash(config: &Path, value: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Every file under `dir`, with its bytes.
-fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                files.push((path, bytes));
-            }
-        }
-    }
-    files
 }
 
 fn holds(haystack: &[u8], needle: &str) -> bool {
