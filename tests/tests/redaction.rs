@@ -222,26 +222,41 @@ fn send_with_python_sdk(grpc_url: &str) -> Vec<String> {
     vec![private_body]
 }
 
-/// `auditrail hash` as an investigator runs it: the lines it prints.
+/// `auditrail hash` as an investigator runs it: the lines it prints. The
+/// value is given once as an argument and once on stdin (`-`, with a
+/// newline after it), which must print the same.
 fn auditrail_hash(config: &Path, value: &str) -> Vec<String> {
-    let output = Command::new(binary())
-        .args(["hash", "--config"])
-        .arg(config)
-        .args(["--tenant", "acme", value])
-        .env("REDACT_ACME_HMAC_V1", KEY_V1)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running auditrail hash");
-    assert!(
-        output.status.success(),
-        "auditrail hash: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let run = |arg: &str, stdin: Option<String>| {
+        let mut child = Command::new(binary())
+            .args(["hash", "--config"])
+            .arg(config)
+            .args(["--tenant", "acme", arg])
+            .env("REDACT_ACME_HMAC_V1", KEY_V1)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running auditrail hash");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "auditrail hash: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let lines = run(value, None);
+    assert_eq!(run("-", Some(format!("{value}\n"))), lines, "from stdin");
+    lines
 }
 
 fn holds(haystack: &[u8], needle: &str) -> bool {
