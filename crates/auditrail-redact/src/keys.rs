@@ -124,6 +124,24 @@ impl std::fmt::Debug for TenantKeys {
     }
 }
 
+/// Whether `text` is exactly an HMAC as [`TenantKeys::hash`] writes it
+/// (`hmac-sha256:v<version>:<64 lower-case hex>`), so nothing else is in it.
+pub fn is_hmac(text: &str) -> bool {
+    let Some(rest) = text
+        .strip_prefix(HMAC_PREFIX)
+        .and_then(|r| r.strip_prefix(":v"))
+    else {
+        return false;
+    };
+    let Some((version, hex)) = rest.split_once(':') else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn format_mac(version: u32, mut mac: Hmac<Sha256>, value: &str) -> String {
     mac.update(value.as_bytes());
     let digest = mac.finalize().into_bytes();
@@ -343,6 +361,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("/nonexistent/key"), "{err}");
+    }
+
+    #[test]
+    fn hmacs_are_recognised_exactly() {
+        let ring = Keyring::from_keys([("t", 12, b"k".as_slice())]);
+        assert!(is_hmac(&ring.tenant("t").unwrap().hash("x")));
+        for not in [
+            "hmac-sha256:v1:abc",
+            "hmac-sha256:v:960ddf949ae80402adb430890f0211fa886cb64e263aaf52fceff1cf5c470f1b",
+            "hmac-sha256:v1:960DDF949ae80402adb430890f0211fa886cb64e263aaf52fceff1cf5c470f1b",
+            "hmac-sha256:v1:960ddf949ae80402adb430890f0211fa886cb64e263aaf52fceff1cf5c470f1b x@y.org",
+            "hmac-sha256:v1:alice@example.com",
+        ] {
+            assert!(!is_hmac(not), "{not}");
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
 use auditrail_model::anyvalue::any_value_to_json;
 
-use crate::keys::{Keyring, TenantKeys};
+use crate::keys::{is_hmac, Keyring, TenantKeys};
+use crate::patterns::Shape;
 use crate::policy::{Capture, Compiled, Keep, Level, Part, Policy, Replacer};
 
 /// The attribute that holds the body's size as sent, when the capture
@@ -33,6 +34,10 @@ pub const TRUNCATED_BYTES: &str = "audit.truncated_bytes";
 /// The attribute that maps each prompt-like attribute the capture settings
 /// cut or dropped to its size as sent.
 pub const TRUNCATED_ATTRIBUTES: &str = "audit.truncated_attributes";
+
+/// Texts up to this many bytes are counted ([`Shape`]) before any regex
+/// runs on them.
+const SHORT_TEXT: usize = 256;
 
 /// What a masked character becomes.
 const MASK: char = '*';
@@ -517,42 +522,68 @@ fn replace_in(value: &mut AnyValue, replacer: &Replacer, keys: Option<&TenantKey
 
 /// `text` with every checked match replaced, and the number replaced;
 /// `None` when nothing was (no allocation then).
+///
+/// Each pattern finds its matches in the text as sent (so no pattern
+/// matches inside another's replacement); of overlapping ones, the one
+/// that starts first is replaced, and of those that start together, the
+/// one first in precedence; the rest of a match it overlaps is removed
+/// with it.
 pub(crate) fn replace_str(
     text: &str,
     replacer: &Replacer,
     keys: Option<&TenantKeys>,
 ) -> Option<(String, u64)> {
-    let mut out: Option<String> = None;
-    let mut copied = 0;
-    let mut n = 0;
-    for caps in replacer.regex.captures_iter(text) {
-        let Some((group, m)) = replacer
-            .groups
-            .iter()
-            .find_map(|g| caps.get(g.index).map(|m| (g, m)))
-        else {
-            continue;
-        };
-        if !(group.check)(text, m.start(), m.end()) {
+    // What an `hmac` rule wrote holds nothing to find (and its digits and
+    // dashes would send it through the phone pattern's slow path).
+    if is_hmac(text) {
+        return None;
+    }
+    // A short text (most attribute values) is counted once, which rules
+    // out most patterns for less than one regex search costs; a long one
+    // (a prompt) goes to the regexes, whose own prefilters are faster than
+    // counting its bytes.
+    let shape = (text.len() <= SHORT_TEXT).then(|| Shape::of(text));
+    // (start, end, pattern)
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, pattern) in replacer.patterns.iter().enumerate() {
+        if shape.is_some_and(|shape| !(pattern.possible)(&shape, text)) {
             continue;
         }
-        let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-        out.push_str(&text[copied..m.start()]);
+        for m in pattern.regex.find_iter(text) {
+            if (pattern.check)(text, m.start(), m.end()) {
+                found.push((m.start(), m.end(), i));
+            }
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    found.sort_unstable_by_key(|&(start, _, pattern)| (start, pattern));
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut n = 0;
+    for (start, end, i) in found {
+        if start < copied {
+            // Overlaps one already replaced: what of it reaches past that
+            // one goes too, so no part of it is left in clear.
+            copied = copied.max(end);
+            continue;
+        }
+        out.push_str(&text[copied..start]);
         for part in &replacer.replacement {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Pattern => out.push_str(&group.name),
+                Part::Pattern => out.push_str(&replacer.patterns[i].name),
                 Part::Hmac => out.push_str(
                     &keys
                         .expect("checked: the policy needs keys")
-                        .hash(m.as_str()),
+                        .hash(&text[start..end]),
                 ),
             }
         }
-        copied = m.end();
+        copied = end;
         n += 1;
     }
-    let mut out = out?;
     out.push_str(&text[copied..]);
     Some((out, n))
 }
