@@ -475,9 +475,8 @@ impl Ingest {
         });
         Ok(ExportLogsServiceResponse { partial_success })
     }
-}
 
-impl Ingest {
+    /// Counts what redacting a request did, by rule and by cut.
     fn count_redactions(&self, report: &Report) {
         for ((rule, action), &n) in self.redactor.policy().rule_labels().zip(&report.by_rule) {
             if n > 0 {

@@ -59,7 +59,7 @@ impl Shape {
 pub struct Builtin {
     /// The name in the config (`patterns = ["email"]`) and in `{pattern}`.
     pub name: &'static str,
-    /// The candidates (no capture groups of its own).
+    /// The candidates.
     pub regex: &'static str,
     /// Whether a candidate is one.
     pub check: Check,
@@ -94,7 +94,8 @@ pub const BUILTINS: &[Builtin] = &[
         // Google API keys, Slack tokens, Hugging Face tokens.
         regex: r"(?-u:\b)(?:sk-[A-Za-z0-9_\-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}|(?:AKIA|ASIA)[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|AIza[0-9A-Za-z_\-]{35}|xox[abposr]-[A-Za-z0-9\-]{10,}|hf_[A-Za-z0-9]{30,})",
         check: always,
-        possible: |_, text| text.len() >= 20 && API_KEY_PREFIXES.iter().any(|p| text.contains(p)),
+        // The shortest key is a Slack token: `xoxb-` and 10 more.
+        possible: |_, text| text.len() >= 15 && API_KEY_PREFIXES.iter().any(|p| text.contains(p)),
     },
     Builtin {
         name: "email",
@@ -110,8 +111,8 @@ pub const BUILTINS: &[Builtin] = &[
         // counted ones ({0,4}, {2,7}) made it ~30 times slower.
         regex: r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:(?:[0-9A-Fa-f]*:)*(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]*)",
         check: is_ipv6,
-        // Two groups or fewer need `::`; without it an address has 8
-        // groups (7 colons), or 6 and an IPv4 tail.
+        // An address of fewer than 8 groups needs `::`; one without it
+        // has 7 colons, or 6 and an IPv4 tail.
         possible: |shape, text| shape.colons >= 6 || (shape.colons >= 2 && text.contains("::")),
     },
     Builtin {
