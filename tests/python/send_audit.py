@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra request header (gRPC metadata), e.g. 'authorization=Bearer TOKEN'",
     )
     p.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further (string) attribute of every record; may replace the fixed ones",
+    )
+    p.add_argument(
         "--processor",
         choices=("batch", "simple"),
         default="batch",
@@ -78,6 +85,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.count < 1:
         p.error("--count must be >= 1")
     return args
+
+
+def key_values(option: str, pairs: list[str]) -> dict[str, str] | None:
+    """KEY=VALUE arguments as a dict; None (after saying why) if one is not."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            print(f"send_audit: {option} {pair!r} is not KEY=VALUE", file=sys.stderr)
+            return None
+        out[key] = value
+    return out
 
 
 def recording_exporter_class(base: type) -> type:
@@ -143,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     tracer_provider = TracerProvider(resource=resource)
     tracer = tracer_provider.get_tracer(AUDIT_LOGGER_NAME)
 
-    headers = {}
-    for header in args.header:
-        key, sep, value = header.partition("=")
-        if not sep:
-            print(f"send_audit: --header {header!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        headers[key.strip().lower()] = value.strip()
+    headers = key_values("--header", args.header)
+    attrs = key_values("--attr", args.attr)
+    if headers is None or attrs is None:
+        return 2
+    headers = {key.strip().lower(): value.strip() for key, value in headers.items()}
     exporter = make_exporter(args.protocol, args.endpoint, args.timeout, headers)
     if args.processor == "simple":
         processor = SimpleLogRecordProcessor(exporter)
@@ -182,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if args.uid_prefix is not None:
                     extra["log.record.uid"] = f"{args.uid_prefix}-{i}"
+                extra.update(attrs)
                 # The body is passed as the message with no args, so '%' in it is not interpolated.
                 audit_log.info(args.body, extra=extra)
     finally:

@@ -1,8 +1,8 @@
 //! The configs the docs tell users to copy: every ```toml block of
-//! `docs/sinks.md`, `docs/config.md`, `docs/security.md`, `docs/integrity.md`
-//! and the README passes `auditrail check-config` (with each variable it
-//! names from the environment set, and each `key_file` written by `auditrail
-//! keygen`), and every sink type
+//! `docs/sinks.md`, `docs/config.md`, `docs/security.md`, `docs/integrity.md`,
+//! `docs/redaction.md` and the README passes `auditrail check-config` (with
+//! each variable it names from the environment set, and each `[integrity]
+//! key_file` written by `auditrail keygen`), and every sink type
 //! auditrail has is shown in `docs/sinks.md` with a config to copy.
 
 use std::collections::BTreeSet;
@@ -68,14 +68,18 @@ fn variables(block: &str) -> BTreeSet<String> {
     vars
 }
 
-/// The block with each `key_file = "PATH"` pointing at a key `auditrail
-/// keygen` just wrote, as the docs tell users to make it.
+/// The block with each `[integrity] key_file = "PATH"` pointing at a key
+/// `auditrail keygen` just wrote, as the docs tell users to make it.
 fn with_keys(block: &str, dir: &Path) -> String {
     let mut out = String::new();
+    let mut table = String::new();
     for line in block.lines() {
         let code = line.split('#').next().unwrap_or("");
+        if code.trim_start().starts_with('[') {
+            table = code.trim().to_owned();
+        }
         match code.split_once('=') {
-            Some((key, _)) if key.trim() == "key_file" => {
+            Some((key, _)) if key.trim() == "key_file" && table == "[integrity]" => {
                 let key = dir.join(format!("key-{}", rand_suffix()));
                 let status = Command::new(binary())
                     .args(["keygen", "--out"])
@@ -108,7 +112,8 @@ fn check_config(block: &str, dir: &Path) -> Result<(), String> {
     let mut command = Command::new(binary());
     command.arg("check-config").arg(&path).stdin(Stdio::null());
     for var in variables(block) {
-        command.env(var, "from-the-environment");
+        // Long enough for an HMAC key (redaction keys need 32 bytes).
+        command.env(var, "from-the-environment-0123456789abcdef");
     }
     let out = command.output().expect("running auditrail check-config");
     if out.status.success() {
@@ -129,6 +134,7 @@ fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
         "docs/config.md",
         "docs/security.md",
         "docs/integrity.md",
+        "docs/redaction.md",
         "README.md",
     ] {
         let text = std::fs::read_to_string(repo.join(doc)).unwrap();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use auditrail_tests::otlp::{attr, record, request, string};
-use auditrail_tests::{cli, Server};
+use auditrail_tests::{cli, files_under, Server};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 
 /// A stopped server's spool holding three requests of 3,000 events of
@@ -33,25 +33,6 @@ async fn spool_with_blobs() -> (tempfile::TempDir, PathBuf) {
     assert!(server.terminate().success());
     let spool = server.spool_dir();
     (dir, spool)
-}
-
-/// Every file under `dir`, with its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                files.push((path, bytes));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -84,7 +65,7 @@ async fn verify_and_check_say_what_they_covered_and_change_nothing() {
     let (_dir, spool) = spool_with_blobs().await;
     let spool_arg = spool.to_str().unwrap();
     assert_eq!(blobs(&spool).len(), 3, "one blob file per commit");
-    let before = snapshot(&spool);
+    let before = files_under(&spool);
 
     let (code, out) = run(&["verify", "--data-dir", spool_arg]);
     assert_eq!(code, 0, "{out}");
@@ -98,7 +79,7 @@ async fn verify_and_check_say_what_they_covered_and_change_nothing() {
     assert!(out.contains("spool ok"), "{out}");
 
     assert!(
-        before == snapshot(&spool),
+        before == files_under(&spool),
         "verify or check wrote to the spool"
     );
 }

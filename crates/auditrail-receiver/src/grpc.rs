@@ -71,7 +71,7 @@ impl LogsService for Logs {
 /// The status of a refusal, with a retry hint when a retry can help.
 fn status_of(e: &IngestError, retry_after: std::time::Duration) -> Status {
     let code = match e {
-        IngestError::Unavailable(_) => Code::Unavailable,
+        IngestError::Unavailable(_) | IngestError::Redaction(_) => Code::Unavailable,
         IngestError::QuotaExceeded(_)
         | IngestError::TooLarge { .. }
         | IngestError::Busy { .. }

@@ -303,7 +303,9 @@ fn write_refusal(e: WriteRefused, retry_after: std::time::Duration, encoding: En
 fn refusal_of(e: IngestError, retry_after: std::time::Duration, encoding: Encoding) -> Refusal {
     let (http, grpc_code) = match e {
         _ if e.too_large() => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
-        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+        IngestError::Unavailable(_) | IngestError::Redaction(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
+        }
         _ => (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED),
     };
     Refusal {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use auditrail_model::{map_request, ReceiveContext, RequestCost};
+use auditrail_redact::{RedactError, Redactor, Report};
 use auditrail_spool::{Spool, SpoolError};
 
 use crate::auth::Writers;
@@ -123,6 +124,12 @@ pub enum IngestError {
     /// Over its tenant's rate (`receiver.rate_limit`).
     #[error("{0}")]
     RateLimited(RateRefused),
+    /// The request could not be redacted (a tenant without an HMAC key):
+    /// nothing of it may be stored in clear, so none of it is stored. The
+    /// server's config is at fault, so the client is told to retry (HTTP
+    /// 503, gRPC UNAVAILABLE) while an operator fixes it.
+    #[error("events could not be redacted: {0}; retry later")]
+    Redaction(RedactError),
 }
 
 impl IngestError {
@@ -134,6 +141,7 @@ impl IngestError {
             IngestError::TooLarge { limit, .. } => limit,
             IngestError::Busy { .. } => "max_in_flight_bytes",
             IngestError::RateLimited(_) => "rate_limit",
+            IngestError::Redaction(_) => "redaction",
         }
     }
 
@@ -145,6 +153,7 @@ impl IngestError {
                 | IngestError::Unavailable(_)
                 | IngestError::Busy { .. }
                 | IngestError::RateLimited(RateRefused::Later { .. })
+                | IngestError::Redaction(_)
         )
     }
 
@@ -228,11 +237,13 @@ impl BodyAccount {
     }
 }
 
-/// Maps, stores and acknowledges export requests.
+/// Redacts, maps, stores and acknowledges export requests.
 pub struct Ingest {
     spool: Arc<Spool>,
     config: ReceiverConfig,
     writers: Writers,
+    /// Applied to every request before its records become events.
+    redactor: Redactor,
     rates: TenantRateLimiter,
     /// The in-flight account, in KiB (`PERMIT_BYTES`).
     in_flight: Arc<Semaphore>,
@@ -240,7 +251,12 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(spool: Arc<Spool>, config: ReceiverConfig, writers: Writers) -> Arc<Ingest> {
+    pub fn new(
+        spool: Arc<Spool>,
+        config: ReceiverConfig,
+        writers: Writers,
+        redactor: Redactor,
+    ) -> Arc<Ingest> {
         let in_flight_permits =
             u32::try_from(config.max_in_flight_bytes as u64 / PERMIT_BYTES).unwrap_or(u32::MAX);
         Arc::new(Ingest {
@@ -250,6 +266,7 @@ impl Ingest {
             in_flight_permits,
             config,
             writers,
+            redactor,
         })
     }
 
@@ -278,6 +295,11 @@ impl Ingest {
         match error {
             IngestError::Unavailable(_) => {
                 tracing::error!(%error, "request refused: events could not be stored")
+            }
+            IngestError::Redaction(e) => {
+                metrics::counter!("auditrail_redaction_failures_total", "reason" => e.reason())
+                    .increment(1);
+                tracing::error!(%error, "request refused: events could not be redacted")
             }
             IngestError::RateLimited(
                 RateRefused::Later { tenant, .. } | RateRefused::Never { tenant, .. },
@@ -381,7 +403,7 @@ impl Ingest {
 
     async fn admit_and_store(
         &self,
-        request: ExportLogsServiceRequest,
+        mut request: ExportLogsServiceRequest,
         transport: Transport,
         tenant: String,
         wire_bytes: usize,
@@ -397,6 +419,16 @@ impl Ingest {
         self.spool
             .check_quota()
             .map_err(IngestError::QuotaExceeded)?;
+        // Before the records become events: the canonical fields and
+        // content-hash ids are then made from what is stored, and clear
+        // text never reaches the spool.
+        if self.redactor.is_active() {
+            let report = self
+                .redactor
+                .redact(&mut request, &tenant)
+                .map_err(IngestError::Redaction)?;
+            self.count_redactions(&report);
+        }
         let ctx = ReceiveContext {
             tenant,
             received_time_unix_nano: now_unix_nano(),
@@ -443,6 +475,29 @@ impl Ingest {
         });
         Ok(ExportLogsServiceResponse { partial_success })
     }
+
+    /// Counts what redacting a request did, by rule and by cut.
+    fn count_redactions(&self, report: &Report) {
+        for ((rule, action), &n) in self.redactor.policy().rule_labels().zip(&report.by_rule) {
+            if n > 0 {
+                metrics::counter!("auditrail_redactions_total",
+                    "rule" => rule.to_owned(), "action" => action)
+                .increment(n);
+            }
+        }
+        for (reason, n) in [
+            ("metadata", report.dropped_by_level),
+            ("max_body_bytes", report.truncated_by_cap),
+        ] {
+            if n > 0 {
+                metrics::counter!("auditrail_truncated_values_total", "reason" => reason)
+                    .increment(n);
+            }
+        }
+        if report.cut_bytes > 0 {
+            metrics::counter!("auditrail_truncated_bytes_total").increment(report.cut_bytes);
+        }
+    }
 }
 
 /// What both transports answer to traces and metrics: a plain refusal
@@ -460,4 +515,95 @@ pub(crate) fn now_unix_nano() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auditrail_auth::tokens::TokenSet;
+    use auditrail_auth::Authenticator;
+    use auditrail_redact::{Action, CaptureSpec, Keyring, Policy, RuleSpec};
+    use auditrail_spool::SpoolConfig;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    fn ingest(dir: &std::path::Path) -> (Arc<Ingest>, Arc<Spool>) {
+        let spool = Arc::new(
+            Spool::open(SpoolConfig {
+                dir: dir.to_owned(),
+                node: "n".into(),
+                max_disk_bytes: 1 << 30,
+                retention: Duration::from_secs(3600),
+                cache_bytes: 1 << 20,
+                signing: None,
+            })
+            .unwrap(),
+        );
+        let rules = [RuleSpec {
+            name: None,
+            attributes: vec!["user.id".into()],
+            resource_attributes: Vec::new(),
+            body: false,
+            action: Action::Hmac,
+        }];
+        let redactor = Redactor::new(
+            Policy::new(&rules, &CaptureSpec::default()).unwrap(),
+            Keyring::from_keys([("acme", 1, b"0123456789abcdef0123456789abcdef".as_slice())]),
+        );
+        let writers = Writers::new(Arc::new(Authenticator::new(TokenSet::new(), None)), false);
+        let ingest = Ingest::new(spool.clone(), ReceiverConfig::default(), writers, redactor);
+        (ingest, spool)
+    }
+
+    fn request() -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        attributes: vec![KeyValue {
+                            key: "user.id".into(),
+                            value: Some(AnyValue {
+                                value: Some(Value::StringValue("alice".into())),
+                            }),
+                            ..KeyValue::default()
+                        }],
+                        ..LogRecord::default()
+                    }],
+                    ..ScopeLogs::default()
+                }],
+                ..ResourceLogs::default()
+            }],
+        }
+    }
+
+    /// Redaction runs before the spool: a tenant with a key gets its
+    /// events stored redacted; one without is refused whole, with a retry
+    /// hint, and nothing of it is stored.
+    #[tokio::test]
+    async fn requests_are_redacted_before_the_spool_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingest, spool) = ingest(dir.path());
+        let err = ingest
+            .export(request(), Transport::Grpc, "globex".into(), 10, 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::Redaction(_)), "{err}");
+        assert_eq!(err.reason(), "redaction");
+        assert!(err.retryable() && !err.too_large());
+        assert!(err.to_string().contains("tenant globex"), "{err}");
+        assert_eq!(spool.stats().last_seq, 0, "nothing stored");
+
+        ingest
+            .export(request(), Transport::Grpc, "acme".into(), 10, 10)
+            .await
+            .unwrap();
+        let stored = spool.read(0, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(
+            stored[0].actor_id.starts_with("hmac-sha256:v1:"),
+            "{:?}",
+            stored[0]
+        );
+        assert!(!stored[0].attributes.contains("alice"), "{:?}", stored[0]);
+    }
 }

@@ -2,7 +2,8 @@
 //! JSON).
 //!
 //! Both transports decode and bound the request, then hand it to [`Ingest`],
-//! which maps records to audit events, appends them to the spool and answers
+//! which redacts it (`auditrail_redact`), maps records to audit events,
+//! appends them to the spool and answers
 //! only after the spool's fsync. A record that cannot be accepted is named in
 //! `partial_success`; a request that cannot be read at all is refused with a
 //! message that says why, and changes nothing.

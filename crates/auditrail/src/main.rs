@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use auditrail::config::Config;
-use auditrail::{client, dead_letters, integrity, serve, sinks, spool_check};
+use auditrail::{client, dead_letters, hash, integrity, serve, sinks, spool_check};
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the
@@ -121,8 +121,25 @@ enum Command {
     /// Sinks removed from the config: forget what the spool keeps of them.
     #[command(subcommand)]
     Sink(sinks::SinkCommand),
-    /// Check a config file and say what is wrong with it, if anything.
+    /// Check a config file and say what is wrong with it, if anything
+    /// (redaction keys are read, to find a missing one before `serve` does).
     CheckConfig { file: PathBuf },
+    /// Print what VALUE is stored as under the tenant's HMAC keys
+    /// (`[[redaction.keys]]`), newest version first, one per line: search
+    /// for each (`query --actor ...` or `--text ...`) to find the events of
+    /// a value no one stored in clear.
+    Hash {
+        /// The config that names the keys (they are read from its
+        /// key_env / key_file).
+        #[arg(long)]
+        config: PathBuf,
+        /// The tenant whose keys hashed the value.
+        #[arg(long)]
+        tenant: String,
+        /// The value, exactly as sent; `-` reads it from stdin (one trailing
+        /// newline removed), which keeps it out of shell history.
+        value: String,
+    },
     /// Print the version.
     Version,
 }
@@ -245,6 +262,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         },
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
+            config
+                .redaction
+                .redactor(&config.capture)
+                .with_context(|| format!("{}", file.display()))?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok (node {}, gRPC {}, HTTP {}, admin {}, spool {}, {} sink(s))",
                 file.display(),
@@ -256,6 +280,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 config.sinks.len()
             );
         }
+        Command::Hash {
+            config,
+            tenant,
+            value,
+        } => hash::run(&config, &tenant, &value)?,
         Command::Version => println!("auditrail {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)

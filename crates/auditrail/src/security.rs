@@ -157,14 +157,16 @@ fn read_secret(source: &SecretSource, what: &str) -> anyhow::Result<Vec<String>>
     Ok(tokens)
 }
 
-fn warn_if_readable_by_others(path: &Path, what: &str) {
+/// Warns when a file holding a secret (a token, an HMAC key) can be read
+/// by other users than its owner.
+pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
                 what,
                 file = %path.display(),
-                "the token file can be read by other users than its owner; chmod 600 it"
+                "the secret's file can be read by other users than its owner; chmod 600 it"
             );
         }
     }

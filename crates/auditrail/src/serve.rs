@@ -53,7 +53,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         security.authenticator.clone(),
         security.writers_authenticate,
     );
-    let ingest = Ingest::new(spool.clone(), config.receiver.receiver_config(), writers);
+    let redactor = config.redaction.redactor(&config.capture)?;
+    announce_redaction(&config, &redactor);
+    let ingest = Ingest::new(
+        spool.clone(),
+        config.receiver.receiver_config(),
+        writers,
+        redactor,
+    );
     let bind = |addr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -255,6 +262,28 @@ pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {
     })
     .with_context(|| format!("opening spool {}", config.spool.dir.display()))?;
     Ok(Arc::new(spool))
+}
+
+/// Says at start-up what is redacted before the spool, and what in the
+/// config is likely not what was meant.
+fn announce_redaction(config: &Config, redactor: &auditrail_redact::Redactor) {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    if redactor.is_active() {
+        let rules: Vec<String> = redactor
+            .policy()
+            .rule_labels()
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        tracing::info!(
+            rules = %rules.join(", "),
+            capture_level = ?config.capture.level,
+            max_body_bytes = ?config.capture.max_body_bytes,
+            capture_overrides = config.capture.overrides.len(),
+            "redaction and capture settings apply before the spool"
+        );
+    }
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {

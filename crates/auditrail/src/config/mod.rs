@@ -3,9 +3,11 @@
 //! Every table denies unknown keys, so a typo is an error that names the key
 //! and its line instead of a setting that silently does nothing. `${VAR}` is
 //! replaced by the environment variable `VAR` before parsing, for secrets.
-//! Who may do what (tokens, OIDC, TLS, rate limits) is in [`auth`].
+//! Who may do what (tokens, OIDC, TLS, rate limits) is in [`auth`]; what
+//! sensitive values become before they are stored, in [`redaction`].
 
 pub mod auth;
+pub mod redaction;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use self::auth::{
     is_loopback, OidcSection, RateLimitSection, SecretSource, TlsSection, WriterToken,
 };
+use self::redaction::{CaptureSection, RedactionSection};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,10 @@ pub struct Config {
     pub oidc: Option<OidcSection>,
     /// `[[sinks]]`: see `auditrail_exporters::SinkConfig`.
     pub sinks: Vec<SinkConfig>,
+    /// `[redaction]`: HMAC keys and redaction rules.
+    pub redaction: RedactionSection,
+    /// `[capture]`: capture levels and the body size cap.
+    pub capture: CaptureSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -363,6 +370,8 @@ impl Config {
             return Err("admin.query_timeout must be longer than 0s".into());
         }
         self.validate_auth()?;
+        self.redaction
+            .validate(&self.capture, &self.writer_tenants())?;
         if self.spool.retention.is_zero() {
             return Err("spool.retention must be longer than 0s".into());
         }
@@ -408,6 +417,35 @@ impl Config {
                 .tls
                 .as_ref()
                 .is_some_and(|tls| tls.tenant_from.is_some())
+    }
+
+    /// The tenants the config names as writers: those of writer tokens,
+    /// of client certificates and of OIDC roles, and `default` when writers
+    /// need not authenticate. (A tenant from an OIDC claim is known only
+    /// when it writes.)
+    pub fn writer_tenants(&self) -> std::collections::BTreeSet<String> {
+        let mut tenants: std::collections::BTreeSet<String> = self
+            .receiver
+            .tokens
+            .iter()
+            .map(|t| t.tenant.clone())
+            .collect();
+        if let Some(tls) = &self.receiver.tls {
+            tenants.extend(tls.tenants.values().cloned());
+        }
+        if let Some(oidc) = &self.oidc {
+            tenants.extend(oidc.roles.iter().filter_map(|r| r.tenant.clone()));
+        }
+        if !self.writers_authenticate() {
+            tenants.insert(auditrail_model::id::DEFAULT_TENANT.to_owned());
+        }
+        tenants
+    }
+
+    /// What is valid but likely not meant, for `check-config` and start-up
+    /// to say.
+    pub fn warnings(&self) -> Vec<String> {
+        self.redaction.warnings()
     }
 
     /// Whether admin API callers must authenticate: an operator token,
