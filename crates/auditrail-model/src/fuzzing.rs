@@ -16,6 +16,7 @@ pub fn map_and_round_trip(request: &ExportLogsServiceRequest) {
         tenant: "fuzz".into(),
         received_time_unix_nano: 1,
         max_event_bytes: 1 << 20,
+        max_clock_skew_nanos: 0,
     };
     let mapped = map_request(request, &ctx);
     assert_eq!(

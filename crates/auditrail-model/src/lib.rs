@@ -20,6 +20,6 @@ pub use canonical::DecodeError;
 pub use chain::{chain_hash, Hash, GENESIS_HASH};
 pub use event::{AuditEvent, Outcome};
 pub use otlp::{
-    map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord, RequestCost,
-    MAX_EVENT_BYTES,
+    clock_skew, map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord, RequestCost,
+    CLOCK_SKEW_ATTRIBUTE, MAX_EVENT_BYTES,
 };

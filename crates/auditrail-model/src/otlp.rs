@@ -4,7 +4,7 @@ use prost::Message;
 
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
-    common::v1::{any_value::Value, InstrumentationScope, KeyValue},
+    common::v1::{any_value::Value, AnyValue, InstrumentationScope, KeyValue},
     logs::v1::LogRecord,
     resource::v1::Resource,
 };
@@ -24,6 +24,23 @@ pub struct ReceiveContext {
     /// whose event would be larger is rejected (`event_too_large`). Capped at
     /// [`MAX_EVENT_BYTES`] whatever is asked.
     pub max_event_bytes: usize,
+    /// An event whose time is further than this from the receive time, in
+    /// the past or the future, carries [`CLOCK_SKEW_ATTRIBUTE`]; 0: never.
+    pub max_clock_skew_nanos: u64,
+}
+
+/// The attribute auditrail sets on an event whose time is further from its
+/// receive time than `max_clock_skew`: the event time minus the receive
+/// time, in nanoseconds (negative: the sender's clock is behind). It
+/// replaces any attribute of that name the sender set.
+pub const CLOCK_SKEW_ATTRIBUTE: &str = "audit.clock_skew_ns";
+
+/// The event time minus the receive time, when it is further apart than
+/// `max` (0: never).
+pub fn clock_skew(time_unix_nano: u64, received_unix_nano: u64, max: u64) -> Option<i64> {
+    let skew = i128::from(time_unix_nano) - i128::from(received_unix_nano);
+    (max > 0 && skew.unsigned_abs() > u128::from(max))
+        .then(|| i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX }))
 }
 
 /// The hard ceiling on one event's canonical bytes: far below the 4 GiB a
@@ -250,6 +267,30 @@ fn map_record(
     } else {
         record.event_name.clone()
     };
+    let skew = clock_skew(
+        time_unix_nano,
+        ctx.received_time_unix_nano,
+        ctx.max_clock_skew_nanos,
+    );
+    let attributes = match skew {
+        None => key_values_to_json(attrs),
+        Some(skew) => {
+            // Flagged on the event itself, so every store shows it.
+            let mut flagged: Vec<KeyValue> = attrs
+                .iter()
+                .filter(|kv| kv.key != CLOCK_SKEW_ATTRIBUTE)
+                .cloned()
+                .collect();
+            flagged.push(KeyValue {
+                key: CLOCK_SKEW_ATTRIBUTE.into(),
+                value: Some(AnyValue {
+                    value: Some(Value::IntValue(skew)),
+                }),
+                ..Default::default()
+            });
+            key_values_to_json(&flagged)
+        }
+    };
     let body = match record.body.as_ref().and_then(|b| b.value.as_ref()) {
         None => String::new(),
         Some(Value::StringValue(s)) => s.clone(),
@@ -276,7 +317,7 @@ fn map_record(
         span_id,
         trace_flags: record.flags & 0xff,
         body,
-        attributes: key_values_to_json(attrs),
+        attributes,
         resource_attributes: resource.attributes.clone(),
         scope_name: scope.name.clone(),
         prev_hash: [0; 32],
@@ -343,6 +384,7 @@ mod tests {
             tenant: "default".into(),
             received_time_unix_nano: 999,
             max_event_bytes: 1 << 20,
+            max_clock_skew_nanos: 0,
         }
     }
 
@@ -414,6 +456,60 @@ mod tests {
             e.resource_attributes,
             r#"{"host.name":"h1","service.name":"imagegen"}"#
         );
+    }
+
+    #[test]
+    fn a_time_far_from_the_receive_time_is_flagged_and_the_senders_flag_replaced() {
+        const MINUTE: u64 = 60_000_000_000;
+        let received = 100 * MINUTE;
+        let ctx = ReceiveContext {
+            received_time_unix_nano: received,
+            max_clock_skew_nanos: 5 * MINUTE,
+            ..ctx()
+        };
+        let at = |time: u64| LogRecord {
+            time_unix_nano: time,
+            // A sender's own flag never stands.
+            attributes: vec![kv(CLOCK_SKEW_ATTRIBUTE, "forged"), kv("user.id", "a")],
+            ..Default::default()
+        };
+        let mapped = map_request(
+            &request(vec![
+                at(received - 5 * MINUTE),
+                at(received - 6 * MINUTE),
+                at(received + 7 * MINUTE),
+            ]),
+            &ctx,
+        );
+        let attrs: Vec<&str> = mapped
+            .events
+            .iter()
+            .map(|e| e.attributes.as_str())
+            .collect();
+        // Exactly five minutes off: not flagged (the sender's attribute is
+        // then only an attribute).
+        assert_eq!(
+            attrs[0],
+            r#"{"audit.clock_skew_ns":"forged","user.id":"a"}"#
+        );
+        assert_eq!(
+            attrs[1],
+            format!(r#"{{"audit.clock_skew_ns":-{},"user.id":"a"}}"#, 6 * MINUTE)
+        );
+        assert_eq!(
+            attrs[2],
+            format!(r#"{{"audit.clock_skew_ns":{},"user.id":"a"}}"#, 7 * MINUTE)
+        );
+        // Off: nothing flagged.
+        let off = map_request(
+            &request(vec![at(0)]),
+            &ReceiveContext {
+                max_clock_skew_nanos: 0,
+                ..ctx
+            },
+        );
+        assert!(off.events[0].attributes.contains("forged"));
+        assert_eq!(clock_skew(0, u64::MAX, 1), Some(i64::MIN));
     }
 
     #[test]
@@ -537,6 +633,7 @@ mod tests {
         let small = LogRecord::default();
         let limited = ReceiveContext {
             max_event_bytes: 1500,
+            max_clock_skew_nanos: 0,
             ..ctx()
         };
         let mapped = map_request(&request(vec![small, big]), &limited);

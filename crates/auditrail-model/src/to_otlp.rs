@@ -152,6 +152,7 @@ mod tests {
             tenant: "default".into(),
             received_time_unix_nano: 99,
             max_event_bytes: MAX_EVENT_BYTES,
+            max_clock_skew_nanos: 0,
         };
         let mapped = map_request(&events_to_request(events), &ctx);
         assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);

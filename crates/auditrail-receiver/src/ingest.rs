@@ -49,6 +49,9 @@ pub struct ReceiverConfig {
     pub keepalive_timeout: Duration,
     /// How long a client is told to wait when the spool is full.
     pub retry_after: Duration,
+    /// Events whose time is further than this from the receive time are
+    /// counted and flagged (`audit.clock_skew_ns`); zero: never.
+    pub max_clock_skew: Duration,
     /// Events/s and bytes/s per tenant.
     pub rate_limits: RateLimits,
 }
@@ -66,6 +69,7 @@ impl Default for ReceiverConfig {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             retry_after: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(300),
             rate_limits: RateLimits::default(),
         }
     }
@@ -433,8 +437,21 @@ impl Ingest {
             tenant,
             received_time_unix_nano: now_unix_nano(),
             max_event_bytes: self.config.max_event_bytes,
+            max_clock_skew_nanos: u64::try_from(self.config.max_clock_skew.as_nanos())
+                .unwrap_or(u64::MAX),
         };
         let mapped = map_request(&request, &ctx);
+        for event in &mapped.events {
+            if let Some(skew) = auditrail_model::clock_skew(
+                event.time_unix_nano,
+                event.received_time_unix_nano,
+                ctx.max_clock_skew_nanos,
+            ) {
+                let direction = if skew < 0 { "past" } else { "future" };
+                metrics::counter!("auditrail_clock_skew_events_total", "direction" => direction)
+                    .increment(1);
+            }
+        }
         drop(request);
         let received = mapped.events.len() + mapped.rejected.len();
         metrics::counter!("auditrail_received_events_total", "transport" => label)

@@ -95,6 +95,7 @@ fn events(request: &ExportLogsServiceRequest) -> Vec<AuditEvent> {
         tenant: "acme".into(),
         received_time_unix_nano: 1,
         max_event_bytes: 1 << 20,
+        max_clock_skew_nanos: 0,
     };
     let mapped = map_request(request, &ctx);
     assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);

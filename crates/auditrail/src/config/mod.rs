@@ -103,6 +103,10 @@ pub struct ReceiverSection {
     /// What a refused client is told to wait before retrying.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Events whose time is further than this from when they were received
+    /// are counted and flagged with `audit.clock_skew_ns`; `"0s"`: never.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// `[[receiver.tokens]]`: writers' tokens, each with its tenant.
     pub tokens: Vec<WriterToken>,
     /// Accept events from anyone on a non-loopback address, with no
@@ -128,6 +132,7 @@ impl ReceiverSection {
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             retry_after: self.retry_after,
+            max_clock_skew: self.max_clock_skew,
             rate_limits: self
                 .rate_limit
                 .as_ref()
@@ -152,6 +157,7 @@ impl Default for ReceiverSection {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             retry_after: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(300),
             tokens: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
