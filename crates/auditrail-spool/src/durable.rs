@@ -313,11 +313,48 @@ impl SyncBarrier {
     }
 }
 
+/// Which writes a completed sync covered, for writers that do not wait for
+/// a sync of their own (the checkpoints ride on the group commits).
+///
+/// A sync takes a ticket before sled's flush starts; a write made before a
+/// ticket was taken is durable once that ticket's sync has completed.
+#[derive(Debug, Default)]
+pub(crate) struct SyncTickets {
+    started: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl SyncTickets {
+    fn start(&self) -> u64 {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1
+    }
+
+    fn done(&self, ticket: u64) {
+        self.done
+            .fetch_max(ticket, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The ticket whose sync covers what was written before this call.
+    pub(crate) fn next(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Acquire) + 1
+    }
+
+    /// Whether the sync of `ticket` (or a later one) has completed.
+    pub(crate) fn covered(&self, ticket: u64) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire) >= ticket
+    }
+}
+
 impl crate::Shared {
     /// sled's flush, then the barrier: on `Ok`, everything written to the
     /// spool so far survives a power cut. On `Err` the spool has stopped.
     pub(crate) fn sync(&self) -> Result<(), crate::SpoolError> {
         self.failure.check()?;
+        // Whatever was written before this ticket was taken is covered by
+        // this sync (see `SyncTickets`).
+        let ticket = self.syncs.start();
         // Every seq up to here was inserted before the flush below.
         let inserted = self.last_seq.load(std::sync::atomic::Ordering::Acquire);
         if let Err(e) = self.db.flush() {
@@ -329,7 +366,10 @@ impl crate::Shared {
         }
         let synced = crate::failstop::lock(&self.barrier).sync(inserted);
         match synced {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.syncs.done(ticket);
+                Ok(())
+            }
             Err(e) => {
                 let recovery = Recovery::of_kind(e.kind());
                 Err(self.failure.fail(FailedOp::Fsync, e, recovery))

@@ -234,6 +234,10 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: sled::Tree,
     /// Per sink, the tree size of the newest checkpoint it stored.
     pub(crate) checkpoint_cursors: sled::Tree,
+    /// The newest checkpoint known durable: readers see none after it.
+    pub(crate) checkpoints_durable: AtomicU64,
+    /// What each completed sync covered (see `durable.rs`).
+    pub(crate) syncs: durable::SyncTickets,
     /// The tree's builder, once the spool has started.
     pub(crate) tree: Mutex<Option<tree::Builder>>,
     /// The seq the tree takes next: retention keeps every event from it on.

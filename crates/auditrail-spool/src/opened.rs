@@ -82,6 +82,8 @@ impl Opened {
         let meta = db.open_tree("meta")?;
         let merkle = db.open_tree("merkle")?;
         let checkpoints = db.open_tree("checkpoints")?;
+        // What this opening recovered, the barrier has just synced.
+        let checkpoints_durable = checkpoints.last()?.map_or(0, |(k, _)| seq_from_bytes(&k));
         let checkpoint_cursors = db.open_tree("checkpoint_cursors")?;
         let dedup = dedup::recover(&batches, &ids)?;
         tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
@@ -147,6 +149,8 @@ impl Opened {
             ),
             merkle,
             checkpoints,
+            checkpoints_durable: AtomicU64::new(checkpoints_durable),
+            syncs: Default::default(),
             checkpoint_cursors,
             tree: Mutex::new(None),
             dedup: Mutex::new(dedup),

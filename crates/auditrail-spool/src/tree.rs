@@ -166,6 +166,9 @@ pub(crate) struct Builder {
     signed_size: u64,
     /// Since when leaves beyond `signed_size` have been waiting.
     unsigned_since: Option<Instant>,
+    /// The newest checkpoint, signed and inserted but not yet known to be
+    /// durable: its size, the sync ticket that covers it, and when.
+    undurable: Option<(u64, u64, Instant)>,
 }
 
 impl Builder {
@@ -227,6 +230,7 @@ impl Builder {
             chain,
             signed_size,
             unsigned_since: (state.size > signed_size).then(Instant::now),
+            undurable: None,
         }))
     }
 
@@ -346,15 +350,43 @@ impl Builder {
         shared
             .checkpoints
             .insert(size.to_be_bytes(), note.as_bytes())?;
-        // Durable before anyone is shown it: a checkpoint exported and then
-        // lost in a crash would look like a removed one.
-        shared.sync()?;
+        // Shown (listed, proved against, exported) only once durable: one
+        // exported and then lost in a crash would look like a removed one.
+        // The next group commit's sync covers it; an idle spool gets a sync
+        // of its own (see `publish_durable`).
+        self.undurable = Some((size, shared.syncs.next(), Instant::now()));
+        if force {
+            self.publish_durable(shared, true)?;
+        }
         self.signed_size = size;
         self.unsigned_since = None;
         metrics::counter!("auditrail_checkpoints_total").increment(1);
         metrics::gauge!("auditrail_checkpoint_tree_size").set(size as f64);
         tracing::debug!(size, "signed a checkpoint");
         Ok(Some(note))
+    }
+}
+
+/// How long a checkpoint waits for a group commit to make it durable before
+/// the builder syncs the spool itself.
+const DURABLE_WAIT: Duration = Duration::from_millis(500);
+
+impl Builder {
+    /// Shows the newest checkpoint once a sync has covered it; syncs itself
+    /// when none came within [`DURABLE_WAIT`] (or at once with `now`).
+    fn publish_durable(&mut self, shared: &Shared, now: bool) -> Result<(), SpoolError> {
+        let Some((size, ticket, since)) = self.undurable else {
+            return Ok(());
+        };
+        if !shared.syncs.covered(ticket) {
+            if !now && since.elapsed() < DURABLE_WAIT {
+                return Ok(());
+            }
+            shared.sync()?;
+        }
+        shared.checkpoints_durable.fetch_max(size, Ordering::AcqRel);
+        self.undurable = None;
+        Ok(())
     }
 }
 
@@ -422,7 +454,7 @@ pub(crate) fn step(
     if let Some(signing) = signing {
         builder.checkpoint_if_due(shared, signing, force)?;
     }
-    Ok(())
+    builder.publish_durable(shared, force)
 }
 
 /// Level-0 tiles wholly below `first_retained` are no longer needed: the
@@ -449,9 +481,10 @@ pub struct StoredCheckpoint {
 }
 
 pub(crate) fn checkpoints(shared: &Shared) -> Result<Vec<StoredCheckpoint>, SpoolError> {
+    let durable = shared.checkpoints_durable.load(Ordering::Acquire);
     shared
         .checkpoints
-        .iter()
+        .range(..=durable.to_be_bytes())
         .map(|item| {
             let (key, value) = item?;
             Ok(StoredCheckpoint {
