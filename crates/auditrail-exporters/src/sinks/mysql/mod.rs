@@ -511,9 +511,16 @@ impl ReadBack for MysqlSink {
             .iter()
             .map(|f| format!("CAST({} AS CHAR)", quote(f.name())))
             .collect();
+        // The order of the primary key, so that each page is an index range
+        // and not a sort of every row after it: (node, seq), or (node, seq,
+        // received_time_unix_nano) when partitioned, where two rows can share
+        // a seq.
+        let order = match self.partitions {
+            Some(_) => "`seq`, `received_time_unix_nano`",
+            None => "`seq`",
+        };
         let sql = format!(
-            "SELECT {} FROM {} WHERE `node` = ? AND `seq` > ? \
-             ORDER BY `seq`, `received_time_unix_nano` LIMIT ?",
+            "SELECT {} FROM {} WHERE `node` = ? AND `seq` > ? ORDER BY {order} LIMIT ?",
             columns.join(", "),
             quote(&self.table)
         );
