@@ -26,6 +26,10 @@ fn emit(grpc_url: String, n: usize) {
         record.set_body(AnyValue::from(format!("deleted picture {i}")));
         record.add_attribute("log.record.uid", format!("ev-{i}"));
         record.add_attribute("user.id", "alice");
+        // A number, and a string that reads as one: a ClickHouse Map
+        // stores both as "3" / "200" (read back by the stored hash).
+        record.add_attribute("image.count", 3_i64);
+        record.add_attribute("http.status", "200");
         logger.emit(record);
     }
     logs.force_flush().expect("flushing logs");
@@ -470,14 +474,29 @@ fn ch_str(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The 18.16 server (the legacy mapping: attributes as JSON text). The
-/// modern engine's Map columns are read back by the unit tests of
-/// `sinks::clickhouse::read`.
+/// Debian's 18.16 (the legacy mapping: attributes as JSON text).
 #[tokio::test(flavor = "multi_thread")]
-async fn verify_finds_each_tampering_in_a_clickhouse_sink_by_seq_and_kind() {
+async fn verify_finds_each_tampering_in_a_clickhouse_18_16_sink_by_seq_and_kind() {
+    clickhouse_tampering(None).await
+}
+
+/// ClickHouse 26.x (chdb): attributes as `Map(String, String)`, read back
+/// by their stored hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_each_tampering_in_a_modern_clickhouse_sink_by_seq_and_kind() {
+    let chdb = auditrail_tests::clickhouse::Chdb::start();
+    clickhouse_tampering(Some(&chdb.url())).await
+}
+
+/// The tampering of the MySQL test, in a ClickHouse sink on the server at
+/// `url` (none: the shared 18.16 one), as far as ClickHouse allows it.
+async fn clickhouse_tampering(url: Option<&str>) {
     use auditrail_tests::clickhouse::{self, count, query, select, Database};
     let (_keys, key, public) = keypair();
-    let db = Database::legacy().await;
+    let db = match url {
+        Some(url) => Database::create(url).await,
+        None => Database::legacy().await,
+    };
     let sink = clickhouse::sink("warehouse", db.url(), db.name()).delivery("linger", "\"20ms\"");
     let tables = signing_every_10(&key, &sink);
     let mut server = Server::start_setup(Setup {
@@ -597,12 +616,17 @@ async fn verify_finds_each_tampering_in_a_clickhouse_sink_by_seq_and_kind() {
         ),
     )
     .await;
-    let value = |row: usize, column: &str| {
-        let v = &rows[row][column];
-        match column {
-            c if c.ends_with("_unix_nano") => format!("toUInt64({})", v.as_str().unwrap()),
-            _ => ch_str(v.as_str().unwrap()),
+    let value = |row: usize, column: &str| match &rows[row][column] {
+        serde_json::Value::Object(map) => {
+            // A Map column (26.x).
+            let pairs: Vec<String> = map
+                .iter()
+                .flat_map(|(k, v)| [ch_str(k), ch_str(v.as_str().unwrap())])
+                .collect();
+            format!("map({})", pairs.join(", "))
         }
+        v if column.ends_with("_unix_nano") => format!("toUInt64({})", clickhouse::num(v)),
+        v => ch_str(v.as_str().unwrap()),
     };
     let sets: Vec<String> = swapped
         .iter()

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use auditrail_integrity::audit::moved_from;
 use auditrail_model::{chain_hash, AuditEvent};
 use serde_json::value::RawValue;
 
@@ -26,6 +27,10 @@ use crate::ExportError;
 /// Most readings of a row's map values tried before it is taken as read
 /// first (and so, when it matched none, reported as modified).
 pub(super) const MAX_READINGS: usize = 4096;
+
+/// Of those, how many are also tried as the event of a nearby seq (a row
+/// that holds another row's content, which `verify` names as moved).
+const MAX_MOVED_READINGS: usize = 64;
 
 /// One stored row (a line of `JSONEachRow`) rebuilt into an event.
 pub(super) fn row_event(line: &str) -> Result<AuditEvent, ExportError> {
@@ -145,29 +150,60 @@ pub(super) fn rebuild(
         }
     };
     set(&mut event, &[]);
-    let matches = |e: &AuditEvent| chain_hash(&e.prev_hash, &e.canonical_bytes()) == e.hash;
-    if ambiguous.is_empty() || matches(&event) {
+    if ambiguous.is_empty() {
         return event;
     }
-    let mut candidate = event.clone();
-    let mut tried = 1;
-    for k in 1..=ambiguous.len() {
-        let mut flipped: Vec<usize> = (0..k).collect();
-        loop {
-            if tried >= MAX_READINGS {
-                return event;
-            }
-            tried += 1;
-            set(&mut candidate, &flipped);
-            if matches(&candidate) {
-                return candidate;
-            }
-            if !next_combination(&mut flipped, ambiguous.len()) {
-                break;
-            }
+    // As the event of its own seq, then (fewer readings) as one moved here.
+    let own = |e: &AuditEvent| chain_hash(&e.prev_hash, &e.canonical_bytes()) == e.hash;
+    let moved = |e: &AuditEvent| moved_from(e.clone(), e.prev_hash, e.hash).is_some();
+    for (matches, most) in [
+        (&own as &dyn Fn(&AuditEvent) -> bool, MAX_READINGS),
+        (&moved, MAX_MOVED_READINGS),
+    ] {
+        let mut candidate = event.clone();
+        let mut readings = Readings::new(ambiguous.len()).take(most);
+        if let Some(found) = readings.find(|flipped| {
+            set(&mut candidate, flipped);
+            matches(&candidate)
+        }) {
+            set(&mut candidate, &found);
+            return candidate;
         }
     }
     event
+}
+
+/// Which ambiguous values to read as strings: none first, then each one,
+/// each two... (fewest changes first).
+struct Readings {
+    n: usize,
+    next: Option<Vec<usize>>,
+}
+
+impl Readings {
+    fn new(n: usize) -> Readings {
+        Readings {
+            n,
+            next: Some(Vec::new()),
+        }
+    }
+}
+
+impl Iterator for Readings {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let current = self.next.take()?;
+        let mut following = current.clone();
+        if !next_combination(&mut following, self.n) {
+            let k = following.len() + 1;
+            following = (0..k).collect();
+        }
+        if following.len() <= self.n {
+            self.next = Some(following);
+        }
+        Some(current)
+    }
 }
 
 /// Advances `c` (k sorted indexes below `n`) to the next k-combination;
@@ -266,6 +302,27 @@ mod tests {
         );
         assert_eq!(row_event(&line).unwrap(), e);
         assert!(row_event("{\"node\":\"n1\"}").is_err());
+    }
+
+    #[test]
+    fn a_row_holding_another_seqs_event_is_read_as_that_event() {
+        let e = chained(r#"{"code":"200","n":1200}"#);
+        // Seq 4's row holds seq 3's event, its hashes too (swapped rows).
+        let mut moved = e.clone();
+        moved.seq = 4;
+        let read = stored(&moved);
+        assert_eq!(read.attributes, e.attributes);
+        assert_eq!(moved_from(read.clone(), read.prev_hash, read.hash), Some(3));
+    }
+
+    #[test]
+    fn readings_go_from_fewest_changes_to_all() {
+        let all: Vec<Vec<usize>> = Readings::new(3).collect();
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[0], Vec::<usize>::new());
+        assert_eq!(all[1], [0]);
+        assert_eq!(all[7], [0, 1, 2]);
+        assert_eq!(Readings::new(0).count(), 1);
     }
 
     #[test]
