@@ -185,7 +185,7 @@ pub trait ReadBack: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stored {
     /// An event, with the `hash` and `prev_hash` it was stored with.
-    Event(AuditEvent),
+    Event(Box<AuditEvent>),
     /// Something where a record should be that is not one (a line cut off
     /// mid-way, a line that is no longer JSON); `seq` when it can still be
     /// told.
@@ -245,7 +245,10 @@ impl Walk for BySeq<'_> {
         } else {
             self.after = last;
         }
-        Ok(rows.into_iter().map(Stored::Event).collect())
+        Ok(rows
+            .into_iter()
+            .map(|row| Stored::Event(Box::new(row)))
+            .collect())
     }
 }
 

@@ -55,7 +55,7 @@ pub fn write_checkpoint_line(signed: &SignedCheckpoint, out: &mut Vec<u8>) {
 /// What one line of a segment holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
-    Event(AuditEvent),
+    Event(Box<AuditEvent>),
     /// A checkpoint line's signed note.
     Checkpoint(String),
     /// Neither: why.
@@ -79,7 +79,7 @@ pub fn read_line(line: &[u8]) -> Line {
         };
     }
     match event_of(&fields) {
-        Ok(event) => Line::Event(event),
+        Ok(event) => Line::Event(Box::new(event)),
         Err(e) => Line::Unreadable(e),
     }
 }
@@ -308,19 +308,35 @@ struct RawLine {
 
 struct Lines {
     files: std::vec::IntoIter<SegmentFile>,
-    current: Option<(SegmentFile, BufReader<Box<dyn io::Read + Send>>, u64)>,
+    current: Option<OpenFile>,
+}
+
+/// The file [`Lines`] reads now, and the number of its last line read.
+struct OpenFile {
+    file: SegmentFile,
+    reader: BufReader<Box<dyn io::Read + Send>>,
+    number: u64,
 }
 
 impl Lines {
     fn next(&mut self) -> Result<Option<(SegmentFile, RawLine)>, ExportError> {
         loop {
-            let Some((file, reader, number)) = self.current.as_mut() else {
+            let Some(OpenFile {
+                file,
+                reader,
+                number,
+            }) = self.current.as_mut()
+            else {
                 let Some(file) = self.files.next() else {
                     return Ok(None);
                 };
                 let reader =
                     open_segment(&file.path, file.encoding).map_err(|e| io_error(&file.path, e))?;
-                self.current = Some((file, BufReader::new(reader), 0));
+                self.current = Some(OpenFile {
+                    file,
+                    reader: BufReader::new(reader),
+                    number: 0,
+                });
                 continue;
             };
             let mut bytes = Vec::new();
@@ -489,7 +505,7 @@ impl ReadBack for SegmentFiles {
             };
             if let Line::Event(event) = read_line(&line.bytes) {
                 if event.node == node && event.seq > after {
-                    events.push(event);
+                    events.push(*event);
                 }
             }
         }
@@ -550,7 +566,11 @@ mod tests {
         for format in [LineFormat::Json, LineFormat::from_name("ocsf").unwrap()] {
             let line = format.encode(&e);
             assert!(!line.contains('\u{202e}'), "escaped: {line}");
-            assert_eq!(read_line(line.as_bytes()), Line::Event(e.clone()), "{line}");
+            assert_eq!(
+                read_line(line.as_bytes()),
+                Line::Event(Box::new(e.clone())),
+                "{line}"
+            );
         }
         let empty = AuditEvent {
             body: String::new(),
@@ -561,7 +581,7 @@ mod tests {
             let line = format.encode(&empty);
             assert_eq!(
                 read_line(line.as_bytes()),
-                Line::Event(empty.clone()),
+                Line::Event(Box::new(empty.clone())),
                 "{line}"
             );
         }
@@ -603,7 +623,7 @@ mod tests {
             ..event()
         };
         let encoded = LineFormat::Json.encode(&mimic);
-        assert_eq!(read_line(encoded.as_bytes()), Line::Event(mimic));
+        assert_eq!(read_line(encoded.as_bytes()), Line::Event(Box::new(mimic)));
     }
 
     #[test]
