@@ -285,6 +285,65 @@ fn broken(out: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// An inclusion proof of seq 7 from the stopped `server`'s spool: its
+/// directory (keep it) and the file.
+fn prove_seq_7(server: &Server) -> (tempfile::TempDir, std::path::PathBuf) {
+    let proofs = tempfile::tempdir().unwrap();
+    let proof = proofs.path().join("seq7.json");
+    let spool = server.spool_dir();
+    let (code, _, stderr) = run(&[
+        "prove",
+        "--seq",
+        "7",
+        "--data-dir",
+        path(&spool),
+        "-o",
+        path(&proof),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    (proofs, proof)
+}
+
+/// After `forge_checkpoint` (a checkpoint's note changed) the `warehouse`
+/// sink's check finds a bad checkpoint; `proof` (of seq 7, made before any
+/// tampering) holds for the sink's row of seq 7 until `change_row_7`, and
+/// offline even after it.
+async fn forged_checkpoint_fails_and_the_proof_checks_the_row(
+    config: &Path,
+    public: &Path,
+    proof: &Path,
+    forge_checkpoint: impl std::future::Future<Output = ()>,
+    change_row_7: impl std::future::Future<Output = ()>,
+) {
+    forge_checkpoint.await;
+    let (code, out) = verify_sink(config, public);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad checkpoint"), "{out}");
+
+    let check_row = || {
+        run(&[
+            "verify",
+            "--proof",
+            path(proof),
+            "--pubkey",
+            path(public),
+            "--config",
+            path(config),
+            "--sink",
+            "warehouse",
+        ])
+    };
+    let (code, stdout, stderr) = check_row();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    change_row_7.await;
+    let (code, stdout, stderr) = check_row();
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.starts_with("INVALID: "), "{stdout}");
+    // The proof alone, offline, still holds: it carries the event as signed.
+    let (code, stdout, _) = run(&["verify", "--proof", path(proof), "--pubkey", path(public)]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
 /// `out` names each of `want` (seq, kind), and blames nothing else on an
 /// intact event.
 fn assert_found_exactly(out: &str, want: &[(u64, &str)]) {
@@ -313,13 +372,22 @@ fn keypair() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     (keys, key, public)
 }
 
-/// The `[integrity]` section signing with `key` every 10 events (or 1 s),
-/// then `sink`.
-fn signing_every_10(key: &Path, sink: &impl std::fmt::Display) -> String {
-    format!(
+/// A server signing with `key` every 10 events (or 1 s), with `sink`, sent
+/// 40 events by `emit`.
+async fn serve_40_events(key: &Path, sink: &impl std::fmt::Display) -> Server {
+    let tables = format!(
         "[integrity]\nkey_file = \"{}\"\ncheckpoint_every = 10\ncheckpoint_interval = \"1s\"\n\n{sink}",
         key.display()
-    )
+    );
+    let server = Server::start_setup(Setup {
+        tables: &tables,
+        ..Setup::default()
+    });
+    let url = server.grpc_url();
+    tokio::task::spawn_blocking(move || emit(url, 40))
+        .await
+        .unwrap();
+    server
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,15 +400,7 @@ async fn verify_finds_each_tampering_in_a_mysql_sink_by_seq_and_kind() {
         // Partitioned: the key takes received_time, so a forged row can
         // reuse a seq (what a key on (node, seq) alone would refuse).
         .partitions("days_ahead", "2");
-    let tables = signing_every_10(&key, &sink);
-    let mut server = Server::start_setup(Setup {
-        tables: &tables,
-        ..Setup::default()
-    });
-    let url = server.grpc_url();
-    tokio::task::spawn_blocking(move || emit(url, 40))
-        .await
-        .unwrap();
+    let mut server = serve_40_events(&key, &sink).await;
     // Every event, and a checkpoint of all of them, in the sink.
     eventually("a checkpoint of seq 40 in audit_checkpoints", || async {
         db.scalar::<Option<u64>>("SELECT CAST(MAX(last_seq) AS UNSIGNED) FROM audit_checkpoints")
@@ -360,19 +420,7 @@ async fn verify_finds_each_tampering_in_a_mysql_sink_by_seq_and_kind() {
     );
 
     // An inclusion proof of seq 7, made before any tampering.
-    let spool = server.spool_dir();
-    let proofs = tempfile::tempdir().unwrap();
-    let proof = proofs.path().join("seq7.json");
-    let (code, _, stderr) = run(&[
-        "prove",
-        "--seq",
-        "7",
-        "--data-dir",
-        path(&spool),
-        "-o",
-        path(&proof),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let (_proofs, proof) = prove_seq_7(&server);
 
     // One change of each kind.
     db.execute("UPDATE audit_events SET body = 'deleted nothing' WHERE seq = 5")
@@ -414,40 +462,17 @@ async fn verify_finds_each_tampering_in_a_mysql_sink_by_seq_and_kind() {
     );
     assert!(out.contains("1 missing"), "{out}");
 
-    // A forged checkpoint signature fails.
-    db.execute(
-        "UPDATE audit_checkpoints SET note = REPLACE(note, 'previous ', 'previous 1') \
-         ORDER BY tree_size LIMIT 1",
+    forged_checkpoint_fails_and_the_proof_checks_the_row(
+        &config,
+        &public,
+        &proof,
+        db.execute(
+            "UPDATE audit_checkpoints SET note = REPLACE(note, 'previous ', 'previous 1') \
+             ORDER BY tree_size LIMIT 1",
+        ),
+        db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE seq = 7"),
     )
     .await;
-    let (code, out) = verify_sink(&config, &public);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("bad checkpoint"), "{out}");
-
-    // The proof of seq 7 holds for its row, until the row changes.
-    let check_row = || {
-        run(&[
-            "verify",
-            "--proof",
-            path(&proof),
-            "--pubkey",
-            path(&public),
-            "--config",
-            path(&config),
-            "--sink",
-            "warehouse",
-        ])
-    };
-    let (code, stdout, stderr) = check_row();
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    db.execute("UPDATE audit_events SET actor_id = 'mallory' WHERE seq = 7")
-        .await;
-    let (code, stdout, stderr) = check_row();
-    assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(stdout.starts_with("INVALID: "), "{stdout}");
-    // The proof alone, offline, still holds: it carries the event as signed.
-    let (code, stdout, _) = run(&["verify", "--proof", path(&proof), "--pubkey", path(&public)]);
-    assert_eq!(code, 0, "{stdout}");
 }
 
 /// Runs `sql` on ClickHouse and waits until its mutations (ALTER ... UPDATE
@@ -498,15 +523,7 @@ async fn clickhouse_tampering(url: Option<&str>) {
         None => Database::legacy().await,
     };
     let sink = clickhouse::sink("warehouse", db.url(), db.name()).delivery("linger", "\"20ms\"");
-    let tables = signing_every_10(&key, &sink);
-    let mut server = Server::start_setup(Setup {
-        tables: &tables,
-        ..Setup::default()
-    });
-    let url = server.grpc_url();
-    tokio::task::spawn_blocking(move || emit(url, 40))
-        .await
-        .unwrap();
+    let mut server = serve_40_events(&key, &sink).await;
     let checkpoints = db.table("audit_checkpoints");
     eventually("a checkpoint of seq 40 in audit_checkpoints", || async {
         clickhouse::try_query(
@@ -529,19 +546,7 @@ async fn clickhouse_tampering(url: Option<&str>) {
             .starts_with("40 events: 40 valid; checkpoints "),
         "{out}"
     );
-    let proofs = tempfile::tempdir().unwrap();
-    let proof = proofs.path().join("seq7.json");
-    let spool = server.spool_dir();
-    let (code, _, stderr) = run(&[
-        "prove",
-        "--seq",
-        "7",
-        "--data-dir",
-        path(&spool),
-        "-o",
-        path(&proof),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let (_proofs, proof) = prove_seq_7(&server);
 
     let table = db.table("audit_events");
     // A forged row with the sorting key of seq 33 (service, event, time,
@@ -657,48 +662,28 @@ async fn clickhouse_tampering(url: Option<&str>) {
     );
     assert!(out.contains("1 missing"), "{out}");
 
-    // A forged checkpoint signature fails.
     let smallest = count(
         db.url(),
         &format!("SELECT min(tree_size) FROM {checkpoints}"),
     )
     .await;
-    mutate(
-        &db,
-        &format!(
-            "ALTER TABLE {checkpoints} UPDATE note = replaceOne(note, 'previous ', 'previous 1') \
-             WHERE tree_size = {smallest}"
+    forged_checkpoint_fails_and_the_proof_checks_the_row(
+        &config,
+        &public,
+        &proof,
+        mutate(
+            &db,
+            &format!(
+                "ALTER TABLE {checkpoints} UPDATE note = replaceOne(note, 'previous ', 'previous 1') \
+                 WHERE tree_size = {smallest}"
+            ),
+        ),
+        mutate(
+            &db,
+            &format!("ALTER TABLE {table} UPDATE actor_id = 'mallory' WHERE seq = 7"),
         ),
     )
     .await;
-    let (code, out) = verify_sink(&config, &public);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("bad checkpoint"), "{out}");
-
-    // The proof of seq 7 holds for its row, until the row changes.
-    let check_row = || {
-        run(&[
-            "verify",
-            "--proof",
-            path(&proof),
-            "--pubkey",
-            path(&public),
-            "--config",
-            path(&config),
-            "--sink",
-            "warehouse",
-        ])
-    };
-    let (code, stdout, stderr) = check_row();
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    mutate(
-        &db,
-        &format!("ALTER TABLE {table} UPDATE actor_id = 'mallory' WHERE seq = 7"),
-    )
-    .await;
-    let (code, stdout, stderr) = check_row();
-    assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(stdout.starts_with("INVALID: "), "{stdout}");
 }
 
 /// A file sink's segments as text, line by line: each `.zst` segment is
@@ -756,15 +741,7 @@ async fn verify_file_finds_each_tampering_in_file_segments_by_seq_and_kind() {
          compression = \"zstd\"\n\n[sinks.delivery]\nlinger = \"20ms\"\n",
         dir.display().to_string()
     );
-    let tables = signing_every_10(&key, &sink);
-    let mut server = Server::start_setup(Setup {
-        tables: &tables,
-        ..Setup::default()
-    });
-    let url = server.grpc_url();
-    tokio::task::spawn_blocking(move || emit(url, 40))
-        .await
-        .unwrap();
+    let mut server = serve_40_events(&key, &sink).await;
     let files = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map(|d| {

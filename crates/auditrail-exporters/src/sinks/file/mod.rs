@@ -835,8 +835,8 @@ mod tests {
         names
     }
 
-    /// The seqs of every line of every segment in `dir`, in file order.
-    fn seqs(dir: &Path) -> Vec<u64> {
+    /// Every line of every segment in `dir`, in file order.
+    fn lines(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         for name in segment_names(dir).unwrap() {
             let mut text = String::new();
@@ -845,13 +845,21 @@ mod tests {
                 .read_to_string(&mut text)
                 .unwrap();
             assert!(text.is_empty() || text.ends_with('\n'), "{name:?}");
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                assert_eq!(value["hash"].as_str().map(str::len), Some(64), "{line}");
-                out.push(value["seq"].as_u64().unwrap());
-            }
+            out.extend(text.lines().map(str::to_owned));
         }
         out
+    }
+
+    /// The seqs of every line of every segment in `dir`, in file order.
+    fn seqs(dir: &Path) -> Vec<u64> {
+        lines(dir)
+            .iter()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["hash"].as_str().map(str::len), Some(64), "{line}");
+                value["seq"].as_u64().unwrap()
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -1055,25 +1063,17 @@ mod tests {
     /// Every line of every segment in `dir`, in order: `e<seq>` for an
     /// event, `c<size>` for a checkpoint.
     fn stream(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        for name in segment_names(dir).unwrap() {
-            let mut text = String::new();
-            compress::open_segment(&dir.join(name.file_name()), name.encoding)
-                .unwrap()
-                .read_to_string(&mut text)
-                .unwrap();
-            for line in text.lines() {
-                out.push(match read_line(line.as_bytes()) {
-                    Line::Event(e) => format!("e{}", e.seq),
-                    Line::Checkpoint(note) => format!(
-                        "c{}",
-                        SignedCheckpoint::of_note(note).unwrap().checkpoint.size
-                    ),
-                    Line::Unreadable(why) => panic!("{why}: {line}"),
-                });
-            }
-        }
-        out
+        lines(dir)
+            .iter()
+            .map(|line| match read_line(line.as_bytes()) {
+                Line::Event(e) => format!("e{}", e.seq),
+                Line::Checkpoint(note) => format!(
+                    "c{}",
+                    SignedCheckpoint::of_note(note).unwrap().checkpoint.size
+                ),
+                Line::Unreadable(why) => panic!("{why}: {line}"),
+            })
+            .collect()
     }
 
     #[tokio::test]
