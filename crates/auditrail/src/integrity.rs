@@ -432,6 +432,9 @@ pub async fn verify_files(
         [one] => one.display().to_string(),
         _ => format!("{} files", paths.len()),
     };
+    if files.is_empty() {
+        bail!("no segment files in {what} (auditrail-<node>-<first seq>.ndjson[.zst|.gz])");
+    }
     verify_store(&files, &what, only_node, key).await
 }
 

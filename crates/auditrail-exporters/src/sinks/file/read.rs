@@ -259,6 +259,11 @@ impl SegmentFiles {
         Ok(SegmentFiles { files })
     }
 
+    /// Whether it holds no file at all.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
     /// The files that may hold `node`'s events: named for it, or not named.
     fn of_node(&self, node: &str) -> Vec<SegmentFile> {
         self.files
@@ -448,6 +453,9 @@ impl SegmentFiles {
 
 #[async_trait]
 impl ReadBack for SegmentFiles {
+    /// The nodes of the files' names, and of the events in files not named
+    /// as segments; `""` for such a file that holds no event at all (its
+    /// lines are then walked, and named, as node `""`'s).
     async fn nodes(&self) -> Result<Vec<String>, ExportError> {
         let mut nodes: Vec<String> = self
             .files
@@ -461,10 +469,17 @@ impl ReadBack for SegmentFiles {
             .filter(|f| f.named.is_none())
             .cloned()
             .collect();
-        let mut lines = self.lines(unnamed);
-        while let Some((_, line)) = lines.next()? {
-            if let Line::Event(event) = read_line(&line.bytes) {
-                nodes.push(event.node);
+        for file in unnamed {
+            let mut lines = self.lines(vec![file]);
+            let mut any = false;
+            while let Some((_, line)) = lines.next()? {
+                if let Line::Event(event) = read_line(&line.bytes) {
+                    nodes.push(event.node);
+                    any = true;
+                }
+            }
+            if !any {
+                nodes.push(String::new());
             }
         }
         nodes.sort();
