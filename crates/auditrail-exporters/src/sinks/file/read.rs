@@ -163,9 +163,7 @@ fn unescape_raw(raw: &str) -> String {
 
 /// The `seq` at the start of a line cut short, when it is there.
 fn seq_prefix(line: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(line.get(..line.len().min(512))?)
-        .ok()
-        .or_else(|| std::str::from_utf8(&line[..64.min(line.len())]).ok())?;
+    let text = String::from_utf8_lossy(&line[..line.len().min(512)]);
     let after = &text[text.find("\"seq\":")? + 6..];
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
