@@ -169,8 +169,92 @@ pub trait ReadBack: Send + Sync {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, ExportError>;
 
-    /// The signed notes of `node`'s checkpoints, oldest first.
+    /// The signed notes of `node`'s checkpoints, oldest first (a note
+    /// stored twice, byte for byte, once).
     async fn checkpoints(&self, node: &str) -> Result<Vec<String>, ExportError>;
+
+    /// Every record of `node` in the order the store keeps them: what
+    /// `auditrail verify --sink` walks. A table keeps no order but its
+    /// keys, so it answers [`BySeq`]: pages of [`ReadBack::events`]. A file
+    /// keeps its lines in the order they were written, and a line moved is
+    /// a line out of place.
+    async fn walk<'a>(&'a self, node: &str) -> Result<Box<dyn Walk + 'a>, ExportError>;
+}
+
+/// A record as a store keeps it, read back in the store's own order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// An event, with the `hash` and `prev_hash` it was stored with.
+    Event(Box<AuditEvent>),
+    /// Something where a record should be that is not one (a line cut off
+    /// mid-way, a line that is no longer JSON); `seq` when it can still be
+    /// told.
+    Unreadable { seq: Option<u64>, detail: String },
+}
+
+/// A walk through one node's records; see [`ReadBack::walk`].
+#[async_trait]
+pub trait Walk: Send {
+    /// The next records, in store order; empty at the end.
+    async fn next_page(&mut self) -> Result<Vec<Stored>, ExportError>;
+}
+
+/// The walk of a table: its rows in seq order, a page of
+/// [`BySeq::PAGE`] rows at a time. A page never ends inside one seq's rows
+/// (a forged second row of a seq must not fall between two pages), unless
+/// one seq has a whole page of rows.
+pub struct BySeq<'a> {
+    store: &'a dyn ReadBack,
+    node: String,
+    after: u64,
+    done: bool,
+}
+
+impl<'a> BySeq<'a> {
+    /// Rows read per query.
+    pub const PAGE: usize = 5_000;
+
+    pub fn new(store: &'a dyn ReadBack, node: &str) -> Self {
+        BySeq {
+            store,
+            node: node.to_owned(),
+            after: 0,
+            done: false,
+        }
+    }
+}
+
+#[async_trait]
+impl Walk for BySeq<'_> {
+    async fn next_page(&mut self) -> Result<Vec<Stored>, ExportError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let mut rows = self
+            .store
+            .events(&self.node, self.after, Self::PAGE)
+            .await?;
+        let last = rows.last().map_or(self.after, |r| r.seq);
+        if rows.len() < Self::PAGE {
+            self.done = true;
+        } else if rows.first().is_some_and(|r| r.seq != last) {
+            // The last seq's rows may go on in the next page: read them
+            // all there.
+            rows.retain(|r| r.seq != last);
+            self.after = last - 1;
+        } else {
+            self.after = last;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| Stored::Event(Box::new(row)))
+            .collect())
+    }
+}
+
+/// The node an origin line names (`auditrail/<node>/<spool id>`).
+pub fn node_of_origin(origin: &str) -> &str {
+    origin.split('/').nth(1).unwrap_or(origin)
 }
 
 /// What a sink needs to know about the node it runs in.

@@ -301,7 +301,7 @@ impl Audit {
 /// the event (its content with its own hashes) was moved there from one:
 /// a store keyed by seq (a SQL table) cannot say otherwise that two rows
 /// swapped their contents.
-fn moved_from(mut event: AuditEvent, stored_prev: Hash, stored_hash: Hash) -> Option<u64> {
+pub fn moved_from(mut event: AuditEvent, stored_prev: Hash, stored_hash: Hash) -> Option<u64> {
     let here = event.seq;
     let candidates = (1..=MOVE_SEARCH).flat_map(|d| [here.checked_add(d), here.checked_sub(d)]);
     for home in candidates.flatten().filter(|&s| s > 0) {

@@ -399,9 +399,6 @@ pub fn verify_spool(data_dir: &Path, key: Option<&VerifierKey>) -> anyhow::Resul
     Ok(report.is_intact())
 }
 
-/// Rows read back per query.
-const READ_BACK_PAGE: usize = 5_000;
-
 /// `auditrail verify --config FILE --sink NAME`: reads the sink's rows and
 /// checkpoints back and walks them as the spool's are walked, one report
 /// per node (and per spool of that node, when it was wiped and restarted).
@@ -412,39 +409,89 @@ pub async fn verify_sink(
     only_node: Option<&str>,
     key: Option<&VerifierKey>,
 ) -> anyhow::Result<bool> {
-    use auditrail_integrity::audit::{Audit, NoNodes, StoredNote, TreeStart};
-    use auditrail_integrity::Checkpoint;
-
     let exporter = sink_exporter(config, name)?;
     let Some(store) = exporter.read_back() else {
         bail!(
-            "sink {name} cannot be read back; verify --sink supports the mysql sink's \
-             canonical table"
+            "sink {name} cannot be read back; verify --sink supports the canonical tables of the \
+             mysql and clickhouse sinks, and the file sink"
         );
     };
+    verify_store(store, &format!("sink {name}"), only_node, key).await
+}
+
+/// `auditrail verify --file PATH...`: the segment files of a file sink
+/// (directories: the segments in them), read directly, no config needed.
+/// `Ok(false)` when it found tampering.
+pub async fn verify_files(
+    paths: &[PathBuf],
+    only_node: Option<&str>,
+    key: Option<&VerifierKey>,
+) -> anyhow::Result<bool> {
+    let files = auditrail_exporters::sinks::file::SegmentFiles::of_paths(paths)?;
+    let what = match paths {
+        [one] => one.display().to_string(),
+        _ => format!("{} files", paths.len()),
+    };
+    if files.is_empty() {
+        bail!("no segment files in {what} (auditrail-<node>-<first seq>.ndjson[.zst|.gz])");
+    }
+    verify_store(&files, &what, only_node, key).await
+}
+
+/// One spool's part of a node's records in a store: the seqs after
+/// `after`, checked against the checkpoints of `tree` (none: the chain
+/// alone).
+struct Part {
+    after: u64,
+    tree_first: Option<u64>,
+    label: String,
+    audit: auditrail_integrity::audit::Audit,
+    started: bool,
+    stopped: bool,
+    last_seq: u64,
+}
+
+/// Walks every node of `store` (or `only_node`) in the store's own order,
+/// against the checkpoints it holds, and prints a report per node and
+/// spool. `Ok(false)` when it found tampering.
+async fn verify_store(
+    store: &dyn auditrail_exporters::ReadBack,
+    what: &str,
+    only_node: Option<&str>,
+    key: Option<&VerifierKey>,
+) -> anyhow::Result<bool> {
+    use auditrail_exporters::Stored;
+    use auditrail_integrity::audit::{Audit, NoNodes, ProblemKind, StoredNote, TreeStart};
+    use auditrail_integrity::Checkpoint;
+
     let nodes = match only_node {
         Some(node) => vec![node.to_owned()],
         None => store
             .nodes()
             .await
-            .with_context(|| format!("reading sink {name}"))?,
+            .with_context(|| format!("reading {what}"))?,
     };
     let mut out = std::io::stdout().lock();
     let mut intact = true;
     if nodes.is_empty() {
-        writeln!(out, "sink {name} holds no events")?;
+        writeln!(out, "{what} holds no events")?;
     }
     for node in nodes {
         let notes = store
             .checkpoints(&node)
             .await
-            .with_context(|| format!("reading sink {name}'s checkpoints"))?;
+            .with_context(|| format!("reading {what}'s checkpoints"))?;
         // One tree per spool of the node: a wiped spool starts a new one,
-        // with a new origin, after the seqs the sink already held.
+        // with a new origin, after the seqs the store already held.
         let mut trees: Vec<(u64, String, Vec<StoredNote>)> = Vec::new();
+        let mut unreadable_notes = Vec::new();
         for note in notes {
-            let Ok(claimed) = Checkpoint::parse_unverified(&note) else {
-                continue;
+            let claimed = match Checkpoint::parse_unverified(&note) {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    unreadable_notes.push(e.to_string());
+                    continue;
+                }
             };
             let stored = StoredNote {
                 size: claimed.size,
@@ -459,72 +506,96 @@ pub async fn verify_sink(
             }
         }
         trees.sort_by_key(|(first, _, _)| *first);
-        // Rows before the first tree are checked by their chain alone.
-        let mut segments: Vec<(u64, Option<TreeStart>, String)> = Vec::new();
+        // Records before the first tree are checked by their chain alone.
+        let part = |after: u64, tree: Option<TreeStart>, label: String| Part {
+            after,
+            tree_first: tree.as_ref().map(|t| t.first_seq),
+            label,
+            audit: Audit::new(key, tree),
+            started: false,
+            stopped: false,
+            last_seq: after,
+        };
+        let mut parts: Vec<Part> = Vec::new();
         if trees.first().is_none_or(|(first, _, _)| *first > 1) {
-            segments.push((0, None, "before any checkpoint".to_owned()));
+            parts.push(part(0, None, "before any checkpoint".to_owned()));
         }
         for (first, origin, checkpoints) in trees {
-            segments.push((
-                first.saturating_sub(1),
-                Some(TreeStart {
-                    first_seq: first,
-                    checkpoints,
-                    spool_id: None,
-                    nodes_kept: false,
-                }),
-                origin,
-            ));
+            let tree = TreeStart {
+                first_seq: first,
+                checkpoints,
+                spool_id: None,
+                nodes_kept: false,
+            };
+            parts.push(part(first.saturating_sub(1), Some(tree), origin));
         }
-        for (i, (after, tree, label)) in segments.iter().enumerate() {
-            let until = segments.get(i + 1).map_or(u64::MAX, |(next, _, _)| *next);
-            let tree_first = tree.as_ref().map(|t| t.first_seq);
-            let mut audit = Audit::new(key, tree.clone());
-            let mut cursor = *after;
-            let mut first_row = true;
-            'rows: loop {
-                let mut rows = store
-                    .events(&node, cursor, READ_BACK_PAGE)
-                    .await
-                    .with_context(|| format!("reading sink {name}'s rows"))?;
-                let full = rows.len() == READ_BACK_PAGE;
-                if full {
-                    // A page ends between two seqs, never among the rows of
-                    // one (a forged second row must not fall between pages):
-                    // the last seq's rows are read again with the next page.
-                    let last = rows.last().map_or(cursor, |r| r.seq);
-                    let keep = rows.iter().position(|r| r.seq == last).unwrap_or(0);
-                    if keep == 0 {
-                        bail!("sink {name}: more than {READ_BACK_PAGE} rows hold seq {last}");
+        for why in unreadable_notes {
+            parts[0].audit.problem(
+                0,
+                ProblemKind::BadCheckpoint,
+                format!("a stored checkpoint cannot be read: {why}"),
+            );
+        }
+        // Each record goes to the part of its seq, in store order.
+        let part_of =
+            |parts: &[Part], seq: u64| parts.iter().rposition(|p| seq > p.after).unwrap_or(0);
+        let mut walk = store
+            .walk(&node)
+            .await
+            .with_context(|| format!("reading {what}"))?;
+        let mut current = 0;
+        loop {
+            let page = walk
+                .next_page()
+                .await
+                .with_context(|| format!("reading {what}"))?;
+            if page.is_empty() {
+                break;
+            }
+            for record in page {
+                match record {
+                    Stored::Event(row) => {
+                        current = part_of(&parts, row.seq);
+                        let part = &mut parts[current];
+                        if part.stopped {
+                            continue;
+                        }
+                        if !part.started {
+                            part.started = true;
+                            start_of_rows(&mut part.audit, &row, part.tree_first);
+                        }
+                        part.last_seq = part.last_seq.max(row.seq);
+                        let canonical = row.canonical_bytes();
+                        part.stopped = part.audit.event(
+                            row.seq,
+                            row.prev_hash,
+                            &canonical,
+                            row.hash,
+                            &NoNodes,
+                        );
                     }
-                    rows.truncate(keep);
-                }
-                for row in &rows {
-                    if row.seq > until {
-                        break 'rows;
+                    Stored::Unreadable { seq, detail } => {
+                        if let Some(seq) = seq {
+                            current = part_of(&parts, seq);
+                        }
+                        let part = &mut parts[current];
+                        if !part.stopped {
+                            let seq = seq.unwrap_or(part.last_seq + 1);
+                            part.stopped = part.audit.unreadable(seq, detail);
+                        }
                     }
-                    if first_row {
-                        first_row = false;
-                        start_of_rows(&mut audit, row, tree_first);
-                    }
-                    let canonical = row.canonical_bytes();
-                    if audit.event(row.seq, row.prev_hash, &canonical, row.hash, &NoNodes) {
-                        break 'rows;
-                    }
-                }
-                match rows.last() {
-                    Some(last) if full => cursor = last.seq,
-                    _ => break,
                 }
             }
-            let report = audit.finish();
-            if report.events == 0 && report.checkpoints.total == 0 {
+        }
+        for part in parts {
+            let report = part.audit.finish();
+            if report.events == 0 && report.checkpoints.total == 0 && report.is_intact() {
                 continue;
             }
             print_report(
                 &mut out,
                 &report,
-                &format!("sink {name}, node {node} ({label})"),
+                &format!("{what}, node {node} ({})", part.label),
                 key,
             )?;
             intact &= report.is_intact();
@@ -660,6 +731,8 @@ pub fn summary(report: &VerifyReport) -> String {
         let n = match problem.kind {
             ProblemKind::Missing => problem.count,
             ProblemKind::BadCheckpoint => 0,
+            // Not one of the events counted (it could not be read as one).
+            ProblemKind::Unreadable => problem.count,
             _ => {
                 bad_seqs.insert(problem.seq);
                 problem.count

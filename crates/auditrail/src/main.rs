@@ -50,9 +50,10 @@ enum Command {
     },
     /// Check that nothing was altered, removed, reordered or inserted:
     /// a stopped server's spool (its hash chain, Merkle tree and signed
-    /// checkpoints), or a proof file, offline. Exit 0: intact; 1: tampering
-    /// found (each problem names its seq and kind); 2: it could not be
-    /// checked (usage, a missing or busy spool, a bad key).
+    /// checkpoints), a sink read back (--config --sink), a file sink's
+    /// segment files (--file), or a proof file, offline. Exit 0: intact; 1:
+    /// tampering found (each problem names its seq and kind); 2: it could
+    /// not be checked (usage, a missing or busy spool, a bad key).
     Verify {
         /// The spool directory (read-only; its server must be stopped).
         #[arg(
@@ -64,13 +65,20 @@ enum Command {
         /// The config naming the sink to check (with --sink).
         #[arg(long, requires = "sink")]
         config: Option<PathBuf>,
-        /// Check this sink's rows and checkpoints, read back from it
-        /// (the mysql sink's canonical table); with --proof, the row the
-        /// sink holds now for the proof's event instead of the proof's copy.
+        /// Check this sink's rows and checkpoints, read back from it (the
+        /// canonical table of a mysql or clickhouse sink, a file sink's
+        /// segments); with --proof, the row the sink holds now for the
+        /// proof's event instead of the proof's copy.
         #[arg(long, requires = "config")]
         sink: Option<String>,
-        /// Only this node's rows (default: every node the sink holds).
-        #[arg(long, requires = "sink")]
+        /// Segment files of a file sink (or directories of them), read
+        /// directly: their events in file order, against the checkpoint
+        /// lines among them. No config needed.
+        #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with_all = ["config", "sink", "proof"])]
+        file: Vec<PathBuf>,
+        /// Only this node's records (default: every node the sink or the
+        /// files hold).
+        #[arg(long)]
         node: Option<String>,
         /// A proof file from `auditrail prove`, checked offline.
         #[arg(long, requires = "pubkey")]
@@ -201,6 +209,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             config,
             sink,
+            file,
             node,
             proof,
             pubkey,
@@ -229,6 +238,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                             key.as_ref(),
                         ))
                     }),
+                _ if !file.is_empty() => runtime().and_then(|runtime| {
+                    runtime.block_on(integrity::verify_files(
+                        &file,
+                        node.as_deref(),
+                        key.as_ref(),
+                    ))
+                }),
                 _ => integrity::verify_spool(&data_dir, key.as_ref()),
             };
             match verdict {

@@ -63,6 +63,7 @@
 //! shape is reported at start-up, with what differs.
 
 mod errors;
+mod read;
 mod rows;
 mod schema;
 
@@ -76,7 +77,10 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::{ErrorClass, ExportError, Exporter, HeldSeq, SinkContext};
+use crate::{
+    node_of_origin, BySeq, ErrorClass, ExportError, Exporter, HeldSeq, ReadBack, SignedCheckpoint,
+    SinkContext, Walk,
+};
 use rows::Plan;
 use schema::{Column, TableInfo, Version};
 
@@ -127,6 +131,14 @@ pub struct ClickhouseConfig {
     /// refused with `schema = "otel"`, whose table has no receive time.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// Where signed checkpoints go (`schema = "auditrail"` only; created
+    /// when absent, with the events table).
+    #[serde(default = "default_checkpoint_table")]
+    pub checkpoint_table: String,
+}
+
+fn default_checkpoint_table() -> String {
+    "audit_checkpoints".into()
 }
 
 fn default_database() -> String {
@@ -205,6 +217,7 @@ pub struct ClickhouseSink {
     compression: Compression,
     create_table: bool,
     ttl_seconds: Option<u64>,
+    checkpoint_table: String,
     prepared: RwLock<Option<Arc<Prepared>>>,
 }
 
@@ -218,8 +231,13 @@ impl ClickhouseSink {
                 config.url
             )));
         }
-        if config.database.is_empty() || config.table.is_empty() {
-            return Err(misconfigured("database and table must not be empty".into()));
+        if config.database.is_empty()
+            || config.table.is_empty()
+            || config.checkpoint_table.is_empty()
+        {
+            return Err(misconfigured(
+                "database, table and checkpoint_table must not be empty".into(),
+            ));
         }
         let password = match &config.password_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -265,6 +283,7 @@ impl ClickhouseSink {
             compression: config.compression,
             create_table: config.create_table,
             ttl_seconds,
+            checkpoint_table: config.checkpoint_table.clone(),
             prepared: RwLock::new(None),
         })
     }
@@ -341,6 +360,37 @@ impl ClickhouseSink {
             quote_ident(&self.database),
             quote_ident(&self.table)
         )
+    }
+
+    fn qualified_checkpoints(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.database),
+            quote_ident(&self.checkpoint_table)
+        )
+    }
+
+    /// Creates the checkpoint table when absent (`create_table`), or says
+    /// how to when it may not.
+    async fn prepare_checkpoint_table(&self) -> Result<(), ExportError> {
+        let ddl = schema::create_checkpoints(&self.database, &self.checkpoint_table);
+        if self.create_table {
+            self.execute(&ddl).await?;
+            return Ok(());
+        }
+        let exists = self
+            .execute(&format!(
+                "SELECT count() FROM system.tables WHERE database = {} AND name = {}",
+                quote_str(&self.database),
+                quote_str(&self.checkpoint_table)
+            ))
+            .await?;
+        if exists.trim() == "0" {
+            tracing::warn!(table = %self.qualified_checkpoints(),
+                "the checkpoint table does not exist and create_table = false: signed checkpoints wait in the spool \
+                 (and `verify --sink` cannot check this sink) until it is created: {ddl}");
+        }
+        Ok(())
     }
 
     async fn columns(&self) -> Result<Vec<Column>, ExportError> {
@@ -449,6 +499,9 @@ impl ClickhouseSink {
             tracing::info!(table = %self.qualified(), schema = self.schema.as_str(), version = version_text,
                 legacy = !modern, "created the ClickHouse table");
             columns = self.columns().await?;
+        }
+        if self.schema == Schema::Auditrail {
+            self.prepare_checkpoint_table().await?;
         }
         let info = self.table_info().await?;
         if self.schema == Schema::Auditrail && schema::ttl_by_receive_time(&info) == Some(false) {
@@ -593,6 +646,142 @@ impl Exporter for ClickhouseSink {
             self.insert(&prepared, &piece).await?;
         }
         Ok(())
+    }
+
+    fn holds_checkpoints(&self) -> bool {
+        self.schema == Schema::Auditrail
+    }
+
+    /// Inserts the checkpoints the table does not hold yet: one sent again
+    /// is not stored twice (and the table's ReplacingMergeTree, keyed by
+    /// `(origin, tree_size)`, would collapse it anyway).
+    async fn export_checkpoints(
+        &self,
+        checkpoints: &[SignedCheckpoint],
+    ) -> Result<(), ExportError> {
+        let key = |origin: &str, size: u64| format!("{origin} {size}");
+        let sizes: Vec<String> = checkpoints
+            .iter()
+            .map(|c| c.checkpoint.size.to_string())
+            .collect();
+        #[derive(serde::Deserialize)]
+        struct Held {
+            k: String,
+        }
+        let held: Vec<Held> = self
+            .rows(&format!(
+                "SELECT concat(origin, ' ', toString(tree_size)) AS k FROM {} WHERE tree_size IN ({}) \
+                 FORMAT JSONEachRow",
+                self.qualified_checkpoints(),
+                sizes.join(", ")
+            ))
+            .await?;
+        let mut body = Vec::new();
+        for signed in checkpoints {
+            let c = &signed.checkpoint;
+            if held.iter().any(|h| h.k == key(&c.origin, c.size)) {
+                continue;
+            }
+            serde_json::to_writer(
+                &mut body,
+                &serde_json::json!({
+                    "node": node_of_origin(&c.origin),
+                    "origin": c.origin,
+                    "tree_size": c.size,
+                    "first_seq": c.first_seq,
+                    "last_seq": c.last_seq(),
+                    "root_hash": hex::encode(c.root),
+                    "chain_hash": hex::encode(c.chain),
+                    "signed_at_unix_nano": c.time_unix_nano,
+                    "note": signed.note,
+                }),
+            )
+            .expect("JSON into a Vec");
+            body.push(b'\n');
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO {} (node, origin, tree_size, first_seq, last_seq, root_hash, chain_hash, \
+             signed_at_unix_nano, note) FORMAT JSONEachRow",
+            self.qualified_checkpoints()
+        );
+        self.send(&[("query", &sql)], body, false).await?;
+        Ok(())
+    }
+
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        (self.schema == Schema::Auditrail).then_some(self as &dyn ReadBack)
+    }
+}
+
+/// The canonical table read back (see `read.rs`). Rows are read without
+/// `FINAL`, but `DISTINCT`: a batch stored twice (a retry the tokens did
+/// not catch, on 18.16 always possible) shows once, as it will once the
+/// ReplacingMergeTree merges, while a forged second row of a seq that
+/// differs in anything shows as a second row. Once a merge has collapsed
+/// two rows of the same sorting key (service, event name, time, node,
+/// seq), only the last one inserted is left: a forged row of that key then
+/// shows as the original modified, no longer as inserted.
+#[async_trait]
+impl ReadBack for ClickhouseSink {
+    async fn nodes(&self) -> Result<Vec<String>, ExportError> {
+        #[derive(serde::Deserialize)]
+        struct Node {
+            node: String,
+        }
+        let nodes: Vec<Node> = self
+            .rows(&format!(
+                "SELECT DISTINCT toString(node) AS node FROM {} ORDER BY node FORMAT JSONEachRow",
+                self.qualified()
+            ))
+            .await?;
+        Ok(nodes.into_iter().map(|n| n.node).collect())
+    }
+
+    async fn events(
+        &self,
+        node: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ExportError> {
+        let columns: Vec<String> = crate::fields::Field::stored()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let text = self
+            .execute(&format!(
+                "SELECT DISTINCT {} FROM {} WHERE node = {} AND seq > {after} \
+                 ORDER BY seq, received_time_unix_nano LIMIT {limit} FORMAT JSONEachRow",
+                columns.join(", "),
+                self.qualified(),
+                quote_str(node)
+            ))
+            .await?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(read::row_event)
+            .collect()
+    }
+
+    async fn checkpoints(&self, node: &str) -> Result<Vec<String>, ExportError> {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            note: String,
+        }
+        let notes: Vec<Note> = self
+            .rows(&format!(
+                "SELECT DISTINCT note, first_seq, tree_size FROM {} WHERE node = {} \
+                 ORDER BY first_seq, tree_size FORMAT JSONEachRow",
+                self.qualified_checkpoints(),
+                quote_str(node)
+            ))
+            .await?;
+        Ok(notes.into_iter().map(|n| n.note).collect())
+    }
+
+    async fn walk<'a>(&'a self, node: &str) -> Result<Box<dyn Walk + 'a>, ExportError> {
+        Ok(Box::new(BySeq::new(self, node)))
     }
 }
 

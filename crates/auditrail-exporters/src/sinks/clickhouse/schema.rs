@@ -197,6 +197,29 @@ pub(super) fn create_auditrail(
     sql
 }
 
+/// `CREATE TABLE IF NOT EXISTS` for the signed checkpoints: one row per
+/// checkpoint, kept once per `(origin, tree_size)` by the
+/// ReplacingMergeTree (ClickHouse has no unique key). The same on 18.16 and
+/// later servers.
+pub(super) fn create_checkpoints(database: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (\n\
+         \x20   `node` String,\n\
+         \x20   `origin` String,\n\
+         \x20   `tree_size` UInt64,\n\
+         \x20   `first_seq` UInt64,\n\
+         \x20   `last_seq` UInt64,\n\
+         \x20   `root_hash` String,\n\
+         \x20   `chain_hash` String,\n\
+         \x20   `signed_at_unix_nano` UInt64,\n\
+         \x20   `note` String\n\
+         ) ENGINE = ReplacingMergeTree\n\
+         ORDER BY (origin, tree_size)",
+        quote_ident(database),
+        quote_ident(table)
+    )
+}
+
 /// When auditrail received the event, as a `DateTime`: what the `TTL` of
 /// the tables auditrail creates counts from, as the spool's retention does
 /// (never `time`, the sender's clock, which may be a year back for an event

@@ -79,7 +79,7 @@ pub fn compress_segment(dir: &Path, plain: &SegmentName, to: Encoding) -> io::Re
 }
 
 /// A reader of a segment's NDJSON, whatever its encoding.
-pub fn open_segment(path: &Path, encoding: Encoding) -> io::Result<Box<dyn Read>> {
+pub fn open_segment(path: &Path, encoding: Encoding) -> io::Result<Box<dyn Read + Send>> {
     let file = BufReader::new(File::open(path)?);
     Ok(match encoding {
         Encoding::Plain => Box::new(file),

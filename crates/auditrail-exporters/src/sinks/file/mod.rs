@@ -16,8 +16,18 @@
 //! truncates a torn last line (a crash mid-write), and from then on
 //! `export` skips every event whose seq is not above the highest written.
 //! That needs the batches in seq order, hence delivery concurrency 1.
+//!
+//! **Checkpoints.** With `format = "json"` each signed checkpoint is one
+//! line of the node's segment stream, written once every event it covers
+//! is (`read.rs` has the line's shape, and reads segments back for
+//! `auditrail verify`). A segment that holds no event yet (created for a
+//! checkpoint when none was open) is named for the next seq and is not
+//! rotated until an event is in it, so two segments never share a name.
+//! OCSF files hold no checkpoint lines: an OCSF reader would take them for
+//! malformed events.
 
 mod compress;
+mod read;
 mod segment;
 
 use std::collections::BTreeMap;
@@ -33,9 +43,12 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::encoding::LineFormat;
-use crate::{ExportError, Exporter, HeldSeq, SinkContext};
+use crate::{
+    node_of_origin, ExportError, Exporter, HeldSeq, ReadBack, SignedCheckpoint, SinkContext, Walk,
+};
 pub use compress::Compression;
 use compress::{compress_segment, TEMPORARY_SUFFIX};
+pub use read::{read_line, write_checkpoint_line, FileWalk, Line, SegmentFiles, CHECKPOINT_KEY};
 pub use segment::{Encoding, SegmentName};
 
 /// `type = "file"`.
@@ -80,6 +93,9 @@ struct Segments {
     /// `None` until `prepare` has read the directory (and again after a
     /// failed write, so the next attempt recovers the way a restart does).
     nodes: Option<BTreeMap<String, NodeSegments>>,
+    /// Per origin, the largest checkpoint written (as far as this process
+    /// knows): one sent again is not written twice.
+    checkpointed: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -97,6 +113,9 @@ struct OpenSegment {
     /// Lines of the current batch, written with one call before the sync.
     pending: Vec<u8>,
     opened: SystemTime,
+    /// Whether it holds an event (not only checkpoint lines): only then
+    /// may it be closed, since the next segment is named for the next seq.
+    holds_events: bool,
 }
 
 /// A batch encoded before it goes to the blocking writer: the lines one
@@ -125,6 +144,7 @@ impl FileSink {
                 rotate_interval: config.rotate_interval,
                 compression: config.compression,
                 nodes: None,
+                checkpointed: BTreeMap::new(),
             })),
             format: config.format.clone(),
         })
@@ -210,7 +230,7 @@ impl Segments {
     /// The highest seq in a node's newest segment, and that segment opened
     /// for appending when it is plain (it was open when writing stopped).
     fn recover_newest(
-        &self,
+        &mut self,
         name: &SegmentName,
     ) -> Result<(u64, Option<OpenSegment>), ExportError> {
         let path = self.dir.join(name.file_name());
@@ -220,7 +240,10 @@ impl Segments {
                 compress::open_segment(&path, name.encoding).map_err(|e| io_error(&what, e))?;
             let mut last = None;
             for line in io::BufRead::split(io::BufReader::new(reader), b'\n') {
-                last = Some(line.map_err(|e| io_error(&what, e))?);
+                let line = line.map_err(|e| io_error(&what, e))?;
+                if !is_checkpoint_line(&line) {
+                    last = Some(line);
+                }
             }
             let highest =
                 last.map_or(Ok(name.first_seq.saturating_sub(1)), |l| seq_of(&l, &path))?;
@@ -240,12 +263,31 @@ impl Segments {
             file.set_len(complete).map_err(|e| io_error(&what, e))?;
             file.sync_data().map_err(|e| io_error(&what, e))?;
         }
-        let highest =
-            match segment::last_line(&mut file, complete).map_err(|e| io_error(&what, e))? {
-                Some(line) => seq_of(&line, &path)?,
-                // Created, but nothing written yet: its name says what comes first.
-                None => name.first_seq.saturating_sub(1),
-            };
+        // The last event line: checkpoint lines may follow it.
+        let mut end = complete;
+        let mut last_event = None;
+        while let Some(line) = segment::last_line(&mut file, end).map_err(|e| io_error(&what, e))? {
+            end -= line.len() as u64 + 1;
+            match read::read_line(&line) {
+                Line::Checkpoint(note) => {
+                    if let Some(signed) = SignedCheckpoint::of_note(note) {
+                        let c = signed.checkpoint;
+                        let known = self.checkpointed.entry(c.origin).or_default();
+                        *known = (*known).max(c.size);
+                    }
+                }
+                _ => {
+                    last_event = Some(line);
+                    break;
+                }
+            }
+        }
+        let holds_events = last_event.is_some();
+        let highest = match last_event {
+            Some(line) => seq_of(&line, &path)?,
+            // Created, but no event written yet: its name says what comes first.
+            None => name.first_seq.saturating_sub(1),
+        };
         let opened = metadata
             .created()
             .or_else(|_| metadata.modified())
@@ -256,6 +298,7 @@ impl Segments {
             len: complete,
             pending: Vec::new(),
             opened,
+            holds_events,
         };
         Ok((highest, Some(open)))
     }
@@ -337,26 +380,11 @@ impl Segments {
             if *seq <= highest {
                 continue;
             }
-            if let Some(open) = state.open.as_mut() {
-                if open.is_due(line.len() as u64, limits, now) {
-                    open.write_pending()?;
-                    open.file
-                        .sync_data()
-                        .map_err(|e| io_error(open.name.file_name(), e))?;
-                    state.open = None;
-                }
-            }
-            let open = match &mut state.open {
-                Some(open) => open,
-                None => {
-                    created = true;
-                    state
-                        .open
-                        .insert(OpenSegment::create(dir, node, *seq, now)?)
-                }
-            };
+            let (open, new) = state.segment_for(dir, node, *seq, line.len() as u64, limits, now)?;
+            created |= new;
             open.pending.extend_from_slice(line);
             open.len += line.len() as u64;
+            open.holds_events = true;
             written.insert(node.clone(), *seq);
         }
         for state in nodes.values_mut() {
@@ -365,6 +393,80 @@ impl Segments {
             }
         }
         Ok(created)
+    }
+
+    /// Writes checkpoint lines (each after the events it covers, which the
+    /// delivery loop has confirmed) into their node's open segment, skips
+    /// those written already, and syncs.
+    fn write_checkpoints(
+        &mut self,
+        checkpoints: Vec<SignedCheckpoint>,
+        now: SystemTime,
+    ) -> Result<(), ExportError> {
+        let result = self.checkpoints_then_sync(&checkpoints, now);
+        match result {
+            Ok(()) => {
+                for signed in checkpoints {
+                    let c = signed.checkpoint;
+                    let known = self.checkpointed.entry(c.origin).or_default();
+                    *known = (*known).max(c.size);
+                }
+            }
+            Err(_) => self.nodes = None,
+        }
+        result
+    }
+
+    fn checkpoints_then_sync(
+        &mut self,
+        checkpoints: &[SignedCheckpoint],
+        now: SystemTime,
+    ) -> Result<(), ExportError> {
+        if self.nodes.is_none() {
+            self.recover()?;
+        }
+        let limits = (self.rotate_bytes, self.rotate_interval);
+        let dir = &self.dir;
+        let nodes = self.nodes.as_mut().expect("recovered above");
+        let mut created = false;
+        let mut touched = Vec::new();
+        for signed in checkpoints {
+            let c = &signed.checkpoint;
+            if self
+                .checkpointed
+                .get(&c.origin)
+                .is_some_and(|&size| size >= c.size)
+            {
+                continue;
+            }
+            let mut line = Vec::new();
+            write_checkpoint_line(signed, &mut line);
+            let node = node_of_origin(&c.origin).to_owned();
+            let state = nodes.entry(node.clone()).or_default();
+            let next_seq = state.highest + 1;
+            let (open, new) =
+                state.segment_for(dir, &node, next_seq, line.len() as u64, limits, now)?;
+            created |= new;
+            open.len += line.len() as u64;
+            open.pending.extend_from_slice(&line);
+            if !touched.contains(&node) {
+                touched.push(node);
+            }
+        }
+        for node in touched {
+            let open = nodes
+                .get_mut(&node)
+                .and_then(|state| state.open.as_mut())
+                .expect("written into just now");
+            open.write_pending()?;
+            open.file
+                .sync_data()
+                .map_err(|e| io_error(open.name.file_name(), e))?;
+        }
+        if created {
+            segment::sync_dir(dir).map_err(|e| io_error(dir.display(), e))?;
+        }
+        Ok(())
     }
 
     /// Closes the segments open for `rotate_interval` or longer, and names
@@ -397,6 +499,39 @@ impl Segments {
     }
 }
 
+impl NodeSegments {
+    /// The segment a line of `line_len` bytes goes into: the open one, or
+    /// (when there is none, or it is due for rotation) a new one starting
+    /// at `first_seq`; and whether it was created.
+    fn segment_for(
+        &mut self,
+        dir: &Path,
+        node: &str,
+        first_seq: u64,
+        line_len: u64,
+        limits: (u64, Duration),
+        now: SystemTime,
+    ) -> Result<(&mut OpenSegment, bool), ExportError> {
+        if let Some(open) = self.open.as_mut() {
+            if open.is_due(line_len, limits, now) {
+                open.write_pending()?;
+                open.file
+                    .sync_data()
+                    .map_err(|e| io_error(open.name.file_name(), e))?;
+                self.open = None;
+            }
+        }
+        match self.open {
+            Some(ref mut open) => Ok((open, false)),
+            None => Ok((
+                self.open
+                    .insert(OpenSegment::create(dir, node, first_seq, now)?),
+                true,
+            )),
+        }
+    }
+}
+
 impl OpenSegment {
     /// Creates (or, after a crash left it empty, reopens) the segment of
     /// `node` starting at `first_seq`. The directory still needs an fsync.
@@ -424,18 +559,21 @@ impl OpenSegment {
             len: 0,
             pending: Vec::new(),
             opened: now,
+            holds_events: false,
         })
     }
 
     /// Whether a line of `line_len` more bytes must go to a new segment.
-    /// An empty segment takes any line, however long.
+    /// A segment without an event takes any line, however long: the next
+    /// one would have the same name.
     fn is_due(
         &self,
         line_len: u64,
         (rotate_bytes, rotate_interval): (u64, Duration),
         now: SystemTime,
     ) -> bool {
-        self.len > 0
+        self.holds_events
+            && self.len > 0
             && (self.len + line_len > rotate_bytes
                 || now.duration_since(self.opened).unwrap_or_default() >= rotate_interval)
     }
@@ -488,6 +626,11 @@ fn segment_names(dir: &Path) -> Result<Vec<SegmentName>, ExportError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Whether a segment line is a checkpoint line (cheaply: by its start).
+fn is_checkpoint_line(line: &[u8]) -> bool {
+    line.starts_with(format!("{{\"{CHECKPOINT_KEY}\":").as_bytes())
 }
 
 /// The `seq` of a line in any `format`.
@@ -575,6 +718,65 @@ impl Exporter for FileSink {
             .rotate_interval;
         Some(MAINTENANCE_EVERY.min(rotate_interval))
     }
+
+    /// With `format = "json"` only: an OCSF reader would take a checkpoint
+    /// line for a malformed event.
+    fn holds_checkpoints(&self) -> bool {
+        self.format == LineFormat::Json
+    }
+
+    async fn export_checkpoints(
+        &self,
+        checkpoints: &[SignedCheckpoint],
+    ) -> Result<(), ExportError> {
+        let checkpoints = checkpoints.to_vec();
+        let now = SystemTime::now();
+        self.with_segments(move |segments| segments.write_checkpoints(checkpoints, now))
+            .await
+    }
+
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        Some(self)
+    }
+}
+
+impl FileSink {
+    /// The segments in the directory now.
+    fn stored(&self) -> Result<SegmentFiles, ExportError> {
+        let dir = self
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dir
+            .clone();
+        SegmentFiles::in_dir(&dir)
+    }
+}
+
+/// The directory's segments read back (see `read.rs`), as they are when
+/// asked.
+#[async_trait]
+impl ReadBack for FileSink {
+    async fn nodes(&self) -> Result<Vec<String>, ExportError> {
+        self.stored()?.nodes().await
+    }
+
+    async fn events(
+        &self,
+        node: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ExportError> {
+        self.stored()?.events(node, after, limit).await
+    }
+
+    async fn checkpoints(&self, node: &str) -> Result<Vec<String>, ExportError> {
+        self.stored()?.checkpoints(node).await
+    }
+
+    async fn walk<'a>(&'a self, node: &str) -> Result<Box<dyn Walk + 'a>, ExportError> {
+        Ok(Box::new(self.stored()?.walk_node(node)))
+    }
 }
 
 /// Events encoded (and written) at a time within a batch.
@@ -633,8 +835,8 @@ mod tests {
         names
     }
 
-    /// The seqs of every line of every segment in `dir`, in file order.
-    fn seqs(dir: &Path) -> Vec<u64> {
+    /// Every line of every segment in `dir`, in file order.
+    fn lines(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         for name in segment_names(dir).unwrap() {
             let mut text = String::new();
@@ -643,13 +845,21 @@ mod tests {
                 .read_to_string(&mut text)
                 .unwrap();
             assert!(text.is_empty() || text.ends_with('\n'), "{name:?}");
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                assert_eq!(value["hash"].as_str().map(str::len), Some(64), "{line}");
-                out.push(value["seq"].as_u64().unwrap());
-            }
+            out.extend(text.lines().map(str::to_owned));
         }
         out
+    }
+
+    /// The seqs of every line of every segment in `dir`, in file order.
+    fn seqs(dir: &Path) -> Vec<u64> {
+        lines(dir)
+            .iter()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["hash"].as_str().map(str::len), Some(64), "{line}");
+                value["seq"].as_u64().unwrap()
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -831,6 +1041,129 @@ mod tests {
         assert!(dir.path().join(names[1].file_name()).exists());
         assert_eq!(again.highest_seq("n1").await.unwrap(), HeldSeq::Highest(6));
         assert_eq!(seqs(dir.path()), (1..=6).collect::<Vec<_>>());
+    }
+
+    /// A signed checkpoint of `n1`'s seqs 1..=`size`.
+    fn checkpoint(size: u64, previous: u64) -> SignedCheckpoint {
+        static KEY: std::sync::OnceLock<auditrail_integrity::SignerKey> =
+            std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| auditrail_integrity::SignerKey::generate("test").unwrap());
+        let checkpoint = auditrail_integrity::Checkpoint {
+            origin: "auditrail/n1/0123abcd".into(),
+            size,
+            root: [size as u8; 32],
+            first_seq: 1,
+            chain: [size as u8; 32],
+            previous,
+            time_unix_nano: 1,
+        };
+        SignedCheckpoint::of_note(checkpoint.sign(key).unwrap()).unwrap()
+    }
+
+    /// Every line of every segment in `dir`, in order: `e<seq>` for an
+    /// event, `c<size>` for a checkpoint.
+    fn stream(dir: &Path) -> Vec<String> {
+        lines(dir)
+            .iter()
+            .map(|line| match read_line(line.as_bytes()) {
+                Line::Event(e) => format!("e{}", e.seq),
+                Line::Checkpoint(note) => format!(
+                    "c{}",
+                    SignedCheckpoint::of_note(note).unwrap().checkpoint.size
+                ),
+                Line::Unreadable(why) => panic!("{why}: {line}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn checkpoint_lines_follow_their_events_once_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = written(dir.path(), "", 1, 3).await;
+        assert!(first.holds_checkpoints());
+        first.export_checkpoints(&[checkpoint(3, 0)]).await.unwrap();
+        // Sent again (its delivery was not recorded): written once.
+        first.export_checkpoints(&[checkpoint(3, 0)]).await.unwrap();
+        drop(first);
+        // Restarted with a checkpoint line last: it goes on after seq 3,
+        // and knows that checkpoint is written.
+        let again = sink(dir.path(), "");
+        again.prepare().await.unwrap();
+        assert_eq!(again.highest_seq("n1").await.unwrap(), HeldSeq::Highest(3));
+        again.export_checkpoints(&[checkpoint(3, 0)]).await.unwrap();
+        again.export(&events(1, 5)).await.unwrap();
+        again.export_checkpoints(&[checkpoint(5, 3)]).await.unwrap();
+        assert_eq!(
+            stream(dir.path()),
+            ["e1", "e2", "e3", "c3", "e4", "e5", "c5"]
+        );
+
+        // Read back: the events in file order, the checkpoints oldest first.
+        let files = SegmentFiles::in_dir(dir.path()).unwrap();
+        assert_eq!(files.nodes().await.unwrap(), ["n1"]);
+        let notes = again.checkpoints("n1").await.unwrap();
+        assert_eq!(notes, [checkpoint(3, 0).note, checkpoint(5, 3).note]);
+        let sizes: Vec<u64> = notes
+            .iter()
+            .map(|n| {
+                SignedCheckpoint::of_note(n.clone())
+                    .unwrap()
+                    .checkpoint
+                    .size
+            })
+            .collect();
+        assert_eq!(sizes, [3, 5]);
+        let mut walk = again.walk("n1").await.unwrap();
+        let page = walk.next_page().await.unwrap();
+        let seqs: Vec<u64> = page
+            .iter()
+            .map(|r| match r {
+                crate::Stored::Event(e) => e.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        assert!(walk.next_page().await.unwrap().is_empty());
+        assert_eq!(again.events("n1", 3, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_with_no_segment_open_starts_one_that_events_go_on_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = written(dir.path(), "compression = \"zstd\"", 1, 3).await;
+        let later = SystemTime::now() + Duration::from_secs(3601);
+        sink.maintain(later).await.unwrap();
+        sink.export_checkpoints(&[checkpoint(3, 0)]).await.unwrap();
+        assert_eq!(
+            files(dir.path()),
+            [
+                "auditrail-n1-00000000000000000001.ndjson.zst",
+                "auditrail-n1-00000000000000000004.ndjson"
+            ]
+        );
+        // Holding no event, it is not closed however old.
+        sink.maintain(later + Duration::from_secs(7200))
+            .await
+            .unwrap();
+        drop(sink);
+        let again = self::sink(dir.path(), "compression = \"zstd\"");
+        again.prepare().await.unwrap();
+        assert_eq!(again.highest_seq("n1").await.unwrap(), HeldSeq::Highest(3));
+        again.export(&events(4, 4)).await.unwrap();
+        assert_eq!(
+            files(dir.path()),
+            [
+                "auditrail-n1-00000000000000000001.ndjson.zst",
+                "auditrail-n1-00000000000000000004.ndjson"
+            ]
+        );
+        assert_eq!(stream(dir.path()), ["e1", "e2", "e3", "c3", "e4"]);
+    }
+
+    #[tokio::test]
+    async fn ocsf_files_hold_no_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!sink(dir.path(), "format = \"ocsf\"").holds_checkpoints());
     }
 
     #[tokio::test]

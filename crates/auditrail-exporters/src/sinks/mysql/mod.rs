@@ -29,7 +29,10 @@ use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder}
 use time::PrimitiveDateTime;
 
 use crate::fields::{utc, Field, Source, Value};
-use crate::{ExportError, Exporter, HeldSeq, ReadBack, SignedCheckpoint, SinkContext};
+use crate::{
+    node_of_origin, BySeq, ExportError, Exporter, HeldSeq, ReadBack, SignedCheckpoint, SinkContext,
+    Walk,
+};
 use errors::classify;
 pub use partitions::{Maintenance, PartitionConfig};
 
@@ -480,11 +483,6 @@ impl Exporter for MysqlSink {
     }
 }
 
-/// The node an origin line names (`auditrail/<node>/<spool id>`).
-fn node_of_origin(origin: &str) -> &str {
-    origin.split('/').nth(1).unwrap_or(origin)
-}
-
 #[async_trait]
 impl ReadBack for MysqlSink {
     async fn nodes(&self) -> Result<Vec<String>, ExportError> {
@@ -555,5 +553,9 @@ impl ReadBack for MysqlSink {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)
+    }
+
+    async fn walk<'a>(&'a self, node: &str) -> Result<Box<dyn Walk + 'a>, ExportError> {
+        Ok(Box::new(BySeq::new(self, node)))
     }
 }
