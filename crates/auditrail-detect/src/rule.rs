@@ -20,7 +20,7 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    fn key<'a>(self, e: &'a AuditEvent) -> &'a str {
+    fn key(self, e: &AuditEvent) -> &str {
         match self {
             GroupBy::Actor => &e.actor_id,
             GroupBy::Service => &e.service_name,
@@ -187,7 +187,8 @@ fn attributes_match(want: &std::collections::BTreeMap<String, String>, json: &st
     };
     want.iter().all(|(key, value)| match have.get(key) {
         Some(serde_json::Value::String(s)) => s == value,
-        Some(other) => other.to_string() == *value,
+        // A number, a bool: the rule's text read as JSON, compared as a value.
+        Some(other) => serde_json::from_str::<serde_json::Value>(value).is_ok_and(|v| v == *other),
         None => false,
     })
 }

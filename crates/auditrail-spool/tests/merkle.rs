@@ -3,6 +3,9 @@
 //! hash chain alone cannot see (a chain recomputed over a change, a removed
 //! checkpoint, events removed from the end) found by `verify`.
 
+mod common;
+use common::{raw_sled, reopen};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,19 +36,6 @@ fn config(dir: &std::path::Path, key: &Arc<SignerKey>) -> SpoolConfig {
         interval: Duration::from_secs(3600),
     });
     config
-}
-
-/// Opens a spool this process had open a moment ago (sled lets go of its
-/// lock from background threads).
-fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(opened) => return opened,
-            Err(e) if std::time::Instant::now() > deadline => panic!("reopen failed: {e:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// Waits until the spool has signed a checkpoint of `size` events.
@@ -136,17 +126,6 @@ async fn every_event_is_provable_offline_against_a_signed_checkpoint() {
     assert_eq!(report.checkpoints.total, sizes.len() as u64);
     assert_eq!(report.checkpoints.valid, sizes.len() as u64);
     assert_eq!(report.checkpoints.unsigned_tail, 0);
-}
-
-/// The spool's sled database itself, behind the spool's back.
-fn raw_sled(dir: &std::path::Path) -> sled::Db {
-    reopen(|| {
-        sled::Config::new()
-            .path(dir)
-            .segment_size(8 << 20)
-            .flush_every_ms(None)
-            .open()
-    })
 }
 
 /// Rewrites every batch value with `edit` applied to each record's

@@ -1,5 +1,8 @@
 //! The spool's promises, exercised through its public API on a real sled.
 
+mod common;
+use common::{raw_sled, reopen};
+
 use std::time::Duration;
 
 use auditrail_model::{chain_hash, AuditEvent, Outcome, GENESIS_HASH};
@@ -24,33 +27,6 @@ fn event(id: &str, time: u64, actor: &str, name: &str) -> AuditEvent {
 
 fn open(dir: &std::path::Path) -> Spool {
     Spool::open(SpoolConfig::new(dir, "node-a")).unwrap()
-}
-
-/// Opens a spool this process had open a moment ago. sled releases its file
-/// lock from background threads shortly after the last handle is dropped,
-/// so a reopen in the same process may have to wait for that.
-fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(opened) => return opened,
-            Err(e) if std::time::Instant::now() > deadline => panic!("reopen failed: {e:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// The spool's sled database itself, behind the spool's back (to tamper
-/// with it). The spool creates sled with 8 MiB segments; sled insists on
-/// the same.
-fn raw_sled(dir: &std::path::Path) -> sled::Db {
-    reopen(|| {
-        sled::Config::new()
-            .path(dir)
-            .segment_size(8 << 20)
-            .flush_every_ms(None)
-            .open()
-    })
 }
 
 fn all(spool: &Spool) -> Vec<AuditEvent> {

@@ -117,6 +117,10 @@ impl ProveError {
                 | SpoolError::NotRetained(_)
                 | SpoolError::ProofPastRetention { .. },
             ) => StatusCode::NOT_FOUND,
+            // An event id looked up past the query budget, as /v1/events.
+            ProveError::Spool(
+                SpoolError::ScanBudgetExceeded { .. } | SpoolError::QueryTimedOut { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
             ProveError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,7 +128,13 @@ impl ProveError {
 
 /// Makes the proof `params` asks for. An inclusion proof is made only of
 /// an event `tenants` may see; any other answers as if it did not exist.
-pub fn prove(spool: &Spool, params: &ProveParams, tenants: &Tenants) -> Result<Proof, ProveError> {
+/// Finding the event (an event id has no index: a scan) spends `budget`.
+pub fn prove(
+    spool: &Spool,
+    params: &ProveParams,
+    tenants: &Tenants,
+    budget: &Budget,
+) -> Result<Proof, ProveError> {
     if let Some(from) = params.from_size {
         // Hashes and signed roots only: nothing of any tenant's events.
         return Ok(Proof::Consistency(
@@ -144,7 +154,7 @@ pub fn prove(spool: &Spool, params: &ProveParams, tenants: &Tenants) -> Result<P
         },
         (None, None) => return Err(ProveError::NothingAsked),
     };
-    let (events, _) = spool.query_within(&filter, &Budget::default())?;
+    let (events, _) = spool.query_within(&filter, budget)?;
     let visible = |e: &AuditEvent| match tenants {
         Tenants::All => true,
         Tenants::Only(own) => &e.tenant == own,
@@ -177,7 +187,15 @@ pub async fn proof_handler(
     // A tenant reader's scope is its own tenant; the operator's, all.
     let tenants = ReadScope::of(scope).restrict(None);
     let spool = state.spool.clone();
-    let proved = tokio::task::spawn_blocking(move || prove(&spool, &params, &tenants)).await;
+    // The admin API's query limits hold for the lookup too.
+    let limits = state.queries.limits();
+    let budget = Budget {
+        max_examined: Some(limits.max_scan_events),
+        deadline: Some(std::time::Instant::now() + limits.query_timeout),
+        cancel: None,
+    };
+    let proved =
+        tokio::task::spawn_blocking(move || prove(&spool, &params, &tenants, &budget)).await;
     match proved {
         Ok(Ok(proof)) => Json(proof).into_response(),
         Ok(Err(e)) => error_response(e.status(), e.to_string()),
@@ -212,9 +230,11 @@ pub async fn prove_command(
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let proof: Proof = match at.open_spool()? {
-        Some(spool) => tokio::task::spawn_blocking(move || prove(&spool, &params, &Tenants::All))
-            .await?
-            .map_err(anyhow::Error::from)?,
+        Some(spool) => tokio::task::spawn_blocking(move || {
+            prove(&spool, &params, &Tenants::All, &Budget::default())
+        })
+        .await?
+        .map_err(anyhow::Error::from)?,
         None => {
             let client = at.client()?;
             let mut query: Vec<(&str, String)> = Vec::new();
