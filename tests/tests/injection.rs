@@ -436,7 +436,8 @@ async fn sql_injection_through_every_field_is_stored_as_data_in_mysql() {
         .map(|row| text(row, "t").expect("a name"))
         .collect();
     tables.sort();
-    let mut want_tables = [HOSTILE_TABLE, "audit_events"];
+    // The sink's own two (events, checkpoints) and the hostile one.
+    let mut want_tables = [HOSTILE_TABLE, "audit_events", "audit_checkpoints"];
     want_tables.sort();
     assert_eq!(tables, want_tables, "no table dropped or made");
     for table in ["audit_events", HOSTILE_TABLE] {
@@ -527,7 +528,12 @@ async fn clickhouse_round(url: &str, maps: bool) {
     .iter()
     .map(|row| row["name"].as_str().expect("a name").to_owned())
     .collect();
-    let mut want_tables = vec![HOSTILE_TABLE.to_owned(), "audit_events".to_owned()];
+    // The sink's own two (events, checkpoints) and the hostile one.
+    let mut want_tables = vec![
+        HOSTILE_TABLE.to_owned(),
+        "audit_events".to_owned(),
+        "audit_checkpoints".to_owned(),
+    ];
     want_tables.sort();
     assert_eq!(tables, want_tables, "no table dropped or made");
     for table in ["audit_events", HOSTILE_TABLE] {
