@@ -239,7 +239,7 @@ impl Server {
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server = Server::spawn(dir, spool, setup);
+            let mut server = Server::spawn_on(dir, spool, setup, attempts == 0);
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 // (Or two of the free ports were the same one.)
@@ -302,8 +302,31 @@ impl Server {
 
     /// Writes the config and starts the binary without waiting for it.
     fn spawn(dir: &Path, spool: &Path, setup: Setup) -> Server {
-        let (grpc, http, admin) = (free_port(), free_port(), free_port());
+        Server::spawn_on(dir, spool, setup, true)
+    }
+
+    /// [`Server::spawn`]; with `same_ports`, on the ports of the config a
+    /// server in `dir` had before, if there was one: a restart with the
+    /// same setup then has the same config, as an operator's restart does
+    /// (a changed config is an `auditrail.config.changed` event).
+    fn spawn_on(dir: &Path, spool: &Path, setup: Setup, same_ports: bool) -> Server {
         let config_path = dir.join("auditrail.toml");
+        let before = same_ports
+            .then(|| std::fs::read_to_string(&config_path).ok())
+            .flatten();
+        let port_of = |key: &str| -> Option<u16> {
+            let text = before.as_deref()?;
+            let line = text.lines().find(|l| l.starts_with(key))?;
+            line.trim_end_matches('"').rsplit(':').next()?.parse().ok()
+        };
+        let (grpc, http, admin) = match (
+            port_of("grpc_addr"),
+            port_of("http_addr"),
+            port_of("addr = "),
+        ) {
+            (Some(g), Some(h), Some(a)) => (g, h, a),
+            _ => (free_port(), free_port(), free_port()),
+        };
         let Setup {
             receiver: receiver_keys,
             admin: admin_keys,
@@ -311,8 +334,17 @@ impl Server {
             tables: extra_tables,
             env,
         } = setup;
+        // The trail's record of each admin request would be one more event
+        // in every test that reads the admin API, and a row in every sink
+        // test's counts: off, unless a test's `[admin]` keys say otherwise
+        // (tests/tests/detection.rs tests it; the product default is on).
+        let record_requests = if admin_keys.contains("record_requests") {
+            ""
+        } else {
+            "record_requests = false\n"
+        };
         let config = format!(
-            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n{admin_keys}\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
+            "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n{record_requests}{admin_keys}\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
         std::fs::write(&config_path, config).expect("writing config");

@@ -89,12 +89,29 @@ async fn stored(server: &Server) -> usize {
     server.events("limit=0").await.len()
 }
 
+/// The ids of the events stored from what was sent (not the trail's own
+/// tombstones: [`tombstone_reasons`]).
 async fn stored_ids(server: &Server) -> Vec<String> {
     server
         .events("limit=0")
         .await
         .iter()
+        .filter(|e| e["service_name"] != "auditrail")
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `auditrail.reasons` of each tombstone a request left.
+async fn tombstone_reasons(server: &Server) -> Vec<serde_json::Value> {
+    server
+        .events("event=auditrail.tombstone&limit=0")
+        .await
+        .iter()
+        .map(|e| {
+            let attributes: serde_json::Value =
+                serde_json::from_str(e["attributes"].as_str().unwrap()).unwrap();
+            attributes["auditrail.reasons"].clone()
+        })
         .collect()
 }
 
@@ -314,6 +331,10 @@ async fn http_partial_success_names_the_bad_record_and_keeps_the_rest() {
     let ids = stored_ids(&server).await;
     assert_eq!(ids, ["good-1", "good-2"]);
     assert_eq!(
+        tombstone_reasons(&server).await,
+        [serde_json::json!(["invalid_trace_id=1"])]
+    );
+    assert_eq!(
         server
             .metric("auditrail_rejected_events_total{reason=\"invalid_trace_id\"}")
             .await,
@@ -406,5 +427,10 @@ async fn grpc_bad_requests_get_the_right_codes() {
         ids,
         ["z-1"],
         "only the good record of the good request was stored"
+    );
+    // ...and the trail says what was refused.
+    assert_eq!(
+        tombstone_reasons(&server).await,
+        [serde_json::json!(["invalid_span_id=1"])]
     );
 }

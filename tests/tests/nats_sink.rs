@@ -109,9 +109,14 @@ async fn huge_event_is_dead_lettered(nats: &NatsServer, huge_bytes: usize, why: 
     let mut grpc = client(&server).await;
     send(&mut grpc, poison_between_two(SPAN, 9_000_001, huge_bytes)).await;
     wait_dead_lettered(&server, "bus", 1).await;
-    let messages = wait_for_messages(nats, 2, Duration::from_secs(30)).await;
-    let ids: HashSet<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
+    // The two small ones, and the tombstone the dead letter left.
+    let messages = wait_for_messages(nats, 3, Duration::from_secs(30)).await;
+    let (tombstones, sent): (Vec<&StreamMessage>, Vec<&StreamMessage>) = messages
+        .iter()
+        .partition(|m| m.payload["event_name"] == "auditrail.tombstone");
+    let ids: HashSet<&str> = sent.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids, HashSet::from(["small-1", "small-2"]));
+    assert_eq!(tombstones.len(), 1, "{messages:?}");
     let letters = server.dead_letters(Some("bus")).await;
     assert!(
         letters.to_string().contains(why),

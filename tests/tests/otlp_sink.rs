@@ -158,7 +158,33 @@ async fn a_record_the_downstream_rejects_is_dead_lettered_and_the_rest_arrive() 
         },
     )
     .await;
-    let events = downstream_events(&downstream, 7).await;
+    // The seven, the tombstone the forwarder's dead letter left (forwarded
+    // too), and the downstream's own tombstones of each request that held
+    // the rejected record (the forwarder narrows it down by resending).
+    let dead_lettered = |e: &Value| {
+        e["event_name"] == "auditrail.tombstone"
+            && e["attributes"].as_str().unwrap().contains("dead_lettered")
+    };
+    eventually_within(
+        Duration::from_secs(30),
+        "the forwarded tombstone",
+        || async {
+            downstream
+                .events("limit=0")
+                .await
+                .iter()
+                .any(&dead_lettered)
+        },
+    )
+    .await;
+    let all = downstream.events("limit=0").await;
+    let (internal, events): (Vec<&Value>, Vec<&Value>) =
+        all.iter().partition(|e| e["service_name"] == "auditrail");
+    assert_eq!(
+        internal.iter().filter(|e| dead_lettered(e)).count(),
+        1,
+        "{all:#?}"
+    );
     let ids: HashSet<&str> = events
         .iter()
         .map(|e| e["event_id"].as_str().unwrap())

@@ -77,7 +77,12 @@ async fn a_removed_sink_keeps_its_cursor_and_resumes_when_re_added() {
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0]["name"], "warehouse");
     assert_eq!(removed[0]["cursor"], 40);
-    assert_eq!(removed[0]["lag_events"], 40, "{removed:?}");
+    // The 40 sent while it was removed, and the trail's record of the
+    // config change that removed it (seq 41).
+    assert_eq!(removed[0]["lag_events"], 41, "{removed:?}");
+    let changes = server.events("event=auditrail.config.changed").await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["seq"], 41);
     assert_eq!(removed[0]["dead_letters"], 0);
     let note = removed[0]["note"].as_str().unwrap();
     assert!(
@@ -94,7 +99,7 @@ async fn a_removed_sink_keeps_its_cursor_and_resumes_when_re_added() {
         server
             .metric("auditrail_sink_lag_events{sink=\"warehouse\"}")
             .await,
-        40.0
+        41.0
     );
     assert!(server.terminate().success());
 
@@ -107,8 +112,10 @@ async fn a_removed_sink_keeps_its_cursor_and_resumes_when_re_added() {
         "warehouse",
     )
     .await;
-    assert_eq!(delivered, 40.0, "no redelivery from the start: {samples:?}");
-    assert_eq!(db.count("audit_events").await, 80);
+    // What it missed: the 40 sent while it was removed, and the two config
+    // changes (removing it, adding it back) the trail recorded.
+    assert_eq!(delivered, 42.0, "no redelivery from the start: {samples:?}");
+    assert_eq!(db.count("audit_events").await, 82);
     assert!(removed_sinks(&server).await.is_empty());
 }
 
@@ -138,7 +145,8 @@ async fn retention_waits_for_a_removed_sink() {
     while sent_at.elapsed() < Duration::from_secs(4) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(stored_seqs(&server).await, (41..=80).collect::<Vec<_>>());
+    // (Seq 41 is the config change that removed the sink, then 40 sent.)
+    assert_eq!(stored_seqs(&server).await, (41..=81).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,7 +180,8 @@ async fn sink_forget_removes_cursor_and_dead_letters_and_refuses_a_configured_si
             removed[0]["cursor"].as_u64(),
             removed[0]["dead_letters"].as_u64()
         ),
-        (Some(10), Some(1))
+        // The 10, and the tombstone of its dead letter.
+        (Some(11), Some(1))
     );
 
     let refused = cli(&["sink", "forget", "other", "--admin", &admin]);
@@ -192,7 +201,7 @@ async fn sink_forget_removes_cursor_and_dead_letters_and_refuses_a_configured_si
     );
     assert!(
         stdout.contains(
-            "forgot sink \"warehouse\": removed its cursor at seq 10 and 1 dead letter(s)"
+            "forgot sink \"warehouse\": removed its cursor at seq 11 and 1 dead letter(s)"
         ),
         "{stdout}"
     );
@@ -225,6 +234,15 @@ async fn sink_forget_removes_cursor_and_dead_letters_and_refuses_a_configured_si
         "{}",
         String::from_utf8_lossy(&forgot.stderr)
     );
-    assert!(String::from_utf8_lossy(&forgot.stdout)
-        .contains("removed its cursor at seq 10 and 1 dead letter(s)"));
+    // Its cursor is past the 10 sent and the events the trail wrote (the
+    // dead letters' tombstones, the config change).
+    let stdout = String::from_utf8_lossy(&forgot.stdout);
+    let cursor: u64 = stdout
+        .split("removed its cursor at seq ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(cursor > 10, "{stdout}");
+    assert!(stdout.contains("and 1 dead letter(s)"), "{stdout}");
 }

@@ -300,6 +300,17 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
         "{reason}"
     );
 
+    // The dead letter's tombstone arrives too, before the next batch.
+    eventually_within(CATCH_UP, "the dead letter's tombstone", || async {
+        books
+            .lock()
+            .unwrap()
+            .accepted
+            .keys()
+            .any(|id| id.starts_with("auditrail-"))
+    })
+    .await;
+
     // 429 with Retry-After in seconds: the retry waits that long.
     books.lock().unwrap().refusals.push_back((429, "2".into()));
     send_batch(&mut client, &mut sent, SPAN, "T", 1).await;
@@ -358,7 +369,18 @@ async fn signed_batches_arrive_with_poison_retry_after_and_an_outage() {
     let books = books.lock().unwrap();
     assert!(books.bad.is_empty(), "{:?}", books.bad);
     assert!(!books.accepted.contains_key(&poison_id));
-    assert_eq!(books.accepted.len(), good.len(), "nothing else accepted");
+    // ...and the tombstone of the poison event's dead letter.
+    let tombstones = books
+        .accepted
+        .keys()
+        .filter(|id| id.starts_with("auditrail-"))
+        .count();
+    assert_eq!(tombstones, 1);
+    assert_eq!(
+        books.accepted.len(),
+        good.len() + tombstones,
+        "nothing else accepted"
+    );
     let resent = books.accepted.values().filter(|n| **n > 1).count();
     eprintln!(
         "{} events accepted in {} requests; {resent} accepted more than once",

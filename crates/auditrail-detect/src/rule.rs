@@ -279,7 +279,8 @@ impl Detector {
                 window.firing = false;
                 continue;
             }
-            if window.firing {
+            // `threshold = 0` ("any history.clear"): every event is news.
+            if window.firing && spec.threshold > 0 {
                 continue;
             }
             window.firing = true;
@@ -430,8 +431,11 @@ mod tests {
         let alerts = d.observe(&event(2, 1, "history.clear", "a"));
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].count, 1);
-        // Each clear a minute apart fires again.
-        assert_eq!(d.observe(&event(3, 120, "history.clear", "a")).len(), 1);
+        // Each clear fires: the next second's, and one a minute later.
+        let again = d.observe(&event(3, 2, "history.clear", "a"));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].count, 2);
+        assert_eq!(d.observe(&event(4, 120, "history.clear", "a")).len(), 1);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use auditrail_model::AuditEvent;
+use auditrail_model::internal::{self, InternalEvent};
+use auditrail_model::{AuditEvent, Outcome};
 use auditrail_spool::{ForgottenSink, Spool, SpoolError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -736,9 +737,9 @@ impl SinkShared {
             let spool = self.spool.clone();
             let name = self.name.clone();
             let letter = event.clone();
-            let reason = reason.to_owned();
+            let why = reason.to_owned();
             let stored = tokio::task::spawn_blocking(move || {
-                spool.dead_letter(&name, &letter, &reason, now_unix_nano())
+                spool.dead_letter(&name, &letter, &why, now_unix_nano())
             })
             .await
             .unwrap_or_else(|e| Err(SpoolError::Storage(format!("dead-letter task: {e}"))));
@@ -746,6 +747,7 @@ impl SinkShared {
                 Ok(()) => {
                     metrics::counter!("auditrail_sink_dead_lettered_events_total", "sink" => self.name.clone())
                         .increment(1);
+                    self.record_tombstone(event, reason).await;
                     return;
                 }
                 Err(e) => {
@@ -763,6 +765,35 @@ impl SinkShared {
                 }
             }
         }
+    }
+
+    /// The trail's own record that the sink refused `event`: a tombstone
+    /// event, delivered to every sink like the rest. Not for a refused
+    /// tombstone: a sink that refuses everything would otherwise be sent
+    /// tombstones of tombstones for ever (the dead letter and the metric
+    /// still say so).
+    async fn record_tombstone(&self, event: &AuditEvent, reason: &str) {
+        if event.event_name == internal::TOMBSTONE && internal::is_internal(event) {
+            return;
+        }
+        let tombstone = InternalEvent::new(internal::TOMBSTONE, &event.tenant)
+            .warning()
+            .outcome(Outcome::Failure)
+            .attr("auditrail.tombstone.kind", vec!["dead_lettered".to_owned()])
+            .attr("auditrail.sink", self.name.as_str())
+            .attr("auditrail.seq", event.seq)
+            .attr("auditrail.event_id", event.event_id.as_str())
+            .attr("auditrail.event_name", event.event_name.as_str())
+            .attr("auditrail.reasons", vec![reason.to_owned()])
+            .body(format!(
+                "sink {:?} rejected seq {} ({}); it is dead-lettered: {reason}",
+                self.name, event.seq, event.event_name
+            ))
+            // Dead-lettered again after a crash: the same tombstone.
+            .id_from(&[&self.name, &event.seq.to_string()])
+            .build(now_unix_nano());
+        // Counted and logged by `record` when it fails.
+        let _ = self.spool.record(tombstone).await;
     }
 
     async fn resolve_replayed(&self, events: &[AuditEvent]) {

@@ -200,8 +200,9 @@ async fn a_dead_letter_that_cannot_be_stored_holds_the_cursor_and_shows_stuck() 
     let pipeline = Pipeline::start(spool.clone(), &configs, Duration::from_secs(86_400))
         .await
         .expect("pipeline after the restart");
+    // Seq 7: the tombstone the dead letter left, delivered like the rest.
     let status = poll("the sink to deliver everything", || {
-        pipeline.statuses().into_iter().find(|s| s.cursor == 6)
+        pipeline.statuses().into_iter().find(|s| s.cursor == 7)
     })
     .await;
     assert_eq!(status.state, "delivering", "{status:?}");
@@ -210,6 +211,16 @@ async fn a_dead_letter_that_cannot_be_stored_holds_the_cursor_and_shows_stuck() 
         .dead_letters(Some("warehouse"), None)
         .expect("dead letters");
     assert_eq!(letters.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![3]);
-    assert_eq!(db.count("audit_events").await, 5);
+    assert_eq!(db.count("audit_events").await, 6);
+    let tombstone = db
+        .rows("SELECT CAST(event_name AS CHAR) AS event_name, CAST(attributes AS CHAR) AS attributes FROM audit_events WHERE seq = 7")
+        .await;
+    assert_eq!(
+        tombstone[0].get::<String, _>("event_name"),
+        "auditrail.tombstone"
+    );
+    assert!(tombstone[0]
+        .get::<String, _>("attributes")
+        .contains(r#""auditrail.seq":3"#));
     pipeline.shutdown().await;
 }

@@ -13,6 +13,7 @@ pub mod chain;
 mod event;
 pub mod fuzzing;
 pub mod id;
+pub mod internal;
 pub mod otlp;
 pub mod to_otlp;
 

@@ -11,6 +11,7 @@ use auditrail_spool::{Spool, SpoolError};
 
 use crate::auth::Writers;
 use crate::rate::{RateLimits, RateRefused, TenantRateLimiter};
+use crate::tombstone;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -426,12 +427,13 @@ impl Ingest {
         // Before the records become events: the canonical fields and
         // content-hash ids are then made from what is stored, and clear
         // text never reaches the spool.
+        let mut redaction = Report::default();
         if self.redactor.is_active() {
-            let report = self
+            redaction = self
                 .redactor
                 .redact(&mut request, &tenant)
                 .map_err(IngestError::Redaction)?;
-            self.count_redactions(&report);
+            self.count_redactions(&redaction);
         }
         let ctx = ReceiveContext {
             tenant,
@@ -440,7 +442,7 @@ impl Ingest {
             max_clock_skew_nanos: u64::try_from(self.config.max_clock_skew.as_nanos())
                 .unwrap_or(u64::MAX),
         };
-        let mapped = map_request(&request, &ctx);
+        let mut mapped = map_request(&request, &ctx);
         for event in &mapped.events {
             if let Some(skew) = auditrail_model::clock_skew(
                 event.time_unix_nano,
@@ -461,6 +463,19 @@ impl Ingest {
                 .increment(1);
         }
 
+        // In the same append as the events: durable before the client
+        // hears of the request, and never without them.
+        if let Some(tombstone) = tombstone::for_request(
+            &mapped.rejected,
+            &redaction,
+            &mapped.events,
+            label,
+            &ctx.tenant,
+            ctx.received_time_unix_nano,
+        ) {
+            metrics::counter!("auditrail_tombstones_total", "kind" => "request").increment(1);
+            mapped.events.push(tombstone);
+        }
         let started = std::time::Instant::now();
         match self.spool.append(mapped.events).await {
             Ok(_) => {}

@@ -19,6 +19,7 @@ mod listener;
 mod rate;
 mod server;
 mod status;
+mod tombstone;
 
 pub use auth::{WriteRefused, Writers};
 pub use grpc::{grpc_routes, serve_grpc};

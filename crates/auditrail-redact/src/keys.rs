@@ -254,6 +254,22 @@ impl Keyring {
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
     }
+
+    /// One line per key, `tenant/v<version>/<16 hex>`: the hex is the
+    /// key's HMAC of a fixed label, which tells keys apart and says nothing
+    /// of them. What the trail records when keys rotate.
+    pub fn fingerprints(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (tenant, keys) in &self.tenants {
+            for (version, mac) in &keys.versions {
+                let mut mac = mac.clone();
+                mac.update(b"auditrail key fingerprint");
+                let digest = mac.finalize().into_bytes();
+                lines.push(format!("{tenant}/v{version}/{}", hex::encode(&digest[..8])));
+            }
+        }
+        lines
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,10 @@ impl From<sled::Error> for SpoolError {
     }
 }
 
+/// The prefix of ids that auditrail derives for its own events (see
+/// [`Spool::record`]).
+pub const INTERNAL_ID_PREFIX: &str = "auditrail-";
+
 /// The result of one append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Appended {
@@ -345,6 +349,66 @@ impl Spool {
         })
     }
 
+    /// Stores one event auditrail writes about itself (see
+    /// `auditrail_model::internal`): the event as stored (its seq, node and
+    /// final id), `Ok(None)` when the spool already held its id (written
+    /// before a restart). A failure is counted
+    /// (`auditrail_internal_event_failures_total`) and logged here, so that
+    /// every caller's "could not record" shows the same way.
+    ///
+    /// An id the event's writer derived from what it records (`auditrail-`
+    /// and a hash, so that a restart writing it again stores it once) is
+    /// keyed here with a secret of this spool: a sender who can compute
+    /// the derivation cannot claim the id in advance, in its own tenant,
+    /// and have the real alert or tombstone dropped as a duplicate.
+    pub async fn record(&self, mut event: AuditEvent) -> Result<Option<AuditEvent>, SpoolError> {
+        let name = event.event_name.clone();
+        let derived = event
+            .event_id
+            .strip_prefix(INTERNAL_ID_PREFIX)
+            .map(str::to_owned);
+        let keyed = match derived {
+            Some(derived) => self.internal_id_key().map(|key| {
+                let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+                sha2::Digest::update(&mut hasher, key.as_bytes());
+                sha2::Digest::update(&mut hasher, derived.as_bytes());
+                let digest = sha2::Digest::finalize(hasher);
+                event.event_id = format!("{INTERNAL_ID_PREFIX}{}", hex::encode(&digest[..16]));
+            }),
+            None => Ok(()),
+        };
+        let stored = match keyed {
+            Ok(()) => {
+                let copy = event.clone();
+                self.append(vec![event]).await.map(|appended| {
+                    appended.seqs.first().map(|&seq| AuditEvent {
+                        seq,
+                        node: self.node().to_owned(),
+                        ..copy
+                    })
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &stored {
+            metrics::counter!("auditrail_internal_event_failures_total", "event" => name.clone())
+                .increment(1);
+            tracing::error!(event = %name, error = %e, "could not record an internal event in the spool");
+        }
+        stored
+    }
+
+    /// This spool's secret for internal event ids, made at its first use.
+    fn internal_id_key(&self) -> Result<String, SpoolError> {
+        const KEY: &str = "internal_id_key";
+        if let Some(key) = self.remembered(KEY)? {
+            return Ok(key);
+        }
+        let key = format!("{:032x}", rand::random::<u128>());
+        self.remember(KEY, &key)?;
+        Ok(key)
+    }
+
     /// `Err` when appends are refused: the spool stopped after a failure
     /// (until a restart, or until there is space again), or the disk quota
     /// is reached. What `/readyz` asks.
@@ -477,6 +541,17 @@ impl Spool {
         new_size: Option<u64>,
     ) -> Result<auditrail_integrity::ConsistencyProof, SpoolError> {
         tree::prove_consistency(&self.current()?.shared, old_size, new_size)
+    }
+
+    /// A value remembered across restarts under `key` (e.g. the hash of
+    /// the config the node last started with).
+    pub fn remembered(&self, key: &str) -> Result<Option<String>, SpoolError> {
+        self.current()?.remembered(key)
+    }
+
+    /// Remembers `value` under `key`, durably.
+    pub fn remember(&self, key: &str, value: &str) -> Result<(), SpoolError> {
+        self.current()?.remember(key, value)
     }
 
     /// Registers a sink's cursor, at the start of the retained events for a

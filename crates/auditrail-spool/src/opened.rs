@@ -328,6 +328,20 @@ impl Opened {
         query::scan(&self.shared, filter, budget, each)
     }
 
+    /// See [`crate::Spool::remembered`].
+    pub(crate) fn remembered(&self, key: &str) -> Result<Option<String>, SpoolError> {
+        let value = self.shared.meta.get(remembered_key(key))?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// See [`crate::Spool::remember`].
+    pub(crate) fn remember(&self, key: &str, value: &str) -> Result<(), SpoolError> {
+        self.shared
+            .meta
+            .insert(remembered_key(key), value.as_bytes())?;
+        self.shared.sync()
+    }
+
     /// See [`crate::Spool::register_sink`].
     pub(crate) fn register_sink(&self, sink: &str) -> Result<u64, SpoolError> {
         cursors::register(&self.shared, sink)
@@ -522,4 +536,9 @@ pub(crate) fn spawn(
             }
         })
         .expect("spawning a spool thread")
+}
+
+/// The meta key of a remembered value: a prefix no other meta key has.
+fn remembered_key(key: &str) -> Vec<u8> {
+    [b"remembered/".as_slice(), key.as_bytes()].concat()
 }

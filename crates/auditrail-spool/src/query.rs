@@ -46,6 +46,9 @@ pub struct Filter {
     pub tenant: Option<String>,
     /// Exactly the event's `event_id` (no index: a scan).
     pub event_id: Option<String>,
+    /// Events of this name are left out (what a query that does not ask
+    /// for them hides: the trail's own record of each query).
+    pub hide_event_name: Option<String>,
     pub after_seq: Option<u64>,
     /// 0 means no limit.
     pub limit: usize,
@@ -58,6 +61,10 @@ impl Filter {
             && self.tenant.as_ref().is_none_or(|t| &e.tenant == t)
             && self.event_id.as_ref().is_none_or(|id| &e.event_id == id)
             && self.event_name.as_ref().is_none_or(|n| &e.event_name == n)
+            && self
+                .hide_event_name
+                .as_ref()
+                .is_none_or(|n| &e.event_name != n)
             && self
                 .actor
                 .as_ref()

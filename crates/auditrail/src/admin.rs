@@ -25,25 +25,39 @@ pub struct AdminState {
     pub trace_url: Option<String>,
     /// The query API's limits and slots (see `events_api.rs`).
     pub queries: Arc<Queries>,
+    /// This node's checkpoint verifier key, for `POST /v1/verify`.
+    pub verifier: Option<Arc<auditrail_integrity::VerifierKey>>,
+    /// `[admin] record_requests`: each `/v1/` request is an event.
+    pub record_requests: bool,
 }
 
 /// The admin API, every route behind `auth` (see [`crate::admin_auth`]).
 pub fn router(state: AdminState, auth: AdminAuth) -> Router {
-    operations_router(state.clone())
+    let routes = operations_router(state.clone())
         .route("/v1/events", get(events))
         .route("/v1/proof", get(crate::integrity::proof_handler))
         .route(
             "/v1/checkpoints",
             get(crate::integrity::checkpoints_handler),
         )
+        .route("/v1/verify", post(crate::integrity::verify_handler))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/sinks/{name}/forget", post(forget_sink))
-        .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            admin_auth::guard,
+        .with_state(state.clone());
+    // Inside the auth: only requests that got past it, with their caller.
+    let routes = if state.record_requests {
+        routes.layer(axum::middleware::from_fn_with_state(
+            state.spool.clone(),
+            crate::operator::record_request,
         ))
+    } else {
+        routes
+    };
+    routes.layer(axum::middleware::from_fn_with_state(
+        auth,
+        admin_auth::guard,
+    ))
 }
 
 /// Health, readiness and metrics alone: what `[admin] metrics_addr` serves,
@@ -120,16 +134,40 @@ async fn dead_letters(
         })
 }
 
+/// Marks dead letters for replay, and leaves a tombstone in the trail
+/// that says who replayed how many of which sink's.
 async fn replay_dead_letters(
     State(state): State<AdminState>,
+    caller: Option<Extension<crate::admin_auth::Caller>>,
     Query(param): Query<SinkParam>,
 ) -> Response {
     let spool = state.spool.clone();
-    on_spool(move || spool.request_replay(param.sink.as_deref()))
-        .await
-        .map_or_else(internal_error, |marked| {
-            Json(serde_json::json!({ "marked": marked })).into_response()
-        })
+    let sink = param.sink.clone();
+    let marked = match on_spool(move || spool.request_replay(sink.as_deref())).await {
+        Ok(marked) => marked,
+        Err(e) => return internal_error(e),
+    };
+    let subject = caller.map_or(crate::admin_auth::ANONYMOUS.to_owned(), |c| c.0.subject);
+    let sink = param.sink.as_deref().unwrap_or("*");
+    let tombstone = auditrail_model::internal::InternalEvent::new(
+        auditrail_model::internal::TOMBSTONE,
+        auditrail_model::internal::INTERNAL_TENANT,
+    )
+    .actor(&subject)
+    .outcome(auditrail_model::Outcome::Success)
+    .attr(
+        "auditrail.tombstone.kind",
+        vec!["dead_letter_replay".to_owned()],
+    )
+    .attr("auditrail.sink", sink)
+    .attr("auditrail.count", marked)
+    .body(format!(
+        "{subject} replayed {marked} dead letters of sink {sink}"
+    ))
+    .build(crate::operator::now_unix_nano());
+    // Counted and logged by `record` when it fails.
+    let _ = state.spool.record(tombstone).await;
+    Json(serde_json::json!({ "marked": marked })).into_response()
 }
 
 /// `POST /v1/sinks/NAME/forget`: removes the cursor and dead letters of a

@@ -90,15 +90,31 @@ impl IntoResponse for Refused {
     }
 }
 
+/// Who made an admin request, for the trail (see [`crate::operator`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The credential's subject (`token ops#1`, `oidc alice@example.com`),
+    /// or `anonymous` where the admin API takes no credentials.
+    pub subject: String,
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// The subject of a request let through without credentials.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The middleware: decides the caller, refuses or lets the request through
-/// with its [`ReadScope`].
+/// with its [`ReadScope`] and [`Caller`].
 pub async fn guard(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
     // The body is not `Sync`: decide on the head alone.
     let (mut head, body) = request.into_parts();
     let connection = head.extensions.get::<ConnectionInfo>().cloned();
     match decide(&auth, &head, connection.as_ref()).await {
-        Ok(scope) => {
+        Ok((scope, subject)) => {
             head.extensions.insert(scope);
+            head.extensions.insert(Caller {
+                subject,
+                remote: connection.and_then(|c| c.remote),
+            });
             next.run(Request::from_parts(head, body)).await
         }
         Err(refused) => {
@@ -120,11 +136,12 @@ async fn decide(
     auth: &AdminAuth,
     request: &http::request::Parts,
     connection: Option<&ConnectionInfo>,
-) -> Result<ReadScope, Refused> {
+) -> Result<(ReadScope, String), Refused> {
+    let anonymous = || (ReadScope::All, ANONYMOUS.to_owned());
     let path = request.uri.path();
     let changes_state = !matches!(request.method, Method::GET | Method::HEAD);
     if path == "/healthz" {
-        return Ok(ReadScope::All);
+        return Ok(anonymous());
     }
     if !auth.required {
         if auth.loopback_listener {
@@ -133,12 +150,12 @@ async fn decide(
         if changes_state {
             check_not_cross_site(&request.headers)?;
         }
-        return Ok(ReadScope::All);
+        return Ok(anonymous());
     }
     let loopback_client = connection.is_some_and(ConnectionInfo::is_loopback);
     let operations = matches!(path, "/readyz" | "/metrics");
     if operations && loopback_client && !request.headers.contains_key(header::AUTHORIZATION) {
-        return Ok(ReadScope::All);
+        return Ok(anonymous());
     }
     let identity = auth
         .authenticator
@@ -152,7 +169,7 @@ async fn decide(
             }
         })?;
     match identity.access {
-        Access::Operator => Ok(ReadScope::All),
+        Access::Operator => Ok((ReadScope::All, identity.subject)),
         Access::Tenant(_) if changes_state => Err(Refused::NotOperator {
             subject: identity.subject,
             what: "change state",
@@ -161,7 +178,7 @@ async fn decide(
             subject: identity.subject,
             what: "read every sink's state and metrics",
         }),
-        Access::Tenant(tenant) => Ok(ReadScope::Tenant(tenant)),
+        Access::Tenant(tenant) => Ok((ReadScope::Tenant(tenant), identity.subject)),
     }
 }
 

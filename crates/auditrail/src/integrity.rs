@@ -203,6 +203,99 @@ pub async fn proof_handler(
     }
 }
 
+/// `POST /v1/verify[?pubkey=KEY]`: what `verify --data-dir` does, on the
+/// running node's spool (operator only: it reads every event). Checked
+/// against `pubkey`, else the node's own verifier key. Each run is recorded
+/// in the trail as `auditrail.verify`, with its verdict and who asked.
+pub async fn verify_handler(
+    State(state): State<AdminState>,
+    caller: Option<Extension<crate::admin_auth::Caller>>,
+    params: Result<Query<VerifyParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let key = match params.pubkey.as_deref().map(VerifierKey::parse).transpose() {
+        Ok(Some(key)) => Some(Arc::new(key)),
+        Ok(None) => state.verifier.clone(),
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("pubkey: {e}")),
+    };
+    let spool = state.spool.clone();
+    let checked_key = key.clone();
+    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<(bool, String)> {
+        let report = spool.verify(checked_key.as_deref())?;
+        let mut text = Vec::new();
+        print_report(&mut text, &report, "the spool", checked_key.as_deref())?;
+        Ok((
+            report.is_intact(),
+            String::from_utf8_lossy(&text).into_owned(),
+        ))
+    })
+    .await;
+    let (intact, report) = match run {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return error_response(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let summary = report.lines().last().unwrap_or("").to_owned();
+    let subject = caller.map_or(crate::admin_auth::ANONYMOUS.to_owned(), |c| c.0.subject);
+    let mut event = auditrail_model::internal::InternalEvent::new(
+        VERIFY_EVENT,
+        auditrail_model::internal::INTERNAL_TENANT,
+    )
+    .actor(&subject)
+    .outcome(if intact {
+        auditrail_model::Outcome::Success
+    } else {
+        auditrail_model::Outcome::Failure
+    })
+    .attr("audit.target", "spool")
+    .attr(
+        "auditrail.verify.intact",
+        if intact { "true" } else { "false" },
+    )
+    .attr("auditrail.verify.summary", summary.as_str())
+    .body(format!("verify of the spool by {subject}: {summary}"));
+    if let Some(key) = &key {
+        event = event.attr("auditrail.verify.pubkey", key.to_string());
+    }
+    if !intact {
+        event = event.warning();
+    }
+    // Counted and logged by `record` when it fails.
+    let _ = state
+        .spool
+        .record(event.build(crate::operator::now_unix_nano()))
+        .await;
+    Json(serde_json::json!({ "intact": intact, "report": report })).into_response()
+}
+
+/// The name of the event a `POST /v1/verify` run leaves.
+pub const VERIFY_EVENT: &str = "auditrail.verify";
+
+#[derive(Debug, serde::Deserialize)]
+pub struct VerifyParams {
+    pub pubkey: Option<String>,
+}
+
+/// `auditrail verify --admin URL`: a running node verifies its own spool
+/// (`POST /v1/verify`); prints its report. `Ok(false)` when it found
+/// tampering.
+pub async fn verify_live(at: Location, key: Option<&VerifierKey>) -> anyhow::Result<bool> {
+    let client = at.client()?;
+    let mut request = client.post(at.url("/v1/verify"));
+    if let Some(key) = key {
+        request = request.query(&[("pubkey", key.to_string())]);
+    }
+    let answer = at.call(request).await?;
+    let report = answer["report"].as_str().unwrap_or_default();
+    print!("{report}");
+    answer["intact"]
+        .as_bool()
+        .context("the admin API's verify answer has no `intact`")
+}
+
 /// `GET /v1/checkpoints`: every signed checkpoint, oldest first, as
 /// `{"checkpoints": [{"size": N, "note": "<signed note>"}]}`. Roots and
 /// signatures only, so any reader may have them: auditors keep copies (as

@@ -88,6 +88,15 @@ enum Command {
         /// checkpoints are compared but their signatures not checked.
         #[arg(long, value_name = "KEY|FILE")]
         pubkey: Option<String>,
+        /// A running server's admin API: it verifies its own spool
+        /// (`POST /v1/verify`, operator only) and the run is recorded in
+        /// the trail. Checked with --pubkey, else the server's own key.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["config", "sink", "file", "proof"])]
+        admin: Option<String>,
+        /// With --admin: the environment variable holding the operator's
+        /// bearer token.
+        #[arg(long = "token-env", value_name = "VAR", requires = "admin")]
+        token_env: Option<String>,
     },
     /// Write a new checkpoint signing key: FILE (secret, mode 0600, for
     /// `[integrity] key_file`) and FILE.pub (the verifier key, for
@@ -213,11 +222,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             node,
             proof,
             pubkey,
+            admin,
+            token_env,
         } => {
             let key = match pubkey.as_deref().map(integrity::read_verifier).transpose() {
                 Ok(key) => key,
                 Err(e) => return Ok(cannot_check(e)),
             };
+            if let Some(admin) = admin {
+                let at = client::Location {
+                    admin,
+                    data_dir: None,
+                    token_env,
+                    ca_file: None,
+                    client_cert: None,
+                    client_key: None,
+                };
+                return Ok(
+                    match runtime()?.block_on(integrity::verify_live(at, key.as_ref())) {
+                        Ok(true) => ExitCode::SUCCESS,
+                        Ok(false) => ExitCode::FAILURE,
+                        Err(e) => cannot_check(e),
+                    },
+                );
+            }
             let verdict = match (proof, &key, config, sink) {
                 (Some(proof), Some(key), Some(config), Some(sink)) => integrity::read_proof(&proof)
                     .and_then(|proof| {

@@ -105,6 +105,11 @@ impl QueryArgs {
             text: self.text.clone(),
             tenant: self.tenant.clone(),
             event_id: None,
+            // Else every query, and every poll of `tail`, would show the
+            // trail's record of the ones before it.
+            hide_event_name: (self.event.is_none()
+                && self.service.as_deref() != Some(auditrail_model::internal::SERVICE_NAME))
+            .then(|| crate::operator::ADMIN_REQUEST.to_owned()),
             after_seq: self.after_seq,
             limit: self.limit,
         })

@@ -47,6 +47,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             created_unix_nano = identity.created_unix_nano, adopted = identity.adopted, "spool identity");
     }
 
+    // Before any event is accepted: the trail says first what the node
+    // started with, if it differs from the last start.
+    crate::operator::record_start(
+        &spool,
+        start_state(&config)?,
+        crate::operator::now_unix_nano(),
+    )
+    .await
+    .context("recording the config and keys this node starts with")?;
     let security = Arc::new(Security::load(&config).await?);
     announce_auth(&config);
     let writers = Writers::new(
@@ -104,6 +113,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         trace_url: config.query.trace_url.clone(),
         queries: Arc::new(Queries::new(config.admin.query_limits())),
+        verifier: crate::integrity::signing(&config)?
+            .map(|signing| Arc::new(signing.key.verifier())),
+        record_requests: config.admin.record_requests,
     };
     let admin_settings = |name, tls| ServerSettings {
         listener: ListenerSettings {
@@ -145,6 +157,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("metrics server")
         });
     }
+    let watch = watch_config(&config)?;
+    let mut watching = None;
+    if !watch.is_empty() {
+        tracing::info!(
+            rules = watch.rules.len(),
+            silences = watch.silences.len(),
+            webhook = watch.webhook.is_some(),
+            "detection rules and silence alarms watch the stored events"
+        );
+        watching = Some(tokio::spawn(crate::watch::run(
+            spool.clone(),
+            watch,
+            stopped(),
+        )));
+    }
     let housekeeping = tokio::spawn(housekeeping(
         spool.clone(),
         metrics,
@@ -161,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             signal = signals.recv() => match signal {
-                "SIGHUP" => reload(&security).await,
+                "SIGHUP" => reload(&security, &spool).await,
                 signal => {
                     tracing::info!(signal, "shutting down: no new requests, finishing those in flight");
                     break;
@@ -189,6 +216,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = housekeeping.await;
+    if let Some(watching) = watching {
+        let _ = watching.await;
+    }
     // What sinks had in flight is sent again after the restart (idempotently).
     pipeline.shutdown().await;
     tokio::task::spawn_blocking(move || spool.close())
@@ -200,7 +230,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: reads token files and keys again; what fails keeps the old.
-async fn reload(security: &Security) {
+async fn reload(security: &Security, spool: &Spool) {
     tracing::info!("SIGHUP: reloading tokens, keys and certificates");
     let errors = security.reload().await;
     for error in &errors {
@@ -210,6 +240,29 @@ async fn reload(security: &Security) {
     if errors.is_empty() {
         tracing::info!("reload done");
     }
+    let errors: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+    crate::operator::record_reload(spool, &errors, crate::operator::now_unix_nano()).await;
+}
+
+/// The config and keys the node starts with, as the trail tracks them.
+fn start_state(config: &Config) -> anyhow::Result<crate::operator::StartState<'_>> {
+    let signing_key =
+        crate::integrity::signing(config)?.map(|signing| signing.key.verifier().to_string());
+    let hmac_keys = config
+        .redaction
+        .redactor(&config.capture)?
+        .keys()
+        .fingerprints();
+    Ok(crate::operator::StartState {
+        config_path: if config.source_path.is_empty() {
+            "(built-in defaults)"
+        } else {
+            &config.source_path
+        },
+        config_sha256: &config.source_sha256,
+        signing_key,
+        hmac_keys,
+    })
 }
 
 /// Says at start-up who may write and read, and warns where anyone may.
@@ -249,6 +302,36 @@ fn announce_auth(config: &Config) {
             read every event"
         );
     }
+}
+
+/// The detection rules, silences and alert webhook of `config`.
+fn watch_config(config: &Config) -> anyhow::Result<crate::watch::WatchConfig> {
+    let detection = &config.detection;
+    let webhook = match &detection.webhook_url {
+        None => None,
+        Some(url) => {
+            let token = match &detection.webhook_token_env {
+                None => None,
+                Some(name) => Some(std::env::var(name).with_context(|| {
+                    format!("detection.webhook_token_env: environment variable {name} is not set")
+                })?),
+            };
+            let client = reqwest::Client::builder()
+                .timeout(detection.webhook_timeout)
+                .build()
+                .context("building the alert webhook's HTTP client")?;
+            Some(crate::watch::Webhook {
+                url: url.clone(),
+                token,
+                client,
+            })
+        }
+    };
+    Ok(crate::watch::WatchConfig {
+        rules: detection.compiled().map_err(anyhow::Error::msg)?,
+        silences: crate::config::detection::silences(&config.silence),
+        webhook,
+    })
 }
 
 pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {

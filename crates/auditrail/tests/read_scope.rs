@@ -45,6 +45,8 @@ async fn serve(spool: Arc<Spool>, pipeline: Arc<Pipeline>) -> String {
             .handle(),
         trace_url: None,
         queries: Arc::new(Queries::new(QueryLimits::default())),
+        verifier: None,
+        record_requests: true,
     };
     let mut tokens = TokenSet::new();
     tokens
@@ -154,6 +156,19 @@ async fn a_tenant_scope_narrows_every_read_whatever_is_asked() {
     // The operator: everything, and the tenant filter is the caller's choice.
     let page = get(format!("{base}/v1/events?limit=0 {OPERATOR}")).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 30);
+    // The trail's record of each admin request so far: tenant `auditrail`,
+    // which no tenant's reader saw, shown when asked for.
+    let page = get(format!(
+        "{base}/v1/events?event=auditrail.admin.request&limit=0 {OPERATOR}"
+    ))
+    .await;
+    assert!(!page["events"].as_array().unwrap().is_empty());
+    assert_eq!(tenants_of(&page, "events", event_tenant), ["auditrail"]);
+    let page = get(format!(
+        "{base}/v1/events?event=auditrail.admin.request&limit=0 {ACME}"
+    ))
+    .await;
+    assert_eq!(page["events"], Value::Array(vec![]));
     let page = get(format!("{base}/v1/events?tenant=globex&limit=0 {OPERATOR}")).await;
     assert_eq!(tenants_of(&page, "events", event_tenant), ["globex"]);
     assert_eq!(page["events"].as_array().unwrap().len(), 20);

@@ -7,6 +7,7 @@
 //! sensitive values become before they are stored, in [`redaction`].
 
 pub mod auth;
+pub mod detection;
 pub mod redaction;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use self::auth::{
     is_loopback, OidcSection, RateLimitSection, SecretSource, TlsSection, WriterToken,
 };
+use self::detection::{DetectionSection, SilenceEntry};
 use self::redaction::{CaptureSection, RedactionSection};
 
 /// Why a config could not be used.
@@ -62,6 +64,17 @@ pub struct Config {
     pub redaction: RedactionSection,
     /// `[capture]`: capture levels and the body size cap.
     pub capture: CaptureSection,
+    /// `[detection]`: threshold rules and the alert webhook.
+    pub detection: DetectionSection,
+    /// `[[silence]]`: services that must keep sending.
+    pub silence: Vec<SilenceEntry>,
+    /// SHA-256 (hex) of the config file as read, before `${VAR}`
+    /// interpolation: what the trail records when the config changes.
+    #[serde(skip)]
+    pub source_sha256: String,
+    /// The config file's path; empty for the built-in defaults.
+    #[serde(skip)]
+    pub source_path: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -195,6 +208,9 @@ pub struct AdminSection {
     /// How long one `/v1/events` request (a stream included) may run.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Record each `/v1/` request that passes authentication in the trail
+    /// (`auditrail.admin.request`: who asked for what).
+    pub record_requests: bool,
 }
 
 impl AdminSection {
@@ -233,6 +249,7 @@ impl Default for AdminSection {
             max_scan_events: limits.max_scan_events,
             max_concurrent_queries: limits.max_concurrent_queries,
             query_timeout: limits.query_timeout,
+            record_requests: true,
         }
     }
 }
@@ -311,7 +328,7 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let text = interpolate(raw, path, env)?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -319,6 +336,8 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        config.source_path = path.display().to_string();
+        config.source_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()));
         Ok(config)
     }
 
@@ -378,6 +397,7 @@ impl Config {
         self.validate_auth()?;
         self.redaction
             .validate(&self.capture, &self.writer_tenants())?;
+        self.detection.validate(&self.silence)?;
         if self.spool.retention.is_zero() {
             return Err("spool.retention must be longer than 0s".into());
         }
