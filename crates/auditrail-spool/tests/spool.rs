@@ -131,6 +131,48 @@ async fn ids_are_deduplicated_within_a_tenant_only() {
     assert_eq!(tenants, ["mallory", "acme", "default", "globex"]);
 }
 
+/// The ids auditrail derives for its own events (an alert's, a
+/// tombstone's) are keyed with a secret of the spool: a sender who claims
+/// the derived id first, in the same tenant, does not make the real one a
+/// duplicate; the keyed id is stable, so writing it again after a restart
+/// stores it once.
+#[tokio::test]
+async fn internal_ids_cannot_be_claimed_in_advance() {
+    use auditrail_model::internal::{InternalEvent, TOMBSTONE};
+    let dir = tempfile::tempdir().unwrap();
+    let tombstone = || {
+        InternalEvent::new(TOMBSTONE, "acme")
+            .id_from(&["sink", "42"])
+            .build(7)
+    };
+    let derived = tombstone().event_id;
+    assert!(derived.starts_with("auditrail-"));
+    let keyed = {
+        let spool = open(dir.path());
+        // The sender computed the derivation and sent that id first.
+        let claim = AuditEvent {
+            tenant: "acme".into(),
+            ..event(&derived, 1, "mallory", "x")
+        };
+        assert_eq!(spool.append(vec![claim]).await.unwrap().stored, 1);
+        let stored = spool.record(tombstone()).await.unwrap();
+        let stored = stored.expect("the real tombstone is stored, not a duplicate");
+        assert_ne!(stored.event_id, derived);
+        assert!(stored.event_id.starts_with("auditrail-"));
+        assert_eq!(stored.seq, 2);
+        spool.close().unwrap();
+        stored.event_id
+    };
+    let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
+    assert_eq!(
+        spool.record(tombstone()).await.unwrap(),
+        None,
+        "written again after a restart: stored once"
+    );
+    let ids: Vec<String> = all(&spool).into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, [derived, keyed]);
+}
+
 async fn wait_indexed(spool: &Spool) {
     for _ in 0..200 {
         let stats = spool.stats();
