@@ -334,14 +334,23 @@ async fn udp_one_datagram_per_event_and_an_oversized_event_is_dead_lettered() {
     records[7].body = Some(otlp::string("x".repeat(3000)));
     send(&mut client(&server).await, request).await;
 
-    let lines = rsyslog.exactly_lines(19, DELIVERY, &server).await;
-    let delivered: HashSet<String> = lines
+    // The 19 that fit, and the tombstone of the one dead-lettered.
+    let lines = rsyslog.exactly_lines(20, DELIVERY, &server).await;
+    let events: Vec<Value> = lines
         .iter()
         .map(|line| {
             let json = &line[line.find(" - {").expect("JSON MSG") + 3..];
-            let event: Value = serde_json::from_str(json).expect("one JSON event per datagram");
-            event["event_id"].as_str().unwrap().to_owned()
+            serde_json::from_str(json).expect("one JSON event per datagram")
         })
+        .collect();
+    let (tombstones, sent): (Vec<&Value>, Vec<&Value>) = events
+        .iter()
+        .partition(|e| e["event_name"] == "auditrail.tombstone");
+    assert_eq!(tombstones.len(), 1, "{events:?}");
+    assert!(tombstones[0]["attributes"].to_string().contains(&big_uid));
+    let delivered: HashSet<String> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(delivered.len(), 19);
     assert!(!delivered.contains(&big_uid));
@@ -370,7 +379,7 @@ async fn udp_one_datagram_per_event_and_an_oversized_event_is_dead_lettered() {
         "siem-udp",
     )
     .await;
-    assert_eq!(datagrams, 19.0, "{samples:?}");
+    assert_eq!(datagrams, 20.0, "{samples:?}");
 }
 
 // ---------------------------------------------------------------------------
