@@ -255,7 +255,8 @@ async fn tls_with_a_client_certificate_into_rsyslog() {
         let (_, status) = sink_status(&server, "siem-tls").await;
         let error = status["last_error"].as_str().unwrap_or_default();
         if status["healthy"] == false
-            && status["lag_events"] == 5
+            // The 5, and the config change that added the sink.
+            && status["lag_events"] == 6
             && error.contains("client certificate")
         {
             break;
