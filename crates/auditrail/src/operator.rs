@@ -215,6 +215,7 @@ pub async fn record_request(
     response
 }
 
+/// Now, in Unix nanoseconds: the receive time of the events written here.
 pub fn now_unix_nano() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,12 +15,14 @@
 //! spool's dedup), and only a newly stored one is posted.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use auditrail_detect::{Alert, Detector, Rule, Silence, SilenceChange, SilenceWatch};
 use auditrail_model::internal::{self, InternalEvent, ALERT, INTERNAL_TENANT};
 use auditrail_model::{AuditEvent, Outcome};
 use auditrail_spool::{Spool, SpoolError};
+
+use crate::operator::now_unix_nano;
 
 /// Events read per pass.
 const READ_BATCH: usize = 1000;
@@ -384,11 +386,4 @@ fn webhook_body(event: &AuditEvent) -> serde_json::Value {
         "body": event.body,
         "attributes": attributes,
     })
-}
-
-fn now_unix_nano() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
