@@ -48,6 +48,21 @@ async fn send_json(server: &Server, body: &Value) -> reqwest::Response {
         .expect("sending")
 }
 
+/// `--help` speaks to users: what auditrail does and where to start, not
+/// the crate's doc comment.
+#[test]
+fn help_says_what_auditrail_does() {
+    let out = cli(&["--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    assert!(
+        help.starts_with("auditrail: who did what, when, from where"),
+        "{help}"
+    );
+    assert!(help.contains("auditrail serve --config"), "{help}");
+    assert!(!help.contains("pipeline wiring"), "{help}");
+}
+
 #[test]
 fn check_config_names_problems_with_their_location() {
     let dir = tempfile::tempdir().unwrap();

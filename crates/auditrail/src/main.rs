@@ -18,9 +18,16 @@ use auditrail::{client, dead_letters, hash, integrity, serve, sinks, spool_check
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// auditrail: a durable, verifiable audit-log pipeline on OpenTelemetry.
+/// What `auditrail --help` opens with: for users, not the crate's doc
+/// comment (which `about` alone would print).
+const ABOUT: &str = "auditrail: who did what, when, from where, and proof that the record is whole.\n\n\
+Receives audit events as OTLP log records (from OpenTelemetry SDKs or a Collector), \
+acknowledges each only once it is on disk, delivers it to every sink \
+(MySQL, ClickHouse, syslog, Kafka, files, ...; exactly once where the sink allows it), \
+and signs checkpoints that `verify` and `prove` check. Start with `auditrail serve --config auditrail.toml`; see README.md.";
+
 #[derive(Parser)]
-#[command(name = "auditrail", version, about)]
+#[command(name = "auditrail", version, about = ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
