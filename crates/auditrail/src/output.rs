@@ -122,6 +122,24 @@ impl EventsPage {
     }
 }
 
+/// An event as `query --format json` prints it: the admin API's fields,
+/// with `attributes` and `resource_attributes` as JSON objects instead of
+/// the canonical text they are stored (and hashed) as, so that a filter
+/// such as `jq '.attributes["user.id"]'` needs no `fromjson`.
+fn with_attribute_objects(e: &EventView) -> serde_json::Value {
+    let mut value = serde_json::to_value(e).expect("an event always serializes");
+    for key in ["attributes", "resource_attributes"] {
+        let parsed = value
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+        if let Some(object) = parsed {
+            value[key] = object;
+        }
+    }
+    value
+}
+
 /// An event as one line of JSON (serde_json escapes every control
 /// character inside strings, so it holds no newline).
 pub fn event_json(event: &EventView) -> Vec<u8> {
@@ -244,7 +262,7 @@ impl Printer {
     pub fn event(&mut self, out: &mut impl Write, e: &EventView) -> std::io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut *out, e)?;
+                serde_json::to_writer(&mut *out, &with_attribute_objects(e))?;
                 writeln!(out)
             }
             Format::Table => {
@@ -453,6 +471,23 @@ mod tests {
             assert!(line.get(key).is_some(), "missing {key}");
         }
         assert_eq!(line["trace_url"], "T/ab");
+    }
+
+    #[test]
+    fn json_lines_hold_attributes_as_objects() {
+        let event = AuditEvent {
+            attributes: r#"{"n":3,"user.id":"alice"}"#.into(),
+            resource_attributes: r#"{"service.name":"imagegen"}"#.into(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        Printer::new(Format::Json)
+            .print(&mut out, &[EventView::new(event, None)])
+            .unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["attributes"]["user.id"], "alice");
+        assert_eq!(line["attributes"]["n"], 3);
+        assert_eq!(line["resource_attributes"]["service.name"], "imagegen");
     }
 
     /// Characters that must never reach a terminal raw.
