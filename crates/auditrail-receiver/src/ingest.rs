@@ -465,19 +465,21 @@ impl Ingest {
 
         // In the same append as the events: durable before the client
         // hears of the request, and never without them.
-        if let Some(tombstone) = tombstone::for_request(
+        let tombstone = tombstone::for_request(
             &mapped.rejected,
             &redaction,
             &mapped.events,
             label,
             &ctx.tenant,
             ctx.received_time_unix_nano,
-        ) {
-            metrics::counter!("auditrail_tombstones_total", "kind" => "request").increment(1);
-            mapped.events.push(tombstone);
-        }
+        );
+        let with_tombstone = tombstone.is_some();
+        mapped.events.extend(tombstone);
         let started = std::time::Instant::now();
         match self.spool.append(mapped.events).await {
+            Ok(_) if with_tombstone => {
+                metrics::counter!("auditrail_tombstones_total", "kind" => "request").increment(1)
+            }
             Ok(_) => {}
             Err(e @ SpoolError::QuotaExceeded { .. }) => return Err(IngestError::QuotaExceeded(e)),
             Err(e) => return Err(IngestError::Unavailable(e)),
