@@ -657,7 +657,6 @@ async fn clickhouse_tampering(url: Option<&str>) {
 
     let (code, out) = verify_sink(&config, &public);
     assert_eq!(code, 1, "{out}");
-    println!("{out}");
     assert_found_exactly(
         &out,
         &[
@@ -864,7 +863,6 @@ async fn verify_file_finds_each_tampering_in_file_segments_by_seq_and_kind() {
 
     let (code, out) = verify_files();
     assert_eq!(code, 1, "{out}");
-    println!("{out}");
     assert_found_exactly(
         &out,
         &[

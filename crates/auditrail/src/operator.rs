@@ -86,7 +86,16 @@ pub async fn record_start(
     let signing = start.signing_key.unwrap_or_default();
     let previous = spool.remembered(SIGNING)?.unwrap_or_default();
     if previous != signing {
-        let event = key_event("signing", &previous, &signing)
+        let mut event = key_event("signing");
+        for (key, value) in [
+            ("auditrail.key.previous", &previous),
+            ("auditrail.key.current", &signing),
+        ] {
+            if !value.is_empty() {
+                event = event.attr(key, value.as_str());
+            }
+        }
+        let event = event
             .body(format!(
                 "checkpoint signing key {}",
                 match (previous.is_empty(), signing.is_empty()) {
@@ -116,7 +125,7 @@ pub async fn record_start(
             .filter(|k| !new.contains(k))
             .map(|k| k.to_string())
             .collect();
-        let event = key_event("hmac", &previous, &hmac)
+        let event = key_event("hmac")
             .attr("auditrail.keys.added", added.clone())
             .attr("auditrail.keys.removed", removed.clone())
             .body(format!(
@@ -131,18 +140,12 @@ pub async fn record_start(
     Ok(())
 }
 
-fn key_event(kind: &str, previous: &str, current: &str) -> InternalEvent {
-    let mut event = InternalEvent::new(KEY_ROTATED, INTERNAL_TENANT)
+/// An `auditrail.key.rotated` event for keys of `kind` (`signing`, `hmac`).
+fn key_event(kind: &str) -> InternalEvent {
+    InternalEvent::new(KEY_ROTATED, INTERNAL_TENANT)
         .outcome(Outcome::Success)
         .attr("audit.target", kind)
-        .attr("auditrail.key.kind", kind);
-    if !previous.is_empty() && kind == "signing" {
-        event = event.attr("auditrail.key.previous", previous);
-    }
-    if !current.is_empty() && kind == "signing" {
-        event = event.attr("auditrail.key.current", current);
-    }
-    event
+        .attr("auditrail.key.kind", kind)
 }
 
 /// A SIGHUP reload: what failed, if anything.

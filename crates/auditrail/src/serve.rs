@@ -30,7 +30,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     let metrics = install_metrics()?;
     let node = config.node_id();
-    let spool = open_spool(&config, &node)?;
+    // Read once: the spool signs with it, the trail notes its verifier key,
+    // and `POST /v1/verify` checks with that.
+    let signing = crate::integrity::signing(&config)?;
+    let verifier = signing
+        .as_ref()
+        .map(|signing| Arc::new(signing.key.verifier()));
+    let spool = open_spool(&config, &node, signing)?;
     tracing::info!(node, dir = %config.spool.dir.display(), last_seq = spool.stats().last_seq, "spool open");
     // Sinks start before the receivers: a misconfigured sink stops the
     // start-up here, before any event is accepted that it could not deliver.
@@ -47,11 +53,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             created_unix_nano = identity.created_unix_nano, adopted = identity.adopted, "spool identity");
     }
 
+    let redactor = config.redaction.redactor(&config.capture)?;
     // Before any event is accepted: the trail says first what the node
     // started with, if it differs from the last start.
     crate::operator::record_start(
         &spool,
-        start_state(&config)?,
+        start_state(&config, verifier.as_deref(), &redactor),
         crate::operator::now_unix_nano(),
     )
     .await
@@ -62,7 +69,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         security.authenticator.clone(),
         security.writers_authenticate,
     );
-    let redactor = config.redaction.redactor(&config.capture)?;
     announce_redaction(&config, &redactor);
     let ingest = Ingest::new(
         spool.clone(),
@@ -113,8 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         trace_url: config.query.trace_url.clone(),
         queries: Arc::new(Queries::new(config.admin.query_limits())),
-        verifier: crate::integrity::signing(&config)?
-            .map(|signing| Arc::new(signing.key.verifier())),
+        verifier,
         record_requests: config.admin.record_requests,
     };
     let admin_settings = |name, tls| ServerSettings {
@@ -245,24 +250,21 @@ async fn reload(security: &Security, spool: &Spool) {
 }
 
 /// The config and keys the node starts with, as the trail tracks them.
-fn start_state(config: &Config) -> anyhow::Result<crate::operator::StartState<'_>> {
-    let signing_key =
-        crate::integrity::signing(config)?.map(|signing| signing.key.verifier().to_string());
-    let hmac_keys = config
-        .redaction
-        .redactor(&config.capture)?
-        .keys()
-        .fingerprints();
-    Ok(crate::operator::StartState {
+fn start_state<'a>(
+    config: &'a Config,
+    verifier: Option<&auditrail_integrity::VerifierKey>,
+    redactor: &auditrail_redact::Redactor,
+) -> crate::operator::StartState<'a> {
+    crate::operator::StartState {
         config_path: if config.source_path.is_empty() {
             "(built-in defaults)"
         } else {
             &config.source_path
         },
         config_sha256: &config.source_sha256,
-        signing_key,
-        hmac_keys,
-    })
+        signing_key: verifier.map(|key| key.to_string()),
+        hmac_keys: redactor.keys().fingerprints(),
+    }
 }
 
 /// Says at start-up who may write and read, and warns where anyone may.
@@ -334,14 +336,18 @@ fn watch_config(config: &Config) -> anyhow::Result<crate::watch::WatchConfig> {
     })
 }
 
-pub fn open_spool(config: &Config, node: &str) -> anyhow::Result<Arc<Spool>> {
+pub fn open_spool(
+    config: &Config,
+    node: &str,
+    signing: Option<auditrail_spool::Signing>,
+) -> anyhow::Result<Arc<Spool>> {
     let spool = Spool::open(SpoolConfig {
         dir: config.spool.dir.clone(),
         node: node.to_owned(),
         max_disk_bytes: config.spool.max_disk.as_u64(),
         retention: config.spool.retention,
         cache_bytes: config.spool.cache.as_u64(),
-        signing: crate::integrity::signing(config)?,
+        signing,
     })
     .with_context(|| format!("opening spool {}", config.spool.dir.display()))?;
     Ok(Arc::new(spool))
