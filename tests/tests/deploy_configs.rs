@@ -62,6 +62,10 @@ fn names(list: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A change that breaks a config on purpose, and the words of the
+/// complaint the check must make about it.
+type Breakage = (&'static str, fn(&mut Value));
+
 /// `type/name` -> `type`.
 fn kind(id: &str) -> &str {
     id.split('/').next().unwrap()
@@ -464,7 +468,7 @@ fn the_gateway_sends_audit_events_to_auditrail_durably() {
 fn the_audit_route_check_finds_a_route_that_can_lose_events() {
     let target = auditrail_grpc_in_compose();
     let exporter = "otlp_grpc/auditrail";
-    let breakages: [(&str, fn(&mut Value)); 6] = [
+    let breakages: [Breakage; 6] = [
         ("max_elapsed_time", |g| {
             g["exporters"]["otlp_grpc/auditrail"]["retry_on_failure"]["max_elapsed_time"] =
                 json!("300s")
@@ -919,7 +923,7 @@ fn the_compose_file_fits_the_configs_it_runs() {
 
 #[test]
 fn the_compose_check_finds_what_does_not_fit() {
-    let breakages: [(&str, fn(&mut Value)); 5] = [
+    let breakages: [Breakage; 5] = [
         ("neither image nor build", |c| {
             c["services"]["tempo"]
                 .as_object_mut()
