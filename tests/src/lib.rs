@@ -97,6 +97,23 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
+/// `auditrail check-config` of the file `config`, with each variable of
+/// `vars` set in its environment (to a value long enough for an HMAC key,
+/// which redaction keys need): what it printed when it refuses the file.
+pub fn check_config(config: &Path, vars: impl IntoIterator<Item = String>) -> Result<(), String> {
+    let mut command = Command::new(binary());
+    command.arg("check-config").arg(config).stdin(Stdio::null());
+    for var in vars {
+        command.env(var, "from-the-environment-0123456789abcdef");
+    }
+    let out = command.output().expect("running auditrail check-config");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -21,11 +21,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auditrail_tests::ottl;
-use auditrail_tests::{binary, clickhouse, eventually_within, free_port, mysql, Server};
+use auditrail_tests::{clickhouse, eventually_within, free_port, mysql, Server};
 use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
@@ -96,6 +96,19 @@ fn host_port(endpoint: &str) -> (String, u16) {
 
 fn port_of(addr: &str) -> u16 {
     host_port(addr).1
+}
+
+/// The ports an auditrail config listens on for clients: OTLP/gRPC,
+/// OTLP/HTTP and the admin API, each with its key.
+fn listener_ports(config: &toml::Table) -> Vec<(&'static str, u16)> {
+    [
+        ("[receiver] grpc_addr", &config["receiver"]["grpc_addr"]),
+        ("[receiver] http_addr", &config["receiver"]["http_addr"]),
+        ("[admin] addr", &config["admin"]["addr"]),
+    ]
+    .into_iter()
+    .map(|(key, addr)| (key, port_of(addr.as_str().expect("an address"))))
+    .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -696,17 +709,9 @@ fn compose_problems(compose: &Value) -> Vec<String> {
         );
     }
     let container_ports: BTreeSet<u16> = published(auditrail).iter().map(|p| p.2).collect();
-    for key in [
-        ("receiver", "grpc_addr"),
-        ("receiver", "http_addr"),
-        ("admin", "addr"),
-    ] {
-        let port = port_of(config[key.0][key.1].as_str().unwrap());
+    for (key, port) in listener_ports(&config) {
         if !container_ports.contains(&port) {
-            problems.push(format!(
-                "auditrail: [{}] {} port {port} is not published",
-                key.0, key.1
-            ));
+            problems.push(format!("auditrail: {key} port {port} is not published"));
         }
     }
     for path in [
@@ -955,21 +960,12 @@ fn the_compose_check_finds_what_does_not_fit() {
     }
 }
 
-/// `auditrail check-config` of `path` with every variable it reads set.
+/// `auditrail check-config` of a config's text, with every variable it
+/// reads set.
 fn check_config(text: &str, dir: &Path) -> Result<(), String> {
     let path = dir.join("check.toml");
     std::fs::write(&path, text).unwrap();
-    let mut command = Command::new(binary());
-    command.arg("check-config").arg(&path).stdin(Stdio::null());
-    for var in variables_read(text) {
-        command.env(var, "from-the-environment-0123456789abcdef");
-    }
-    let out = command.output().expect("running auditrail check-config");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    auditrail_tests::check_config(&path, variables_read(text))
 }
 
 /// The demo's TLS files, written by `deploy/gen-certs.sh` as the compose's
@@ -1093,17 +1089,9 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for key in [
-        ("receiver", "grpc_addr"),
-        ("receiver", "http_addr"),
-        ("admin", "addr"),
-    ] {
-        let port = port_of(config[key.0][key.1].as_str().unwrap());
+    for (key, port) in listener_ports(&config) {
         if !exposed.contains(&port) {
-            problems.push(format!(
-                "port {port} ([{}] {}) is not exposed",
-                key.0, key.1
-            ));
+            problems.push(format!("port {port} ({key}) is not exposed"));
         }
     }
     let spool = config["spool"]["dir"].as_str().unwrap();
