@@ -12,6 +12,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod events_api;
 pub mod hash;
+pub mod import;
 pub mod integrity;
 pub mod operator;
 pub mod output;
