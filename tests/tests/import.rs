@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use auditrail_tests::mysql::Database;
-use auditrail_tests::{binary, free_port, Server};
+use auditrail_tests::mysql::{text, Database, SinkToml};
+use auditrail_tests::sinks::{client, send, wait_caught_up};
+use auditrail_tests::{binary, free_port, otlp, Server};
 use serde_json::Value;
 
 /// 2024-05-01T12:00:00Z.
@@ -274,10 +275,10 @@ async fn the_uploaders_ndjson_queue_becomes_image_events() {
     assert_eq!(bob["target"], "");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_uploaders_mysql_table_is_imported_row_by_row() {
+/// A database holding the seed's table (bench/examples/seed_uploader.rs)
+/// with three rows, as its uploader left them.
+async fn seed_table() -> Database {
     let db = Database::create().await;
-    // The seed's table (bench/examples/seed_uploader.rs).
     db.execute(
         "CREATE TABLE nano_banana_user_use_log (
             id BIGINT AUTO_INCREMENT PRIMARY KEY,
@@ -296,6 +297,12 @@ async fn the_uploaders_mysql_table_is_imported_row_by_row() {
             ('alice', 'alice-mbp', 'a banana in a spacesuit', 'outputs/banana-2.png', 'success', NULL, 'gemini-2.5-flash-image', 7000, 'STOP', '2024-05-01 12:00:09')",
     )
     .await;
+    db
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_uploaders_mysql_table_is_imported_row_by_row() {
+    let db = seed_table().await;
     let server = Server::start();
     let url = db.url();
     // Two rows a page: the third is on a page of its own.
@@ -352,4 +359,68 @@ async fn a_receiver_that_is_down_stops_the_import_with_a_clear_error() {
     );
     assert!(errors.contains("is `auditrail serve` running?"), "{errors}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// docs/migration.md, "Keep the legacy table during the switch": the
+/// legacy table, written by a mysql sink with `[sinks.columns]`, gets the
+/// new events, but not the imported history it already holds a second
+/// time, once its rows carry the ids the import gives them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_legacy_table_gets_new_events_but_not_its_own_history_again() {
+    let db = seed_table().await;
+    // The SQL of docs/migration.md.
+    db.execute("ALTER TABLE nano_banana_user_use_log ADD COLUMN event_id VARCHAR(128) UNIQUE")
+        .await;
+    db.execute(
+        "UPDATE nano_banana_user_use_log SET event_id = CONCAT('import-', LEFT(SHA2(CONCAT('mysql', \
+         CHAR(0), '', CHAR(0), 'nano_banana_user_use_log', CHAR(0), id), 256), 32))",
+    )
+    .await;
+    let mut legacy = SinkToml::new("legacy", &db.url())
+        .set("table", "\"nano_banana_user_use_log\"")
+        .delivery("linger", "\"20ms\"");
+    for (column, source) in [
+        ("event_id", "event_id"),
+        ("user_name", "actor_name"),
+        ("device_name", "attributes.device.name"),
+        ("prompt", "body"),
+        ("result_path", "target"),
+        ("status", "outcome"),
+        ("error_message", "attributes.error.message"),
+        ("model", "attributes.gen_ai.request.model"),
+        ("duration_ms", "attributes.duration_ms"),
+        ("finish_reason", "attributes.gen_ai.response.finish_reasons"),
+        ("created_at", "time"),
+    ] {
+        legacy = legacy.column(column, source);
+    }
+    let server = Server::start_with("", &legacy.to_string());
+    let url = db.url();
+    assert_exit(&import(&server, &["--mysql", url.as_str()]), 0);
+
+    // The app, now on its OTel SDK, generates one more image.
+    let record = otlp::record(
+        "new-image-1",
+        otlp::trace_id(1).0,
+        [7; 8],
+        "a cat on the moon",
+        vec![
+            otlp::attr("user.name", otlp::string("carol")),
+            otlp::attr("audit.outcome", otlp::string("success")),
+        ],
+    );
+    send(
+        &mut client(&server).await,
+        otlp::request("nano-banana", vec![record]),
+    )
+    .await;
+    wait_caught_up(&server, "legacy", 4, Duration::from_secs(60)).await;
+
+    let users: Vec<String> = db
+        .rows("SELECT user_name FROM nano_banana_user_use_log ORDER BY id")
+        .await
+        .iter()
+        .map(|row| text(row, "user_name").unwrap_or_default())
+        .collect();
+    assert_eq!(users, ["alice", "bob", "alice", "carol"]);
 }
