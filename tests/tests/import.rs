@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use auditrail_tests::mysql::{text, Database, SinkToml};
 use auditrail_tests::sinks::{client, send, wait_caught_up};
-use auditrail_tests::{binary, free_port, otlp, Server};
+use auditrail_tests::{binary, free_port, otlp, Server, Setup};
 use serde_json::Value;
 
 /// 2024-05-01T12:00:00Z.
@@ -23,10 +23,15 @@ fn import(server: &Server, args: &[&str]) -> Output {
 }
 
 fn import_to(endpoint: &str, args: &[&str]) -> Output {
+    import_with_env(endpoint, args, &[])
+}
+
+fn import_with_env(endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     std::process::Command::new(binary())
         .arg("import")
         .args(args)
         .args(["--endpoint", endpoint])
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("running auditrail import")
@@ -423,4 +428,50 @@ async fn the_legacy_table_gets_new_events_but_not_its_own_history_again() {
         .map(|row| text(row, "user_name").unwrap_or_default())
         .collect();
     assert_eq!(users, ["alice", "bob", "alice", "carol"]);
+}
+
+/// With writer tokens, an import without one is refused with a hint, and
+/// one with `--token-env` stores the records as that tenant's (here over
+/// OTLP/HTTP; the other tests use gRPC).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_token_makes_the_records_its_tenants() {
+    const TOKEN: &str = "acme-import-token-5e1f9c";
+    let server = Server::start_setup(Setup {
+        tables: "[[receiver.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n",
+        env: &[("ACME_TOKEN", TOKEN)],
+        ..Setup::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dify.log");
+    write_lines(&log, &DIFY);
+    let endpoint = format!("http://{}", server.http);
+    let args = [
+        "--json-lines",
+        log.to_str().unwrap(),
+        "--preset",
+        "dify",
+        "--protocol",
+        "http",
+    ];
+
+    let output = import_to(&endpoint, &args);
+    assert_exit(&output, 2);
+    assert!(stderr(&output).contains("401"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--token-env VAR"),
+        "{}",
+        stderr(&output)
+    );
+
+    let mut with_token = args.to_vec();
+    with_token.extend(["--token-env", "IMPORT_TOKEN"]);
+    let output = import_with_env(&endpoint, &with_token, &[("IMPORT_TOKEN", TOKEN)]);
+    assert_exit(&output, 0);
+    let events = server.events_as(TOKEN, "limit=0").await;
+    let imported: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["scope_name"] == "auditrail.import")
+        .collect();
+    assert_eq!(imported.len(), 3, "{events:#?}");
+    assert!(imported.iter().all(|e| e["tenant"] == "acme"));
 }
