@@ -13,6 +13,7 @@ pub mod csv_export;
 pub mod dead_letters;
 pub mod events_api;
 pub mod hash;
+pub mod import;
 pub mod integrity;
 pub mod operator;
 pub mod output;
