@@ -139,6 +139,18 @@ impl Browser {
         self.rows().await
     }
 
+    /// Types `keys` (WebDriver key codes for Enter, Esc, ...) into
+    /// whatever has the focus, as a person at the keyboard would.
+    async fn keys(&self, keys: &str) {
+        self.client()
+            .active_element()
+            .await
+            .expect("an element with the focus")
+            .send_keys(keys)
+            .await
+            .unwrap_or_else(|e| panic!("typing {keys:?}: {e}"));
+    }
+
     /// Clicks the row `css` and waits for its detail view.
     async fn open_detail(&self, css: &str) {
         self.click(css).await;
@@ -365,6 +377,24 @@ async fn an_auditor_searches_pages_opens_an_event_and_follows_deep_links() {
     assert!(rows[0][0].starts_with("20"), "a readable time: {rows:?}");
     browser.screenshot("search.png").await;
 
+    // By keyboard: j moves to the second event, Enter opens it, Esc closes.
+    browser.keys("j").await;
+    browser.keys("\u{e007}").await;
+    browser
+        .wait_until(
+            "the second event's detail",
+            "!document.getElementById('detail').hidden && \
+             document.getElementById('d-title').textContent === 'model_config.update'",
+        )
+        .await;
+    browser.keys("\u{e00c}").await;
+    browser
+        .wait_until(
+            "the detail view to close",
+            "document.getElementById('detail').hidden",
+        )
+        .await;
+
     // By actor: alice's two events and no one else's; the URL says so.
     let rows = browser.search("actor", "u-alice").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -426,21 +456,6 @@ async fn an_auditor_searches_pages_opens_an_event_and_follows_deep_links() {
         Some(format!("http://tempo.example:3200/trace/{bob_trace}").as_str())
     );
     browser.screenshot("detail.png").await;
-    // Esc closes it.
-    browser
-        .client()
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("\u{e00c}")
-        .await
-        .expect("Esc");
-    browser
-        .wait_until(
-            "the detail view to close",
-            "document.getElementById('detail').hidden",
-        )
-        .await;
 
     browser.goto(&format!("{ui}?actor=u-carol")).await;
     browser.wait_search("?actor=u-carol").await;

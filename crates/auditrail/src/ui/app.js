@@ -411,9 +411,8 @@
     $('empty').hidden = state.events.length > 0;
   }
 
-  function select(index, focus = true) {
-    if (!state.events.length) return;
-    const i = Math.max(0, Math.min(state.events.length - 1, index));
+  // Marks row `i` as the selected one (one tab stop for the table).
+  function markSelected(i, focus) {
     state.selected = i;
     for (const row of $('rows').children) {
       const on = Number(row.dataset.index) === i;
@@ -425,6 +424,13 @@
         row.scrollIntoView({ block: 'nearest' });
       }
     }
+  }
+
+  // Moves the selection (keys j/k); an open detail view follows it.
+  function select(index) {
+    if (!state.events.length) return;
+    const i = Math.max(0, Math.min(state.events.length - 1, index));
+    markSelected(i, true);
     if (!$('detail').hidden) openDetail(i, false);
   }
 
@@ -503,7 +509,7 @@
   function openDetail(index, focus) {
     const e = state.events[index];
     if (!e) return;
-    if (state.selected !== index) select(index, false);
+    if (state.selected !== index) markSelected(index, false);
     const body = $('d-body');
     clear(body);
     $('d-title').textContent = e.event_name || 'event';
