@@ -368,7 +368,8 @@
 
   function traceCell(e) {
     if (!e.trace_id) return el('span', { class: 'muted', text: '—' });
-    const short = e.trace_id.slice(0, 8) + '…';
+    // Both ends: some tracers put a timestamp in the first bytes.
+    const short = e.trace_id.slice(0, 6) + '…' + e.trace_id.slice(-4);
     const href = e.trace_url && safeUrl(e.trace_url);
     if (href) {
       return el('a', {
