@@ -386,9 +386,14 @@ fn actors(rows: &[Vec<String>]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auditor_searches_pages_opens_an_event_and_follows_deep_links() {
+    let archive = tempfile::tempdir().expect("a dir for the file sink");
     let server = Server::start_with(
         "",
-        "[query]\ntrace_url = \"http://tempo.example:3200/trace/{trace_id}\"",
+        &format!(
+            "[query]\ntrace_url = \"http://tempo.example:3200/trace/{{trace_id}}\"\n\n\
+             [[sinks]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\n",
+            archive.path().display()
+        ),
     );
     send(&server, None, &EVENTS).await;
     let ui = format!("{}/ui", server.admin_url());
@@ -535,15 +540,18 @@ async fn an_auditor_searches_pages_opens_an_event_and_follows_deep_links() {
     );
     assert!(!actors(&rows).iter().any(|a| a.contains("u-carol")));
 
-    // Health and integrity: the spool accepts, no sink is configured.
+    // Health and integrity: the spool accepts, the file sink delivers.
     browser.click("#pill-spool").await;
     browser
         .wait_until(
             "the health panel",
-            "document.getElementById('pill-spool').textContent === 'Spool: accepting'",
+            "document.getElementById('pill-spool').textContent === 'Spool: accepting' && \
+             document.getElementById('pill-sinks').textContent === 'Sinks: 1/1 healthy'",
         )
         .await;
-    assert_eq!(browser.text("#pill-sinks").await, "Sinks: none");
+    let sink = browser.text("#sink-rows tr").await;
+    assert!(sink.starts_with("archive file"), "{sink}");
+    browser.screenshot("health.png").await;
     browser.close().await;
 }
 

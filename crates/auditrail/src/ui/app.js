@@ -703,7 +703,7 @@
     $('verify-run').hidden = !canRun;
     $('verify-note').textContent = canRun
       ? 'A verify reads every event in the spool; it needs the operator\'s token and is recorded in the trail.'
-      : 'To verify now, run `auditrail verify --admin URL` (or enter the operator\'s token above): without credentials the admin API refuses state changes from a web page.';
+      : 'To verify now, run `auditrail verify --admin URL`, or, where auditrail takes credentials, enter the operator\'s token above (without credentials it refuses state changes from a web page).';
   }
 
   async function runVerify() {
