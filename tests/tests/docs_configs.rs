@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use auditrail_tests::binary;
+use auditrail_tests::tls::TestPki;
 
 /// Every sink `type` auditrail builds (`SinkKind`, default features).
 const SINK_TYPES: &[&str] = &[
@@ -70,8 +71,12 @@ fn variables(block: &str) -> BTreeSet<String> {
 }
 
 /// The block with each `[integrity] key_file = "PATH"` pointing at a key
-/// `auditrail keygen` just wrote, as the docs tell users to make it.
+/// `auditrail keygen` just wrote, as the docs tell users to make it, and
+/// each sink's `tls_ca_file`, `tls_cert_file` and `tls_key_file` at a test
+/// CA's and client's PEM files (check-config builds the sinks, which read
+/// them).
 fn with_keys(block: &str, dir: &Path) -> String {
+    let mut pki = None;
     let mut out = String::new();
     let mut table = String::new();
     for line in block.lines() {
@@ -91,6 +96,20 @@ fn with_keys(block: &str, dir: &Path) -> String {
                     .expect("running auditrail keygen");
                 assert!(status.success(), "auditrail keygen failed");
                 out.push_str(&format!("key_file = \"{}\"\n", key.display()));
+            }
+            Some((key, _)) if key.trim().starts_with("tls_") && key.trim().ends_with("_file") => {
+                let (pki, client) = pki.get_or_insert_with(|| {
+                    let pki = TestPki::generate(dir);
+                    let client = pki.client("docs-client", "auditrail", &[]);
+                    (pki, client)
+                });
+                let file = match key.trim() {
+                    "tls_ca_file" => &pki.ca,
+                    "tls_cert_file" => &client.cert,
+                    "tls_key_file" => &client.key,
+                    other => panic!("{other}: no test file for this key"),
+                };
+                out.push_str(&format!("{} = \"{}\"\n", key.trim(), file.display()));
             }
             _ => {
                 out.push_str(line);

@@ -317,6 +317,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .redaction
                 .redactor(&config.capture)
                 .with_context(|| format!("{}", file.display()))?;
+            // Each sink's own checks (ranges, keys that go together), as
+            // `serve` makes them at start-up; building connects to nothing.
+            runtime()?.block_on(async {
+                for sink in &config.sinks {
+                    sink.kind
+                        .build(&auditrail_exporters::SinkContext {
+                            name: sink.name.clone(),
+                            retention: config.spool.retention,
+                        })
+                        .with_context(|| format!("{}: sink {:?}", file.display(), sink.name))?;
+                }
+                anyhow::Ok(())
+            })?;
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
