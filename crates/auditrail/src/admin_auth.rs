@@ -1,6 +1,7 @@
 //! Who may call the admin API, and what each caller sees.
 //!
-//! With credentials configured every request but `/healthz` needs a bearer
+//! With credentials configured every request but `/healthz` and the search
+//! page's static files (`/ui`, see [`crate::ui`]) needs a bearer
 //! token (or an OIDC JWT): the operator's sees every tenant and may change
 //! state; a writer's token reads only its own tenant's events and dead
 //! letters. `/readyz` and `/metrics` stay open to loopback clients, for a
@@ -150,6 +151,11 @@ async fn decide(
         if changes_state {
             check_not_cross_site(&request.headers)?;
         }
+        return Ok(anonymous());
+    }
+    // A browser opening the search page cannot send a bearer token; its
+    // files hold no event (the page's own calls carry the token).
+    if !changes_state && crate::ui::is_static_file(path) {
         return Ok(anonymous());
     }
     let loopback_client = connection.is_some_and(ConnectionInfo::is_loopback);

@@ -23,4 +23,5 @@ pub mod security;
 pub mod serve;
 pub mod sinks;
 pub mod spool_check;
+pub mod ui;
 pub mod watch;
