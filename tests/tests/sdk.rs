@@ -273,6 +273,22 @@ async fn emit_durable_reports_what_auditrail_refuses_and_nothing_is_stored() {
         assert!(!err.is_retryable());
     }
 
+    // The operator's token reads; it writes no events.
+    let err = Auditor::builder()
+        .endpoint(server.grpc_url())
+        .token(OPERATOR)
+        .build()
+        .expect("an auditor")
+        .event("user.login")
+        .actor_id("mallory")
+        .emit_durable()
+        .await
+        .expect_err("not a writer");
+    assert!(
+        matches!(err, DurableError::PermissionDenied { .. }),
+        "{err:?}"
+    );
+
     // An event over max_event_bytes: rejected in partial_success.
     let auditor = auditor(&server);
     let err = auditor

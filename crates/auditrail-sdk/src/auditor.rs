@@ -40,7 +40,8 @@ pub const SCOPE_NAME: &str = "auditrail-sdk";
 /// Sends audit events to one auditrail. Cheap to clone (one shared
 /// connection pair); build it once per process with [`Auditor::builder`],
 /// inside a Tokio runtime, and call [`Auditor::shutdown`] before exiting so
-/// that queued events are sent.
+/// that queued events are sent. (Dropping the last clone without it flushes
+/// too, but blocks the dropping thread for up to 5 seconds.)
 #[derive(Clone)]
 pub struct Auditor {
     inner: Arc<Inner>,
