@@ -44,6 +44,18 @@ pub fn binary() -> &'static Path {
 /// the workspace build and relink `target/debug/auditrail` while another
 /// test process is running it.
 pub fn build_binary(package: &str, bin: &str) -> PathBuf {
+    build_target(package, "--bin", bin, "")
+}
+
+/// Builds `example` of `package` (e.g. the SDK's example service) as
+/// [`build_binary`] builds a binary, and returns its path.
+pub fn build_example(package: &str, example: &str) -> PathBuf {
+    build_target(package, "--example", example, "examples")
+}
+
+/// `cargo build -p package {kind} name` into `target/e2e`: the path of the
+/// executable, in `subdir` of the profile's directory.
+fn build_target(package: &str, kind: &str, bin: &str, subdir: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile> → target
     let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
@@ -52,15 +64,7 @@ pub fn build_binary(package: &str, bin: &str) -> PathBuf {
     let e2e = target.join("e2e");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        package,
-        "--bin",
-        bin,
-        "--target-dir",
-    ]);
+    build.args(["build", "--quiet", "-p", package, kind, bin, "--target-dir"]);
     build.arg(&e2e);
     if release {
         build.arg("--release");
@@ -71,6 +75,7 @@ pub fn build_binary(package: &str, bin: &str) -> PathBuf {
     assert!(status.success(), "building {bin} failed");
     let path = e2e
         .join(if release { "release" } else { "debug" })
+        .join(subdir)
         .join(bin);
     assert!(path.exists(), "no binary at {}", path.display());
     path
