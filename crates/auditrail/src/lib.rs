@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod dead_letters;
 pub mod events_api;
+pub mod grpc_api;
 pub mod hash;
 pub mod integrity;
 pub mod operator;
