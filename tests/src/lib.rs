@@ -10,6 +10,7 @@ pub mod load;
 pub mod mysql;
 pub mod nats;
 pub mod oidc;
+pub mod ottl;
 pub mod rsyslog;
 pub mod sinks;
 pub mod splunk;
@@ -94,6 +95,23 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     files.sort();
     files
+}
+
+/// `auditrail check-config` of the file `config`, with each variable of
+/// `vars` set in its environment (to a value long enough for an HMAC key,
+/// which redaction keys need): what it printed when it refuses the file.
+pub fn check_config(config: &Path, vars: impl IntoIterator<Item = String>) -> Result<(), String> {
+    let mut command = Command::new(binary());
+    command.arg("check-config").arg(config).stdin(Stdio::null());
+    for var in vars {
+        command.env(var, "from-the-environment-0123456789abcdef");
+    }
+    let out = command.output().expect("running auditrail check-config");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// A port that was free a moment ago.
@@ -235,11 +253,17 @@ impl Server {
     }
 
     fn try_start(dir: &Path, spool: &Path, setup: Setup) -> Result<Server, String> {
+        Server::start_retrying(|first| Server::spawn_on(dir, spool, setup, first))
+    }
+
+    /// Starts what `spawn` starts (its argument: whether this is the first
+    /// try) and waits until it listens.
+    fn start_retrying(mut spawn: impl FnMut(bool) -> Server) -> Result<Server, String> {
         // A port free a moment ago may be taken by another test process
         // by the time the server binds it: then start again on others.
         let mut attempts = 0;
         loop {
-            let mut server = Server::spawn_on(dir, spool, setup, attempts == 0);
+            let mut server = spawn(attempts == 0);
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 // (Or two of the free ports were the same one.)
@@ -252,6 +276,24 @@ impl Server {
                 Err(log) => return Err(log),
             }
         }
+    }
+
+    /// Starts a server on a whole config of the test's own (such as a
+    /// shipped config file with its addresses made local): `config` gets the
+    /// gRPC, HTTP and admin ports to listen on and returns the file's text,
+    /// whose spool directory must be `spool`. Tried again on other ports
+    /// when one was taken meanwhile.
+    pub fn start_config(
+        dir: &Path,
+        spool: &Path,
+        env: &[(&str, &str)],
+        config: impl Fn(u16, u16, u16) -> String,
+    ) -> Result<Server, String> {
+        Server::start_retrying(|_| {
+            let ports = (free_port(), free_port(), free_port());
+            let text = config(ports.0, ports.1, ports.2);
+            Server::spawn_config(dir, spool, &text, ports, env)
+        })
     }
 
     /// Runs `auditrail serve` on `dir` expecting it to refuse to start:
@@ -347,6 +389,19 @@ impl Server {
             "[node]\nid = \"test-node\"\n\n[receiver]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n{receiver_keys}\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n{record_requests}{admin_keys}\n\n[spool]\ndir = \"{}\"\n{spool_keys}\n\n{extra_tables}\n",
             spool.display()
         );
+        Server::spawn_config(dir, spool, &config, (grpc, http, admin), env)
+    }
+
+    /// Writes `config` to `dir/auditrail.toml` and starts the binary on it
+    /// without waiting; `ports` are the gRPC, HTTP and admin ports it names.
+    fn spawn_config(
+        dir: &Path,
+        spool: &Path,
+        config: &str,
+        (grpc, http, admin): (u16, u16, u16),
+        env: &[(&str, &str)],
+    ) -> Server {
+        let config_path = dir.join("auditrail.toml");
         std::fs::write(&config_path, config).expect("writing config");
         let log_path = dir.join(format!("serve-{admin}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");

@@ -209,6 +209,125 @@ async fn query_tail_and_verify_as_an_operator_would() {
     );
 }
 
+/// "Who generated or deleted this file?": `--target` finds every event
+/// about one file (or, with `prefix*`, a folder), in the CLI and the API,
+/// and `--format csv` hands the answer to a spreadsheet.
+#[tokio::test(flavor = "multi_thread")]
+async fn who_acted_on_this_file() {
+    let server = Server::start();
+    let record = |actor: &str, event: &str, target: &str| {
+        json!({
+            "eventName": event,
+            "body": {"stringValue": format!("{event} by {actor}, \"quoted\"\nsecond line")},
+            "attributes": [
+                {"key": "user.id", "value": {"stringValue": actor}},
+                {"key": "audit.target", "value": {"stringValue": target}}
+            ]
+        })
+    };
+    let body = json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "imagegen"}}]},
+        "scopeLogs": [{"logRecords": [
+            record("alice", "image.generate", "outputs/alice/1.png"),
+            record("bob", "image.delete", "outputs/alice/1.png"),
+            record("alice", "image.generate", "outputs/alice/2.png"),
+            record("alice", "image.generate", "outputs/alice-old/3.png"),
+            record("carol", "image.generate", "outputs/carol/1.png"),
+        ]}]
+    }]});
+    assert_eq!(send_json(&server, &body).await.status().as_u16(), 200);
+    let admin = server.admin_url();
+    let query = |args: &[&str]| {
+        let mut all = vec!["query", "--admin", &admin, "--format", "json"];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e["actor_id"].as_str().unwrap(),
+                    e["event_name"].as_str().unwrap(),
+                    e["target"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        query(&["--target", "outputs/alice/1.png"]),
+        [
+            "alice image.generate outputs/alice/1.png",
+            "bob image.delete outputs/alice/1.png"
+        ]
+    );
+    assert_eq!(
+        query(&["--target", "outputs/alice/*"]),
+        [
+            "alice image.generate outputs/alice/1.png",
+            "bob image.delete outputs/alice/1.png",
+            "alice image.generate outputs/alice/2.png"
+        ]
+    );
+    assert!(query(&["--target", "outputs/alice"]).is_empty());
+    assert_eq!(
+        query(&["--target", "outputs/*", "--actor", "carol"]),
+        ["carol image.generate outputs/carol/1.png"]
+    );
+
+    // The API takes the same word.
+    let page: Value = reqwest::Client::new()
+        .get(format!("{admin}/v1/events"))
+        .query(&[("target", "outputs/alice/*"), ("event", "image.delete")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["actor_id"], "bob");
+
+    // CSV: a header, then one row per event, whatever the body holds.
+    let out = cli(&[
+        "query",
+        "--admin",
+        &admin,
+        "--target",
+        "outputs/alice/*",
+        "--format",
+        "csv",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut reader = csv::Reader::from_reader(out.stdout.as_slice());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|c| c == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(&rows[1][column("actor_id")], "bob");
+    assert_eq!(&rows[1][column("target")], "outputs/alice/1.png");
+    assert_eq!(
+        &rows[1][column("body")],
+        "image.delete by bob, \"quoted\"\nsecond line"
+    );
+    assert!(rows[1][column("time")].ends_with('Z'));
+
+    // Nothing matched: still a sheet with its header.
+    let out = cli(&[
+        "query", "--admin", &admin, "--target", "nowhere", "--format", "csv",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("time,node,seq,event_id"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stdout(&out).lines().count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_server_keeps_its_spool_to_itself() {
     let server = Server::start();

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use auditrail_model::{AuditEvent, Outcome};
+use auditrail_model::{AuditEvent, Outcome, ValuePattern};
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -116,6 +116,7 @@ pub enum RuleError {
 #[derive(Debug, Clone)]
 pub struct Rule {
     spec: RuleSpec,
+    event: Option<ValuePattern>,
     body: Option<Regex>,
 }
 
@@ -159,7 +160,8 @@ impl Rule {
                 )
             }
         };
-        Ok(Rule { spec, body })
+        let event = spec.event.as_deref().map(ValuePattern::parse);
+        Ok(Rule { spec, event, body })
     }
 
     pub fn spec(&self) -> &RuleSpec {
@@ -168,12 +170,9 @@ impl Rule {
 
     pub fn matches(&self, e: &AuditEvent) -> bool {
         let spec = &self.spec;
-        spec.event
+        self.event
             .as_ref()
-            .is_none_or(|want| match want.strip_suffix('*') {
-                Some(prefix) => e.event_name.starts_with(prefix),
-                None => &e.event_name == want,
-            })
+            .is_none_or(|want| want.matches(&e.event_name))
             && spec.outcome.is_none_or(|o| e.outcome == o)
             && (spec.attributes.is_empty() || attributes_match(&spec.attributes, &e.attributes))
             && self.body.as_ref().is_none_or(|re| re.is_match(&e.body))

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod id;
 pub mod internal;
 pub mod otlp;
+pub mod pattern;
 pub mod to_otlp;
 
 pub use canonical::DecodeError;
@@ -24,3 +25,4 @@ pub use otlp::{
     clock_skew, map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord, RequestCost,
     CLOCK_SKEW_ATTRIBUTE, MAX_EVENT_BYTES,
 };
+pub use pattern::ValuePattern;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use auditrail_model::{AuditEvent, Outcome};
+use auditrail_model::{AuditEvent, Outcome, ValuePattern};
 
 use crate::batch::BatchView;
 use crate::index::{
@@ -42,6 +42,8 @@ pub struct Filter {
     pub trace_id: Option<String>,
     /// Substring of the body or of any attribute value.
     pub text: Option<String>,
+    /// The event's `target` (what was acted on), exactly or by prefix.
+    pub target: Option<ValuePattern>,
     /// Exactly the event's `tenant`.
     pub tenant: Option<String>,
     /// Exactly the event's `event_id` (no index: a scan).
@@ -72,6 +74,7 @@ impl Filter {
             && self.service.as_ref().is_none_or(|s| &e.service_name == s)
             && self.outcome.is_none_or(|o| e.outcome == o)
             && self.trace_id.as_ref().is_none_or(|t| &e.trace_id == t)
+            && self.target.as_ref().is_none_or(|t| t.matches(&e.target))
             && self.after_seq.is_none_or(|s| e.seq > s)
             && self.text.as_ref().is_none_or(|t| e.contains_text(t))
     }

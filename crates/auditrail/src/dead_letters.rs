@@ -7,7 +7,8 @@ use anyhow::Context;
 use auditrail_spool::DeadLetter;
 
 use crate::client::Location;
-use crate::output::{format_time, terminal_safe, Format};
+use crate::csv_export;
+use crate::output::{format_time, terminal_safe, EventView, Format};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeadLetterCommand {
@@ -97,6 +98,31 @@ fn print(out: &mut impl Write, letters: &[DeadLetter], format: Format) -> std::i
             for letter in letters {
                 serde_json::to_writer(&mut *out, letter)?;
                 writeln!(out)?;
+            }
+        }
+        Format::Csv => {
+            // The letter's own columns, then its event's.
+            let letter_columns = ["sink", "dead_lettered", "replay", "reason"];
+            csv_export::write_row(
+                out,
+                letter_columns.into_iter().chain(csv_export::EVENT_COLUMNS),
+            )?;
+            for l in letters {
+                let view = EventView::new(l.event.clone(), None);
+                let dead_lettered = format_time(l.dead_lettered_unix_nano);
+                let letter_cells = [
+                    l.sink.as_str(),
+                    dead_lettered.as_str(),
+                    if l.replay { "queued" } else { "" },
+                    l.reason.as_str(),
+                ];
+                let event_cells = csv_export::event_cells(&view);
+                csv_export::write_row(
+                    out,
+                    letter_cells
+                        .into_iter()
+                        .chain(event_cells.iter().map(|c| c.as_ref())),
+                )?;
             }
         }
         Format::Table => {

@@ -180,6 +180,7 @@ fn query_args(filter: Option<api::EventFilter>, limit: usize, after_seq: Option<
         outcome: f.outcome,
         trace_id: f.trace_id,
         text: f.text,
+        target: f.target,
         tenant: f.tenant,
         limit,
         after_seq,
@@ -235,8 +236,6 @@ impl Api {
     }
 }
 
-/// `limit` when a `Query` sets none: what `GET /v1/events` takes then.
-const DEFAULT_LIMIT: usize = 100;
 /// How often a `Tail` asks for new events at most, however fast they are
 /// stored: each ask is a query, under the query slots.
 const TAIL_MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -251,7 +250,9 @@ impl AuditService for Api {
     ) -> Result<Response<QueryResponse>, Status> {
         let (scope, caller) = caller_of(&request)?;
         let request = request.into_inner();
-        let limit = request.limit.map_or(DEFAULT_LIMIT, |limit| limit as usize);
+        let limit = request
+            .limit
+            .map_or_else(crate::query_args::default_limit, |limit| limit as usize);
         let args = query_args(request.filter, limit, request.after_seq);
         let answer = self.page(scope, args.clone()).await.map(|page| {
             Response::new(QueryResponse {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod client;
 pub mod config;
+pub mod csv_export;
 pub mod dead_letters;
 pub mod events_api;
 pub mod grpc_api;

@@ -1,6 +1,6 @@
 //! How events leave auditrail for a person or a script: the `/v1/events`
 //! answer (a page, or a stream in the same layout) and the `table` / `json`
-//! output of `query` and `tail`.
+//! / `csv` output of `query` and `tail`.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -9,6 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use auditrail_model::AuditEvent;
 use auditrail_spool::{QueryEnd, Stop};
+
+use crate::csv_export;
 use serde::{Deserialize, Serialize};
 
 /// One event with its trace link.
@@ -229,6 +231,8 @@ pub fn trace_link(template: Option<&str>, trace_id: &str) -> Option<String> {
 pub enum Format {
     Table,
     Json,
+    /// For spreadsheets (see [`crate::csv_export`]).
+    Csv,
 }
 
 /// Prints events; the table header only once per `Printer`.
@@ -245,16 +249,22 @@ impl Printer {
         }
     }
 
-    /// The table's header, if not printed yet (nothing for JSON).
+    /// The header, if not printed yet (nothing for JSON). A CSV export
+    /// has its header row even when nothing matched.
     pub fn header(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        if self.format == Format::Table && !self.header_done {
-            writeln!(
+        if self.header_done {
+            return Ok(());
+        }
+        match self.format {
+            Format::Json => {}
+            Format::Table => writeln!(
                 out,
                 "{:<30} {:<8} {:<18} {:<14} {:<8} {:<14} {:<34} BODY",
                 "TIME", "SEQ", "EVENT", "ACTOR", "OUTCOME", "SERVICE", "TRACE"
-            )?;
-            self.header_done = true;
+            )?,
+            Format::Csv => csv_export::write_row(out, csv_export::EVENT_COLUMNS)?,
         }
+        self.header_done = true;
         Ok(())
     }
 
@@ -268,6 +278,10 @@ impl Printer {
             Format::Table => {
                 self.header(out)?;
                 out.write_all(table_row(e).as_bytes())
+            }
+            Format::Csv => {
+                self.header(out)?;
+                csv_export::write_row(out, csv_export::event_cells(e).iter().map(|c| c.as_ref()))
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auditrail_model::Outcome;
+use auditrail_model::{Outcome, ValuePattern};
 use auditrail_spool::Filter;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,11 @@ pub struct QueryArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// What was acted on (`audit.target`): exactly, or every target that
+    /// starts with a prefix ending in `*`, e.g. `'outputs/alice/*'`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// Only this tenant's events (a tenant's token reads only its own).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,7 +63,8 @@ pub struct QueryArgs {
     pub after_seq: Option<u64>,
 }
 
-fn default_limit() -> usize {
+/// `limit` when a request names none (`--limit`'s default too).
+pub fn default_limit() -> usize {
     100
 }
 
@@ -103,6 +109,7 @@ impl QueryArgs {
             outcome,
             trace_id,
             text: self.text.clone(),
+            target: self.target.as_deref().map(ValuePattern::parse),
             tenant: self.tenant.clone(),
             event_id: None,
             // Else every query, and every poll of `tail`, would show the
