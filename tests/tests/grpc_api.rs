@@ -13,6 +13,7 @@ use auditrail_api::v1::{
 };
 use auditrail_tests::mysql::{Database, SinkToml};
 use auditrail_tests::otlp::{attr, int, record, request, string};
+use auditrail_tests::tenants::{ACME, ENV, GLOBEX, OPERATOR, OPERATOR_KEY, TOKENS};
 use auditrail_tests::{eventually, sinks, Server, Setup};
 use opentelemetry::logs::{AnyValue, LogRecord as _};
 use opentelemetry_otlp::{LogExporter, WithExportConfig};
@@ -23,19 +24,8 @@ use tonic::{Code, Streaming};
 
 type Client = AuditServiceClient<Channel>;
 
-const ACME: &str = "acme-writer-token-7c2e9a41b0";
-const GLOBEX: &str = "globex-writer-token-3f8d1b6e2a";
-const OPERATOR: &str = "operator-token-5a9c3e7d1f";
 const WRONG: &str = "not-a-token-at-all-000000";
 
-const TOKENS: &str = "[[receiver.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\n\
-                      [[receiver.tokens]]\ntenant = \"globex\"\ntoken_env = \"GLOBEX_TOKEN\"\n";
-const ENV: &[(&str, &str)] = &[
-    ("ACME_TOKEN", ACME),
-    ("GLOBEX_TOKEN", GLOBEX),
-    ("AUDITRAIL_ADMIN_TOKEN", OPERATOR),
-];
-const OPERATOR_KEY: &str = "token_env = \"AUDITRAIL_ADMIN_TOKEN\"";
 /// How long a tail may take to hand over an event it follows.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(20);
 

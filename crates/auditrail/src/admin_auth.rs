@@ -148,17 +148,28 @@ pub const ANONYMOUS: &str = "anonymous";
 /// The middleware: decides the caller, refuses or lets the request through
 /// with its [`ReadScope`] and [`Caller`].
 pub async fn guard(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
+    guard_as(&auth, request, next, Asks::of_http, Refused::into_response).await
+}
+
+/// [`guard`] for another encoding of the admin API (the gRPC API): `asks`
+/// says what a request asks, `refusal` how a refusal is answered.
+pub async fn guard_as(
+    auth: &AdminAuth,
+    request: Request,
+    next: Next,
+    asks: impl FnOnce(&http::request::Parts) -> Asks,
+    refusal: impl FnOnce(Refused) -> Response,
+) -> Response {
     // The body is not `Sync`: decide on the head alone.
     let (mut head, body) = request.into_parts();
     let connection = head.extensions.get::<ConnectionInfo>().cloned();
-    let asks = Asks::of_http(&head);
-    match authorize(&auth, asks, &head, connection.as_ref()).await {
+    match authorize(auth, asks(&head), &head, connection.as_ref()).await {
         Ok((scope, caller)) => {
             head.extensions.insert(scope);
             head.extensions.insert(caller);
             next.run(Request::from_parts(head, body)).await
         }
-        Err(refused) => refused.into_response(),
+        Err(refused) => refusal(refused),
     }
 }
 

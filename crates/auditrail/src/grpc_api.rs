@@ -10,9 +10,7 @@
 //! when `[admin] record_requests` is on.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use auditrail_api::v1::audit_service_server::{AuditService, AuditServiceServer};
@@ -21,35 +19,44 @@ use auditrail_api::v1::{
     QueryResponse, ReplayDeadLettersRequest, ReplayDeadLettersResponse, TailRequest, TailResponse,
     VerifyRequest, VerifyResponse,
 };
-use auditrail_auth::ConnectionInfo;
 use auditrail_spool::{DeadLetter, ProblemKind, VerifyReport};
+use axum::extract::State;
+use axum::middleware::Next;
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::admin::AdminState;
-use crate::admin_auth::{authorize, AdminAuth, Asks, Caller, Refused};
+use crate::admin_auth::{guard_as, AdminAuth, Asks, Caller, Refused};
 use crate::events_api::{QueryRefused, Refusal, RETRY_AFTER_SECS};
 use crate::integrity::{verify_recorded, VerifyFailed};
 use crate::output::{EventView, EventsPage, PageEnd};
 use crate::query_args::QueryArgs;
 use crate::scope::ReadScope;
 
-/// The service to add to the OTLP/gRPC listener's routes: the API behind
-/// `auth`, over the admin API's `state`. `stopping` turns true at shutdown,
-/// which ends every `Tail` (a stream that would otherwise hold the
-/// shutdown until its drain timeout).
-pub fn service(
+/// Adds the API to `routes` (the OTLP/gRPC listener's), behind `auth`,
+/// over the admin API's `state`. `stopping` turns true at shutdown, which
+/// ends every `Tail` (a stream that would otherwise hold the shutdown until
+/// its drain timeout).
+pub fn add_to(
+    routes: Routes,
     state: AdminState,
     auth: AdminAuth,
     stopping: watch::Receiver<bool>,
-) -> Guarded<AuditServiceServer<Api>> {
-    Guarded {
-        inner: AuditServiceServer::new(Api { state, stopping }),
-        auth,
-    }
+) -> Routes {
+    let api = AuditServiceServer::new(Api { state, stopping });
+    // Where tonic's `Routes::add_service` would put it, with the guard in
+    // front: a call it refuses ends with UNAUTHENTICATED, PERMISSION_DENIED
+    // or UNAVAILABLE before any of it is read; a call it lets through
+    // carries its `ReadScope` and `Caller`.
+    let path = format!("/{}/{{*rest}}", AuditServiceServer::<Api>::NAME);
+    let guarded = axum::Router::new()
+        .route_service(&path, api)
+        .layer(axum::middleware::from_fn_with_state(auth, guard));
+    Routes::from(routes.into_axum_router().merge(guarded))
 }
 
 /// The implementation of `AuditService`.
@@ -72,57 +79,15 @@ fn asks_of(path: &str) -> Asks {
     }
 }
 
-/// The admin API's auth in front of the service: a call it refuses ends
-/// with UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE before any of it
-/// is read; a call it lets through carries its [`ReadScope`] and
-/// [`Caller`].
-#[derive(Clone)]
-pub struct Guarded<S> {
-    inner: S,
-    auth: AdminAuth,
-}
-
-impl<S: NamedService> NamedService for Guarded<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type Body = tonic::body::Body;
-
-impl<S> tower::Service<http::Request<Body>> for Guarded<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // The clone that was made ready is the one that serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.clone();
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            let connection = parts.extensions.get::<ConnectionInfo>().cloned();
-            let asks = asks_of(parts.uri.path());
-            match authorize(&auth, asks, &parts, connection.as_ref()).await {
-                Ok((scope, caller)) => {
-                    parts.extensions.insert(scope);
-                    parts.extensions.insert(caller);
-                    inner.call(http::Request::from_parts(parts, body)).await
-                }
-                Err(refused) => Ok(refused_status(&refused).into_http()),
-            }
-        })
-    }
+/// The admin API's guard, in gRPC's terms.
+async fn guard(
+    State(auth): State<AdminAuth>,
+    request: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    let asks = |head: &http::request::Parts| asks_of(head.uri.path());
+    let refusal = |refused: Refused| refused_status(&refused).into_http();
+    guard_as(&auth, request, next, asks, refusal).await
 }
 
 /// The status of a call the admin API's auth refused.

@@ -118,13 +118,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     servers.spawn({
         let (ingest, tls, stop) = (ingest.clone(), security.grpc_tls.clone(), stopped());
         // auditrail's own gRPC API, beside OTLP on the same listener.
-        let api = crate::grpc_api::service(
+        let (api_state, api_auth) = (
             state.clone(),
             admin_auth(config.receiver.grpc_addr, "grpc_api"),
-            stopping,
         );
+        let beside = move |otlp| crate::grpc_api::add_to(otlp, api_state, api_auth, stopping);
         async move {
-            serve_grpc(grpc, ingest, move |otlp| otlp.add_service(api), tls, stop)
+            serve_grpc(grpc, ingest, beside, tls, stop)
                 .await
                 .context("OTLP/gRPC server")
         }
