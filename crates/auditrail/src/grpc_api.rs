@@ -3,7 +3,7 @@
 //!
 //! It is the admin HTTP API under another encoding, and asks the same code
 //! for everything: [`crate::admin_auth::authorize`] decides who calls and
-//! what they may see, [`Queries::page`] answers `Query` and each poll of
+//! what they may see, [`crate::events_api::Queries::page`] answers `Query` and each poll of
 //! `Tail` under the query limits and slots, and `Verify` and the dead-letter
 //! methods call what `POST /v1/verify` and `/v1/dead-letters` call. Each
 //! call that passes auth is recorded as an `auditrail.admin.request` event

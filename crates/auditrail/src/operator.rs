@@ -7,7 +7,8 @@
 //! - `auditrail.admin.request`: every admin API request under `/v1/` that
 //!   got past authentication: who asked, from where, for what, and the
 //!   answer's status (queries, proofs, verify runs, dead-letter listings
-//!   and replays, forgetting a sink);
+//!   and replays, forgetting a sink), and every call of the gRPC API
+//!   (`crate::grpc_api`) that got past the same authentication;
 //! - `auditrail.reload`: a SIGHUP reload, and whether it worked.
 //!
 //! They belong to the node, not to a tenant: tenant `auditrail`, which only
