@@ -88,6 +88,22 @@ fn check_config_names_problems_with_their_location() {
     let out = cli(&["check-config", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+
+    // A sink type's own checks run too (as `serve` runs them at start-up),
+    // without connecting to its far side.
+    let sink = dir.path().join("sink.toml");
+    std::fs::write(
+        &sink,
+        "[[sinks]]\nname = \"search\"\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = cli(&["check-config", sink.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("sink \"search\"") && err.contains("index"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

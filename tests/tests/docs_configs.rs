@@ -1,7 +1,7 @@
 //! The configs the docs tell users to copy: every ```toml block of
 //! `docs/sinks.md`, `docs/config.md`, `docs/security.md`, `docs/integrity.md`, `docs/detection.md`,
-//! `docs/redaction.md`, `docs/tracing.md`, `docs/concepts.md` and the README passes
-//! `auditrail check-config` (with
+//! `docs/redaction.md`, `docs/tracing.md`, `docs/concepts.md`, `docs/ui.md` and the README
+//! passes `auditrail check-config` (with
 //! each variable it names from the environment set, and each `[integrity]
 //! key_file` written by `auditrail keygen`), and every sink type
 //! auditrail has is shown in `docs/sinks.md` with a config to copy.
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use auditrail_tests::binary;
+use auditrail_tests::tls::TestPki;
 
 /// Every sink `type` auditrail builds (`SinkKind`, default features).
 const SINK_TYPES: &[&str] = &[
@@ -70,8 +71,12 @@ fn variables(block: &str) -> BTreeSet<String> {
 }
 
 /// The block with each `[integrity] key_file = "PATH"` pointing at a key
-/// `auditrail keygen` just wrote, as the docs tell users to make it.
+/// `auditrail keygen` just wrote, as the docs tell users to make it, and
+/// each sink's `tls_ca_file`, `tls_cert_file` and `tls_key_file` at a test
+/// CA's and client's PEM files (check-config builds the sinks, which read
+/// them).
 fn with_keys(block: &str, dir: &Path) -> String {
+    let mut pki = None;
     let mut out = String::new();
     let mut table = String::new();
     for line in block.lines() {
@@ -91,6 +96,20 @@ fn with_keys(block: &str, dir: &Path) -> String {
                     .expect("running auditrail keygen");
                 assert!(status.success(), "auditrail keygen failed");
                 out.push_str(&format!("key_file = \"{}\"\n", key.display()));
+            }
+            Some((key, _)) if key.trim().starts_with("tls_") && key.trim().ends_with("_file") => {
+                let (pki, client) = pki.get_or_insert_with(|| {
+                    let pki = TestPki::generate(dir);
+                    let client = pki.client("docs-client", "auditrail", &[]);
+                    (pki, client)
+                });
+                let file = match key.trim() {
+                    "tls_ca_file" => &pki.ca,
+                    "tls_cert_file" => &client.cert,
+                    "tls_key_file" => &client.key,
+                    other => panic!("{other}: no test file for this key"),
+                };
+                out.push_str(&format!("{} = \"{}\"\n", key.trim(), file.display()));
             }
             _ => {
                 out.push_str(line);
@@ -128,6 +147,7 @@ fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
         "docs/detection.md",
         "docs/tracing.md",
         "docs/concepts.md",
+        "docs/ui.md",
         "README.md",
     ] {
         let text = std::fs::read_to_string(repo.join(doc)).unwrap();

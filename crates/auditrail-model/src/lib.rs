@@ -22,7 +22,7 @@ pub use canonical::DecodeError;
 pub use chain::{chain_hash, Hash, GENESIS_HASH};
 pub use event::{AuditEvent, Outcome};
 pub use otlp::{
-    clock_skew, map_request, MappedRequest, ReceiveContext, Rejected, RejectedRecord, RequestCost,
-    CLOCK_SKEW_ATTRIBUTE, MAX_EVENT_BYTES,
+    clock_skew, described_rejections, map_request, MappedRequest, ReceiveContext, Rejected,
+    RejectedRecord, RequestCost, CLOCK_SKEW_ATTRIBUTE, MAX_EVENT_BYTES,
 };
 pub use pattern::ValuePattern;

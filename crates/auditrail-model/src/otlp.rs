@@ -139,6 +139,43 @@ impl RejectedRecord {
     }
 }
 
+/// The rejected records a `partial_success` message names, in the form
+/// [`RejectedRecord::describe`] writes them (joined with `"; "`, maybe
+/// after a prefix and before a `"; and N more"`): `(resource_index,
+/// scope_index, record_index, message)` each. A client that sent the
+/// request finds its records by these indexes.
+pub fn described_rejections(text: &str) -> Vec<(usize, usize, usize, String)> {
+    const ANCHOR: &str = "resource_logs[";
+    /// `N]<after>` at the start of `s`: N and the rest.
+    fn index<'a>(s: &'a str, after: &str) -> Option<(usize, &'a str)> {
+        let end = s.find(']')?;
+        let n = s[..end].parse().ok()?;
+        Some((n, s[end + 1..].strip_prefix(after)?))
+    }
+    let starts: Vec<usize> = text.match_indices(ANCHOR).map(|(at, _)| at).collect();
+    let mut found = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        let part = &text[start + ANCHOR.len()..end];
+        let Some((resource, rest)) = index(part, ".scope_logs[") else {
+            continue;
+        };
+        let Some((scope, rest)) = index(rest, ".log_records[") else {
+            continue;
+        };
+        let Some((record, message)) = index(rest, ": ") else {
+            continue;
+        };
+        let message = message.strip_suffix("; ").unwrap_or(message);
+        let message = match message.rfind("; and ") {
+            Some(at) if message[at + 6..].ends_with(" more") => &message[..at],
+            _ => message,
+        };
+        found.push((resource, scope, record, message.to_owned()));
+    }
+    found
+}
+
 /// The outcome of mapping one export request.
 #[derive(Debug, Default)]
 pub struct MappedRequest {
@@ -406,6 +443,38 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    #[test]
+    fn described_rejections_are_found_again() {
+        let rejected = |record_index, message: &str| RejectedRecord {
+            resource_index: 1,
+            scope_index: 0,
+            record_index,
+            rejected: Rejected::new("x", message),
+        };
+        let text = format!(
+            "2 log records rejected: {}; {}; and 3 more",
+            rejected(
+                4,
+                "audit.outcome must be success, failure or unknown, got \"ok; fine\""
+            )
+            .describe(),
+            rejected(17, "trace_id must be 16 bytes, got 3").describe()
+        );
+        assert_eq!(
+            described_rejections(&text),
+            vec![
+                (
+                    1,
+                    0,
+                    4,
+                    "audit.outcome must be success, failure or unknown, got \"ok; fine\"".into()
+                ),
+                (1, 0, 17, "trace_id must be 16 bytes, got 3".into()),
+            ]
+        );
+        assert!(described_rejections("1 log records rejected: garbled").is_empty());
     }
 
     #[test]

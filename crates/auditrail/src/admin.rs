@@ -1,5 +1,5 @@
-//! The admin HTTP server: health, readiness, Prometheus metrics and the
-//! event query API.
+//! The admin HTTP server: health, readiness, Prometheus metrics, the
+//! event query API and the search page (`/ui`, see [`crate::ui`]).
 
 use std::sync::Arc;
 
@@ -44,6 +44,7 @@ pub fn router(state: AdminState, auth: AdminAuth) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_handler))
         .route("/v1/sinks/{name}/forget", post(forget_sink))
+        .merge(crate::ui::router())
         .with_state(state.clone());
     // Inside the auth: only requests that got past it, with their caller.
     let routes = if state.record_requests {

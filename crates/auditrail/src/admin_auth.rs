@@ -1,6 +1,7 @@
 //! Who may call the admin API, and what each caller sees.
 //!
-//! With credentials configured every request but `/healthz` needs a bearer
+//! With credentials configured every request but `/healthz` and the search
+//! page's static files (`/ui`, see [`crate::ui`]) needs a bearer
 //! token (or an OIDC JWT): the operator's sees every tenant and may change
 //! state; a writer's token reads only its own tenant's events and dead
 //! letters. `/readyz` and `/metrics` stay open to loopback clients, for a
@@ -55,6 +56,8 @@ pub enum Asks {
     /// Readiness and metrics (`/readyz`, `/metrics`): every sink's state;
     /// without a token, loopback clients only.
     Operations,
+    /// The search page's own files (`/ui`): they hold no event.
+    PageFile,
     /// Events and dead letters, within the caller's tenant.
     Read,
     /// A state change, or a read of every tenant's events (replay, forget,
@@ -68,7 +71,13 @@ impl Asks {
         match request.uri.path() {
             "/healthz" => Asks::Liveness,
             "/readyz" | "/metrics" => Asks::Operations,
-            _ if matches!(request.method, Method::GET | Method::HEAD) => Asks::Read,
+            path if matches!(request.method, Method::GET | Method::HEAD) => {
+                if crate::ui::is_static_file(path) {
+                    Asks::PageFile
+                } else {
+                    Asks::Read
+                }
+            }
             _ => Asks::ChangeState,
         }
     }
@@ -227,6 +236,11 @@ async fn decide(
         if asks == Asks::ChangeState {
             check_not_cross_site(&request.headers)?;
         }
+        return Ok(anonymous());
+    }
+    // A browser opening the search page cannot send a bearer token; its
+    // files hold no event (the page's own calls carry the token).
+    if asks == Asks::PageFile {
         return Ok(anonymous());
     }
     let operations = asks == Asks::Operations;

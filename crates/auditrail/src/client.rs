@@ -86,14 +86,7 @@ impl Location {
 
     /// The token named by `--token-env`, if one was named.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        let Some(name) = &self.token_env else {
-            return Ok(None);
-        };
-        match std::env::var(name) {
-            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
-            Ok(_) => bail!("--token-env {name}: the environment variable is empty"),
-            Err(_) => bail!("--token-env {name}: the environment variable is not set"),
-        }
+        self.token_env.as_deref().map(token_from_env).transpose()
     }
 
     /// Sends a request to the admin API and returns its JSON answer, with
@@ -161,6 +154,15 @@ impl Location {
                 _ => bail!("{} answered {status}: {message}", self.admin),
             }
         }
+    }
+}
+
+/// The token in the environment variable `name` (`--token-env`), trimmed.
+pub fn token_from_env(name: &str) -> anyhow::Result<String> {
+    match std::env::var(name) {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        Ok(_) => bail!("--token-env {name}: the environment variable is empty"),
+        Err(_) => bail!("--token-env {name}: the environment variable is not set"),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use auditrail::config::Config;
-use auditrail::{client, dead_letters, hash, integrity, serve, sinks, spool_check};
+use auditrail::{client, dead_letters, hash, import, integrity, serve, sinks, spool_check};
 
 /// Ingest allocates and frees many small strings per event, and sled many
 /// buffers per batch; measured here, mimalloc does that work faster than the
@@ -164,6 +164,14 @@ enum Command {
         /// newline removed), which keeps it out of shell history.
         value: String,
     },
+    /// Turn existing audit logs into events, with their original times,
+    /// through a running auditrail's receiver: JSON lines with a field
+    /// mapping (--json-lines, e.g. Dify's stdout with --preset dify), the
+    /// seed uploader's NDJSON queue (--ndjson-queue) or its MySQL table
+    /// (--mysql). Importing again stores nothing twice. Exit 0: all
+    /// imported; 1: some records bad or rejected (each named on stderr);
+    /// 2: the import could not finish.
+    Import(import::ImportArgs),
     /// Print the version.
     Version,
 }
@@ -317,6 +325,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .redaction
                 .redactor(&config.capture)
                 .with_context(|| format!("{}", file.display()))?;
+            // Each sink's own checks (ranges, keys that go together), as
+            // `serve` makes them at start-up; building connects to nothing.
+            runtime()?.block_on(async {
+                for sink in &config.sinks {
+                    sink.kind
+                        .build(&auditrail_exporters::SinkContext {
+                            name: sink.name.clone(),
+                            retention: config.spool.retention,
+                        })
+                        .with_context(|| format!("{}: sink {:?}", file.display(), sink.name))?;
+                }
+                anyhow::Ok(())
+            })?;
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
@@ -336,6 +357,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tenant,
             value,
         } => hash::run(&config, &tenant, &value)?,
+        Command::Import(args) => return Ok(runtime()?.block_on(import::run(args))),
         Command::Version => println!("auditrail {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,9 @@ enum Transport {
 /// Forwards batches as OTLP export requests.
 pub struct OtlpSink {
     transport: Transport,
+    /// `Bearer <token>`, sent with every request when set (`auditrail
+    /// import` writing to a receiver with `[[receiver.tokens]]`).
+    authorization: Option<String>,
 }
 
 /// Above the delivery loop's default batch (5,000 events of a few KiB):
@@ -91,14 +94,44 @@ impl OtlpSink {
                 Transport::Http { client, url }
             }
         };
-        Ok(OtlpSink { transport })
+        Ok(OtlpSink {
+            transport,
+            authorization: None,
+        })
     }
 
-    async fn send(&self, events: &[AuditEvent]) -> Result<ExportLogsServiceResponse, ExportError> {
+    /// Sends `token` as a bearer token with every request (gRPC metadata
+    /// `authorization`, HTTP `Authorization`), as an auditrail receiver
+    /// with writer tokens wants.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, ExportError> {
+        let value = format!("Bearer {token}");
+        // Checked here, once, so a token with a newline is a clear error
+        // rather than a failure of every request.
+        tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.as_str())
+            .map_err(|_| {
+                ExportError::misconfigured("auth", "the token is not printable ASCII".to_owned())
+            })?;
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    /// Sends one request holding `events` (grouped as
+    /// [`events_to_request`] groups them) and returns the receiver's
+    /// answer as it is, `partial_success` included: for a caller that
+    /// reports each rejected record itself rather than dead-lettering it.
+    pub async fn send(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<ExportLogsServiceResponse, ExportError> {
         let request = events_to_request(events);
         match &self.transport {
             Transport::Grpc(client) => {
                 let mut client = client.clone();
+                let mut request = tonic::Request::new(request);
+                if let Some(value) = &self.authorization {
+                    let value = value.parse().expect("checked in with_bearer_token");
+                    request.metadata_mut().insert("authorization", value);
+                }
                 client
                     .export(request)
                     .await
@@ -106,9 +139,13 @@ impl OtlpSink {
                     .map_err(|status| answers::grpc_error(&status))
             }
             Transport::Http { client, url } => {
-                let response = client
+                let mut post = client
                     .post(url)
-                    .header("content-type", "application/x-protobuf")
+                    .header("content-type", "application/x-protobuf");
+                if let Some(value) = &self.authorization {
+                    post = post.header(reqwest::header::AUTHORIZATION, value);
+                }
+                let response = post
                     .body(request.encode_to_vec())
                     .send()
                     .await
