@@ -14,6 +14,7 @@ pub mod ottl;
 pub mod rsyslog;
 pub mod sinks;
 pub mod splunk;
+pub mod tenants;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};

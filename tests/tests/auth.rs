@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use auditrail_tests::otlp::{attr, record, request, string, trace_id};
+use auditrail_tests::tenants::{ACME, ENV, GLOBEX, OPERATOR, OPERATOR_KEY, TOKENS};
 use auditrail_tests::{cli, eventually, sinks, Server, Setup};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
 use opentelemetry_otlp::{
@@ -17,24 +18,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use serde_json::Value;
 
-const ACME: &str = "acme-writer-token-5f1c9e0b7a";
-const GLOBEX: &str = "globex-writer-token-2d8a4c6e1f";
-const OPERATOR: &str = "operator-token-9b3e7d2a5c";
-
-const TOKENS: &str = "[[receiver.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\n\
-                      [[receiver.tokens]]\ntenant = \"globex\"\ntoken_env = \"GLOBEX_TOKEN\"\n";
-const ENV: &[(&str, &str)] = &[
-    ("ACME_TOKEN", ACME),
-    ("GLOBEX_TOKEN", GLOBEX),
-    ("AUDITRAIL_ADMIN_TOKEN", OPERATOR),
-];
-
 /// A server where acme and globex write with their tokens and the operator
 /// reads everything.
 fn tenants_server(receiver: &str, tables: &str) -> Server {
     Server::start_setup(Setup {
         receiver,
-        admin: "token_env = \"AUDITRAIL_ADMIN_TOKEN\"",
+        admin: OPERATOR_KEY,
         tables: &format!("{TOKENS}\n{tables}"),
         env: ENV,
         ..Setup::default()
@@ -459,7 +448,7 @@ async fn tokens_rotate_by_sighup_without_a_restart() {
         file.display()
     );
     let server = Server::start_setup(Setup {
-        admin: "token_env = \"AUDITRAIL_ADMIN_TOKEN\"",
+        admin: OPERATOR_KEY,
         tables: &tables,
         env: ENV,
         ..Setup::default()

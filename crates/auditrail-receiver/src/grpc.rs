@@ -169,9 +169,15 @@ pub fn grpc_routes(ingest: Arc<Ingest>) -> Routes {
 /// Serves OTLP/gRPC on `listener` (with `tls` when given: its ALPN must
 /// offer `h2`) until `shutdown` resolves, then finishes the requests in
 /// flight.
+///
+/// `beside` adds further gRPC services to the OTLP ones (with tonic's
+/// `Routes::add_service`): the binary's own API is served this way, on the
+/// same port and connections. Those services do their own auth; the
+/// writers' auth and body accounting apply to OTLP's `Export` alone.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     ingest: Arc<Ingest>,
+    beside: impl FnOnce(Routes) -> Routes,
     tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -196,7 +202,7 @@ pub async fn serve_grpc(
         // A connection whose peer stops answering pings is closed.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .add_routes(grpc_routes(ingest))
+        .add_routes(beside(grpc_routes(ingest)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

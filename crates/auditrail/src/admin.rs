@@ -42,7 +42,7 @@ pub fn router(state: AdminState, auth: AdminAuth) -> Router {
         )
         .route("/v1/verify", post(crate::integrity::verify_handler))
         .route("/v1/dead-letters", get(dead_letters))
-        .route("/v1/dead-letters/replay", post(replay_dead_letters))
+        .route("/v1/dead-letters/replay", post(replay_handler))
         .route("/v1/sinks/{name}/forget", post(forget_sink))
         .merge(crate::ui::router())
         .with_state(state.clone());
@@ -122,39 +122,61 @@ async fn dead_letters(
     scope: Option<Extension<ReadScope>>,
     Query(param): Query<DeadLetterParams>,
 ) -> Response {
-    let tenant = match ReadScope::of(scope).restrict(param.tenant) {
-        Tenants::All => None,
-        Tenants::Only(tenant) => Some(tenant),
-        Tenants::Nothing => return Json(serde_json::json!({ "dead_letters": [] })).into_response(),
-    };
-    let spool = state.spool.clone();
-    on_spool(move || spool.dead_letters(param.sink.as_deref(), tenant.as_deref()))
+    list_dead_letters(&state.spool, ReadScope::of(scope), param.sink, param.tenant)
         .await
         .map_or_else(internal_error, |letters| {
             Json(serde_json::json!({ "dead_letters": letters })).into_response()
         })
 }
 
-/// Marks dead letters for replay, and leaves a tombstone in the trail
-/// that says who replayed how many of which sink's.
-async fn replay_dead_letters(
+/// The dead letters of `sink` (else every sink's) whose events are of
+/// `tenant` (else any), as far as `scope` may see them.
+pub async fn list_dead_letters(
+    spool: &Arc<Spool>,
+    scope: ReadScope,
+    sink: Option<String>,
+    tenant: Option<String>,
+) -> Result<Vec<auditrail_spool::DeadLetter>, String> {
+    let tenant = match scope.restrict(tenant) {
+        Tenants::All => None,
+        Tenants::Only(tenant) => Some(tenant),
+        Tenants::Nothing => return Ok(Vec::new()),
+    };
+    let spool = spool.clone();
+    on_spool(move || spool.dead_letters(sink.as_deref(), tenant.as_deref())).await
+}
+
+/// `POST /v1/dead-letters/replay[?sink=…]`: see [`replay_dead_letters`].
+async fn replay_handler(
     State(state): State<AdminState>,
     caller: Option<Extension<crate::admin_auth::Caller>>,
     Query(param): Query<SinkParam>,
 ) -> Response {
-    let spool = state.spool.clone();
-    let sink = param.sink.clone();
-    let marked = match on_spool(move || spool.request_replay(sink.as_deref())).await {
-        Ok(marked) => marked,
-        Err(e) => return internal_error(e),
-    };
     let subject = caller.map_or(crate::admin_auth::ANONYMOUS.to_owned(), |c| c.0.subject);
-    let sink = param.sink.as_deref().unwrap_or("*");
+    replay_dead_letters(&state.spool, param.sink.as_deref(), &subject)
+        .await
+        .map_or_else(internal_error, |marked| {
+            Json(serde_json::json!({ "marked": marked })).into_response()
+        })
+}
+
+/// Marks the dead letters of `sink` (else of every sink) for replay, and
+/// leaves a tombstone in the trail that says `subject` replayed how many
+/// of which sink's. Returns how many were marked.
+pub async fn replay_dead_letters(
+    spool: &Arc<Spool>,
+    sink: Option<&str>,
+    subject: &str,
+) -> Result<usize, String> {
+    let marking = spool.clone();
+    let owned = sink.map(str::to_owned);
+    let marked = on_spool(move || marking.request_replay(owned.as_deref())).await?;
+    let sink = sink.unwrap_or("*");
     let tombstone = auditrail_model::internal::InternalEvent::new(
         auditrail_model::internal::TOMBSTONE,
         auditrail_model::internal::INTERNAL_TENANT,
     )
-    .actor(&subject)
+    .actor(subject)
     .outcome(auditrail_model::Outcome::Success)
     .attr(
         "auditrail.tombstone.kind",
@@ -167,8 +189,8 @@ async fn replay_dead_letters(
     ))
     .build(crate::operator::now_unix_nano());
     // Counted and logged by `record` when it fails.
-    let _ = state.spool.record(tombstone).await;
-    Json(serde_json::json!({ "marked": marked })).into_response()
+    let _ = spool.record(tombstone).await;
+    Ok(marked)
 }
 
 /// `POST /v1/sinks/NAME/forget`: removes the cursor and dead letters of a

@@ -14,6 +14,10 @@
 //! a loopback name is refused) and cross-site requests (a state change
 //! carrying a browser's `Origin` or `Sec-Fetch-Site` is refused). No cookie
 //! is ever accepted as a credential, so none can trigger anything.
+//!
+//! The same rules guard the gRPC API (`crate::grpc_api`), which is served on
+//! the OTLP/gRPC listener: [`authorize`] decides for both, from what a
+//! request [`Asks`], its headers and its connection.
 
 use std::sync::Arc;
 
@@ -35,11 +39,53 @@ pub struct AdminAuth {
     /// Whether the listener is bound to a loopback address (then, without
     /// credentials, only loopback `Host` names are answered).
     pub loopback_listener: bool,
+    /// `[admin] allow_unauthenticated`: without credentials, answer clients
+    /// from other hosts too. Otherwise only loopback clients are answered,
+    /// whatever address the listener is bound to (the OTLP/gRPC listener,
+    /// which serves the gRPC API, may face the network for writers).
+    pub allow_unauthenticated: bool,
+    /// The `listener` label of `auditrail_auth_failures_total`.
+    pub listener: &'static str,
+}
+
+/// What a request asks of the admin API, as far as its auth is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asks {
+    /// Liveness (`/healthz`): anyone.
+    Liveness,
+    /// Readiness and metrics (`/readyz`, `/metrics`): every sink's state;
+    /// without a token, loopback clients only.
+    Operations,
+    /// The search page's own files (`/ui`): they hold no event.
+    PageFile,
+    /// Events and dead letters, within the caller's tenant.
+    Read,
+    /// A state change, or a read of every tenant's events (replay, forget,
+    /// verify): the operator only.
+    ChangeState,
+}
+
+impl Asks {
+    /// What an admin HTTP request asks, by its path and method.
+    pub fn of_http(request: &http::request::Parts) -> Asks {
+        match request.uri.path() {
+            "/healthz" => Asks::Liveness,
+            "/readyz" | "/metrics" => Asks::Operations,
+            path if matches!(request.method, Method::GET | Method::HEAD) => {
+                if crate::ui::is_static_file(path) {
+                    Asks::PageFile
+                } else {
+                    Asks::Read
+                }
+            }
+            _ => Asks::ChangeState,
+        }
+    }
 }
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
-enum Refused {
+pub enum Refused {
     #[error("unauthenticated: {0}")]
     Unauthenticated(AuthError),
     #[error("cannot check credentials now: {0}; retry later")]
@@ -50,15 +96,19 @@ enum Refused {
     ForeignHost(String),
     #[error("a state change from a web page is refused (the request carries {0}); use the auditrail CLI or curl")]
     CrossSite(&'static str),
+    #[error("without credentials the admin API answers only loopback clients; configure admin.token_env (or [[receiver.tokens]], or [oidc]), or set admin.allow_unauthenticated = true")]
+    NotLoopback,
 }
 
 impl Refused {
-    fn reason(&self) -> &'static str {
+    /// The `reason` label of `auditrail_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
         match self {
             Refused::Unauthenticated(e) | Refused::Unavailable(e) => e.reason(),
             Refused::NotOperator { .. } => "not_operator",
             Refused::ForeignHost(_) => "foreign_host",
             Refused::CrossSite(_) => "cross_site",
+            Refused::NotLoopback => "not_loopback",
         }
     }
 }
@@ -68,9 +118,10 @@ impl IntoResponse for Refused {
         let status = match &self {
             Refused::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refused::NotOperator { .. } | Refused::ForeignHost(_) | Refused::CrossSite(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Refused::NotOperator { .. }
+            | Refused::ForeignHost(_)
+            | Refused::CrossSite(_)
+            | Refused::NotLoopback => StatusCode::FORBIDDEN,
         };
         let mut response = error_response(status, self.to_string());
         match self {
@@ -106,60 +157,93 @@ pub const ANONYMOUS: &str = "anonymous";
 /// The middleware: decides the caller, refuses or lets the request through
 /// with its [`ReadScope`] and [`Caller`].
 pub async fn guard(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
+    guard_as(&auth, request, next, Asks::of_http, Refused::into_response).await
+}
+
+/// [`guard`] for another encoding of the admin API (the gRPC API): `asks`
+/// says what a request asks, `refusal` how a refusal is answered.
+pub async fn guard_as(
+    auth: &AdminAuth,
+    request: Request,
+    next: Next,
+    asks: impl FnOnce(&http::request::Parts) -> Asks,
+    refusal: impl FnOnce(Refused) -> Response,
+) -> Response {
     // The body is not `Sync`: decide on the head alone.
     let (mut head, body) = request.into_parts();
     let connection = head.extensions.get::<ConnectionInfo>().cloned();
-    match decide(&auth, &head, connection.as_ref()).await {
-        Ok((scope, subject)) => {
+    match authorize(auth, asks(&head), &head, connection.as_ref()).await {
+        Ok((scope, caller)) => {
             head.extensions.insert(scope);
-            head.extensions.insert(Caller {
-                subject,
-                remote: connection.and_then(|c| c.remote),
-            });
+            head.extensions.insert(caller);
             next.run(Request::from_parts(head, body)).await
         }
+        Err(refused) => refusal(refused),
+    }
+}
+
+/// Decides who makes `request` (which asks for `asks`) and what it may
+/// see; a refusal is counted and logged here. The admin HTTP API and the
+/// gRPC API both ask this, so that the two cannot disagree.
+pub async fn authorize(
+    auth: &AdminAuth,
+    asks: Asks,
+    request: &http::request::Parts,
+    connection: Option<&ConnectionInfo>,
+) -> Result<(ReadScope, Caller), Refused> {
+    match decide(auth, asks, request, connection).await {
+        Ok((scope, subject)) => Ok((
+            scope,
+            Caller {
+                subject,
+                remote: connection.and_then(|c| c.remote),
+            },
+        )),
         Err(refused) => {
-            metrics::counter!("auditrail_auth_failures_total", "listener" => "admin", "reason" => refused.reason())
+            metrics::counter!("auditrail_auth_failures_total", "listener" => auth.listener, "reason" => refused.reason())
                 .increment(1);
             tracing::warn!(
                 error = %refused,
-                method = %head.method,
-                path = head.uri.path(),
+                listener = auth.listener,
+                method = %request.method,
+                path = request.uri.path(),
                 remote = ?connection.and_then(|c| c.remote),
                 "admin request refused"
             );
-            refused.into_response()
+            Err(refused)
         }
     }
 }
 
 async fn decide(
     auth: &AdminAuth,
+    asks: Asks,
     request: &http::request::Parts,
     connection: Option<&ConnectionInfo>,
 ) -> Result<(ReadScope, String), Refused> {
     let anonymous = || (ReadScope::All, ANONYMOUS.to_owned());
-    let path = request.uri.path();
-    let changes_state = !matches!(request.method, Method::GET | Method::HEAD);
-    if path == "/healthz" {
+    if asks == Asks::Liveness {
         return Ok(anonymous());
     }
+    let loopback_client = connection.is_some_and(ConnectionInfo::is_loopback);
     if !auth.required {
+        if !auth.allow_unauthenticated && !loopback_client {
+            return Err(Refused::NotLoopback);
+        }
         if auth.loopback_listener {
             check_loopback_host(request)?;
         }
-        if changes_state {
+        if asks == Asks::ChangeState {
             check_not_cross_site(&request.headers)?;
         }
         return Ok(anonymous());
     }
     // A browser opening the search page cannot send a bearer token; its
     // files hold no event (the page's own calls carry the token).
-    if !changes_state && crate::ui::is_static_file(path) {
+    if asks == Asks::PageFile {
         return Ok(anonymous());
     }
-    let loopback_client = connection.is_some_and(ConnectionInfo::is_loopback);
-    let operations = matches!(path, "/readyz" | "/metrics");
+    let operations = asks == Asks::Operations;
     if operations && loopback_client && !request.headers.contains_key(header::AUTHORIZATION) {
         return Ok(anonymous());
     }
@@ -176,7 +260,7 @@ async fn decide(
         })?;
     match identity.access {
         Access::Operator => Ok((ReadScope::All, identity.subject)),
-        Access::Tenant(_) if changes_state => Err(Refused::NotOperator {
+        Access::Tenant(_) if asks == Asks::ChangeState => Err(Refused::NotOperator {
             subject: identity.subject,
             what: "change state",
         }),
@@ -275,6 +359,50 @@ mod tests {
         ] {
             assert!(check_loopback_host(&host(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// Without credentials only loopback clients are answered, whatever
+    /// the listener (the OTLP/gRPC one may face the network for writers).
+    #[tokio::test]
+    async fn without_credentials_only_loopback_clients_are_answered() {
+        let auth = |allow_unauthenticated| AdminAuth {
+            authenticator: Arc::new(Authenticator::new(Default::default(), None)),
+            required: false,
+            loopback_listener: false,
+            allow_unauthenticated,
+            listener: "test",
+        };
+        let from = |ip: [u8; 4]| ConnectionInfo {
+            remote: Some((ip, 40000).into()),
+            client_cert: None,
+        };
+        let request = host("audit.example");
+        let decided = |auth, connection| {
+            let request = request.clone();
+            async move { authorize(&auth, Asks::Read, &request, Some(&connection)).await }
+        };
+        let (scope, caller) = decided(auth(false), from([127, 0, 0, 1])).await.unwrap();
+        assert_eq!(
+            (scope, caller.subject.as_str()),
+            (ReadScope::All, ANONYMOUS)
+        );
+        assert!(matches!(
+            decided(auth(false), from([10, 0, 0, 7])).await,
+            Err(Refused::NotLoopback)
+        ));
+        assert!(authorize(&auth(false), Asks::Read, &request, None)
+            .await
+            .is_err());
+        assert!(decided(auth(true), from([10, 0, 0, 7])).await.is_ok());
+        // Liveness stays open to anyone.
+        assert!(authorize(
+            &auth(false),
+            Asks::Liveness,
+            &request,
+            Some(&from([10, 0, 0, 7]))
+        )
+        .await
+        .is_ok());
     }
 
     #[test]

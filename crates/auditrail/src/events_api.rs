@@ -17,7 +17,8 @@
 //!   timeout ends it.
 //!
 //! Every answer, page or stream, has the line layout of
-//! [`crate::output::PageLines`].
+//! [`crate::output::PageLines`]. The gRPC API's `Query` and `Tail` ask
+//! [`Queries::page`] for pages under the same limits and slots.
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -60,7 +61,7 @@ impl Default for QueryLimits {
 }
 
 /// What a refused client is told to wait (`Retry-After`, seconds).
-const RETRY_AFTER_SECS: u64 = 1;
+pub const RETRY_AFTER_SECS: u64 = 1;
 /// Events a stream's scan may be ahead of what the client has taken.
 const STREAM_QUEUE: usize = 16;
 /// A stream's body is cut into chunks of about this size when the scan is
@@ -109,6 +110,75 @@ impl Outcome {
     }
 }
 
+/// Why a query got no answer (see [`QueryRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is wrong: its filters, or a limit over `max_page_size`.
+    BadRequest,
+    /// Every query slot is taken: retry in [`RETRY_AFTER_SECS`].
+    Busy,
+    /// A newest-N page would examine more than `max_scan_events`.
+    BudgetExceeded,
+    /// A newest-N page did not finish within `query_timeout`.
+    Timeout,
+    /// The spool failed.
+    Failed,
+}
+
+/// A refused query: what kind of refusal, and the message for the client,
+/// which says what to do instead. Counted and logged when made.
+#[derive(Debug)]
+pub struct QueryRefused {
+    pub refusal: Refusal,
+    pub message: String,
+}
+
+impl Refusal {
+    fn outcome(self) -> Outcome {
+        match self {
+            Refusal::BadRequest => Outcome::BadRequest,
+            Refusal::Busy => Outcome::Busy,
+            Refusal::BudgetExceeded => Outcome::BudgetExceeded,
+            Refusal::Timeout => Outcome::Timeout,
+            Refusal::Failed => Outcome::Error,
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::Busy => StatusCode::TOO_MANY_REQUESTS,
+            // What Prometheus answers a query that would load too much.
+            Refusal::BudgetExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for QueryRefused {
+    fn into_response(self) -> Response {
+        let mut response = error_response(self.refusal.status(), self.message);
+        if self.refusal == Refusal::Busy {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
+    }
+}
+
+/// A query let in: the answer for a tenant that asked for another's
+/// events, or a query holding its slot.
+enum Admitted {
+    Nothing(EventsPage),
+    Query {
+        query: Box<Query>,
+        slot: OwnedSemaphorePermit,
+        cancel: CancelOnDrop,
+    },
+}
+
 /// Sets the flag when dropped: the scan of a request whose client went
 /// away (its handler or its body dropped) stops at its next look.
 struct CancelOnDrop(Arc<AtomicBool>);
@@ -140,10 +210,68 @@ impl Queries {
         scope: ReadScope,
         args: Result<QueryArgs, String>,
     ) -> Response {
-        let filter = match args.and_then(|args| args.to_filter(SystemTime::now())) {
-            Ok(filter) => filter,
-            Err(message) => return refuse(Outcome::BadRequest, StatusCode::BAD_REQUEST, message),
-        };
+        match self.admit(spool, trace_url, scope, args) {
+            Err(refused) => refused.into_response(),
+            Ok(Admitted::Nothing(page)) => page_response(&page),
+            Ok(Admitted::Query {
+                query,
+                slot,
+                cancel,
+            }) => {
+                if query.filter.limit == 0 {
+                    query.stream(slot, cancel)
+                } else {
+                    // Dropped with this future, if the client goes away first.
+                    let _cancel = cancel;
+                    match query.page(slot).await {
+                        Ok(page) => page_response(&page),
+                        Err(refused) => refused.into_response(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One page of `args` (`args.limit` from 1 to `max_page_size`), for a
+    /// caller that may see `scope`: what `GET /v1/events` answers without
+    /// `limit=0`, under the same limits and slots.
+    pub async fn page(
+        &self,
+        spool: Arc<Spool>,
+        trace_url: Option<String>,
+        scope: ReadScope,
+        args: QueryArgs,
+    ) -> Result<EventsPage, QueryRefused> {
+        if args.limit == 0 {
+            return Err(refuse(
+                Refusal::BadRequest,
+                "a page holds 1 event or more: limit must not be 0".to_owned(),
+            ));
+        }
+        match self.admit(spool, trace_url, scope, Ok(args))? {
+            Admitted::Nothing(page) => Ok(page),
+            Admitted::Query {
+                query,
+                slot,
+                cancel,
+            } => {
+                let _cancel = cancel;
+                query.page(slot).await
+            }
+        }
+    }
+
+    /// Checks `args` and the caller's scope, and takes a query slot.
+    fn admit(
+        &self,
+        spool: Arc<Spool>,
+        trace_url: Option<String>,
+        scope: ReadScope,
+        args: Result<QueryArgs, String>,
+    ) -> Result<Admitted, QueryRefused> {
+        let filter = args
+            .and_then(|args| args.to_filter(SystemTime::now()))
+            .map_err(|message| refuse(Refusal::BadRequest, message))?;
         let max_page = self.limits.max_page_size;
         if filter.limit > max_page {
             let message = format!(
@@ -152,13 +280,13 @@ impl Queries {
                  (after_seq=...), or use limit=0 (--limit 0) to stream every match in seq order",
                 filter.limit
             );
-            return refuse(Outcome::BadRequest, StatusCode::BAD_REQUEST, message);
+            return Err(refuse(Refusal::BadRequest, message));
         }
         let mut filter = filter;
         match scope.restrict(filter.tenant.take()) {
             Tenants::All => {}
             Tenants::Only(tenant) => filter.tenant = Some(tenant),
-            Tenants::Nothing => return nothing_for(&spool, &filter),
+            Tenants::Nothing => return Ok(Admitted::Nothing(nothing_for(&spool, &filter))),
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             let max = self.limits.max_concurrent_queries;
@@ -166,11 +294,7 @@ impl Queries {
                 "{max} queries are running already, [admin] max_concurrent_queries = {max}; \
                  retry in a moment"
             );
-            let mut response = refuse(Outcome::Busy, StatusCode::TOO_MANY_REQUESTS, message);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
-            return response;
+            return Err(refuse(Refusal::Busy, message));
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let budget = Budget {
@@ -178,20 +302,17 @@ impl Queries {
             deadline: Some(Instant::now() + self.limits.query_timeout),
             cancel: Some(cancel.clone()),
         };
-        let query = Query {
-            spool,
-            trace_url,
-            filter,
-            budget,
-            limits: self.limits.clone(),
-        };
-        if query.filter.limit == 0 {
-            query.stream(slot, CancelOnDrop(cancel))
-        } else {
-            // Dropped with this future, if the client goes away first.
-            let _cancel = CancelOnDrop(cancel);
-            query.page(slot).await
-        }
+        Ok(Admitted::Query {
+            query: Box::new(Query {
+                spool,
+                trace_url,
+                filter,
+                budget,
+                limits: self.limits.clone(),
+            }),
+            slot,
+            cancel: CancelOnDrop(cancel),
+        })
     }
 }
 
@@ -239,7 +360,7 @@ impl Query {
 
     /// A page: the newest `limit` matches, or the first `limit` above
     /// `after_seq`; all of it is found before the answer is written.
-    async fn page(self, slot: OwnedSemaphorePermit) -> Response {
+    async fn page(self, slot: OwnedSemaphorePermit) -> Result<EventsPage, QueryRefused> {
         let (spool, filter, budget) =
             (self.spool.clone(), self.filter.clone(), self.budget.clone());
         let found = tokio::task::spawn_blocking(move || {
@@ -251,23 +372,17 @@ impl Query {
             Ok(Ok(found)) => found,
             Ok(Err(SpoolError::ScanBudgetExceeded { examined })) => {
                 Outcome::BudgetExceeded.count(Some(examined));
-                // What Prometheus answers a query that would load too much.
-                return refuse(
-                    Outcome::BudgetExceeded,
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(refuse(
+                    Refusal::BudgetExceeded,
                     self.budget_message(examined),
-                );
+                ));
             }
             Ok(Err(SpoolError::QueryTimedOut { examined })) => {
                 Outcome::Timeout.count(Some(examined));
-                return refuse(
-                    Outcome::Timeout,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    self.timeout_message(examined),
-                );
+                return Err(refuse(Refusal::Timeout, self.timeout_message(examined)));
             }
-            Ok(Err(e)) => return failed(e.to_string()),
-            Err(e) => return failed(format!("query task: {e}")),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(format!("query task: {e}"))),
         };
         let mut page = EventsPage::new(events, &end, self.trace_url.as_deref());
         let outcome = match end.stop {
@@ -283,7 +398,7 @@ impl Query {
             Stop::Cancelled => Outcome::Error,
         };
         outcome.count(Some(end.events_examined));
-        json_response(StatusCode::OK, Body::from(page.to_lines()))
+        Ok(page)
     }
 
     /// What the end of an answer in seq order says when it stopped at a limit.
@@ -508,7 +623,7 @@ impl BodyState {
 }
 
 /// The answer for a tenant that asked for another tenant's events: none.
-fn nothing_for(spool: &Spool, filter: &Filter) -> Response {
+fn nothing_for(spool: &Spool, filter: &Filter) -> EventsPage {
     let last_seq = spool.stats().last_seq;
     let end = QueryEnd {
         stop: Stop::End,
@@ -517,7 +632,10 @@ fn nothing_for(spool: &Spool, filter: &Filter) -> Response {
         next_after_seq: last_seq.max(filter.after_seq.unwrap_or(0)),
     };
     Outcome::Ok.count(Some(0));
-    let page = EventsPage::new(Vec::new(), &end, None);
+    EventsPage::new(Vec::new(), &end, None)
+}
+
+fn page_response(page: &EventsPage) -> Response {
     json_response(StatusCode::OK, Body::from(page.to_lines()))
 }
 
@@ -526,21 +644,21 @@ fn json_response(status: StatusCode, body: Body) -> Response {
 }
 
 /// A refused query: counted, logged, and answered with its reason.
-fn refuse(outcome: Outcome, status: StatusCode, message: String) -> Response {
+fn refuse(refusal: Refusal, message: String) -> QueryRefused {
+    let outcome = refusal.outcome();
     if !matches!(outcome, Outcome::BudgetExceeded | Outcome::Timeout) {
         // (Those two are counted with what they examined.)
         outcome.count(None);
     }
-    tracing::warn!(
-        result = outcome.label(),
-        status = status.as_u16(),
-        "query refused: {message}"
-    );
-    error_response(status, message)
+    tracing::warn!(result = outcome.label(), "query refused: {message}");
+    QueryRefused { refusal, message }
 }
 
-fn failed(message: String) -> Response {
+fn failed(message: String) -> QueryRefused {
     Outcome::Error.count(None);
     tracing::error!("query failed: {message}");
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, message)
+    QueryRefused {
+        refusal: Refusal::Failed,
+        message,
+    }
 }

@@ -216,35 +216,84 @@ pub async fn verify_handler(
         Ok(Query(params)) => params,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let key = match params.pubkey.as_deref().map(VerifierKey::parse).transpose() {
+    let subject = caller.map_or(crate::admin_auth::ANONYMOUS.to_owned(), |c| c.0.subject);
+    match verify_recorded(&state, params.pubkey.as_deref(), &subject).await {
+        Ok(verified) => Json(serde_json::json!({
+            "intact": verified.intact,
+            "report": verified.text,
+        }))
+        .into_response(),
+        Err(e) => error_response(e.status(), e.to_string()),
+    }
+}
+
+/// A verify run of the live spool, as `POST /v1/verify` and the gRPC API's
+/// `Verify` answer it.
+pub struct Verified {
+    pub intact: bool,
+    pub report: VerifyReport,
+    /// The report as `auditrail verify` prints it.
+    pub text: String,
+    /// Its last line.
+    pub summary: String,
+}
+
+/// Why a verify run of the live spool did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyFailed {
+    #[error("pubkey: {0}")]
+    BadKey(String),
+    /// The spool could not be read through.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("verify task: {0}")]
+    Task(String),
+}
+
+impl VerifyFailed {
+    fn status(&self) -> StatusCode {
+        match self {
+            VerifyFailed::BadKey(_) => StatusCode::BAD_REQUEST,
+            VerifyFailed::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            VerifyFailed::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Verifies the node's spool with `pubkey` (else the node's own verifier
+/// key) and records the run in the trail as `auditrail.verify`, by
+/// `subject`.
+pub async fn verify_recorded(
+    state: &AdminState,
+    pubkey: Option<&str>,
+    subject: &str,
+) -> Result<Verified, VerifyFailed> {
+    let key = match pubkey.map(VerifierKey::parse).transpose() {
         Ok(Some(key)) => Some(Arc::new(key)),
         Ok(None) => state.verifier.clone(),
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("pubkey: {e}")),
+        Err(e) => return Err(VerifyFailed::BadKey(e.to_string())),
     };
     let spool = state.spool.clone();
     let checked_key = key.clone();
-    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<(bool, String)> {
+    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<(VerifyReport, String)> {
         let report = spool.verify(checked_key.as_deref())?;
         let mut text = Vec::new();
         print_report(&mut text, &report, "the spool", checked_key.as_deref())?;
-        Ok((
-            report.is_intact(),
-            String::from_utf8_lossy(&text).into_owned(),
-        ))
+        Ok((report, String::from_utf8_lossy(&text).into_owned()))
     })
     .await;
-    let (intact, report) = match run {
+    let (report, text) = match run {
         Ok(Ok(done)) => done,
-        Ok(Err(e)) => return error_response(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => return Err(VerifyFailed::Unavailable(format!("{e:#}"))),
+        Err(e) => return Err(VerifyFailed::Task(e.to_string())),
     };
-    let summary = report.lines().last().unwrap_or("").to_owned();
-    let subject = caller.map_or(crate::admin_auth::ANONYMOUS.to_owned(), |c| c.0.subject);
+    let intact = report.is_intact();
+    let summary = text.lines().last().unwrap_or("").to_owned();
     let mut event = auditrail_model::internal::InternalEvent::new(
         VERIFY_EVENT,
         auditrail_model::internal::INTERNAL_TENANT,
     )
-    .actor(&subject)
+    .actor(subject)
     .outcome(if intact {
         auditrail_model::Outcome::Success
     } else {
@@ -268,7 +317,12 @@ pub async fn verify_handler(
         .spool
         .record(event.build(crate::operator::now_unix_nano()))
         .await;
-    Json(serde_json::json!({ "intact": intact, "report": report })).into_response()
+    Ok(Verified {
+        intact,
+        report,
+        text,
+        summary,
+    })
 }
 
 /// The name of the event a `POST /v1/verify` run leaves.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod csv_export;
 pub mod dead_letters;
 pub mod events_api;
+pub mod grpc_api;
 pub mod hash;
 pub mod import;
 pub mod integrity;

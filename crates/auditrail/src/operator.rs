@@ -7,7 +7,8 @@
 //! - `auditrail.admin.request`: every admin API request under `/v1/` that
 //!   got past authentication: who asked, from where, for what, and the
 //!   answer's status (queries, proofs, verify runs, dead-letter listings
-//!   and replays, forgetting a sink);
+//!   and replays, forgetting a sink), and every call of the gRPC API
+//!   (`crate::grpc_api`) that got past the same authentication;
 //! - `auditrail.reload`: a SIGHUP reload, and whether it worked.
 //!
 //! They belong to the node, not to a tenant: tenant `auditrail`, which only
@@ -188,34 +189,49 @@ pub async fn record_request(
     let caller = request.extensions().get::<Caller>().cloned();
     let response = next.run(request).await;
     let status = response.status();
-    let subject = caller
-        .as_ref()
-        .map_or(crate::admin_auth::ANONYMOUS, |c| c.subject.as_str());
-    let mut event = InternalEvent::new(ADMIN_REQUEST, INTERNAL_TENANT)
-        .actor(subject)
-        .outcome(if status.is_success() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        })
-        .attr("audit.target", path.as_str())
+    let mut event = admin_request_event(caller.as_ref(), &path, status.is_success())
         .attr("http.request.method", method.as_str())
         .attr("url.path", path.as_str())
         .attr("http.response.status_code", i64::from(status.as_u16()))
         .body(format!(
-            "{method} {path}{}{query} by {subject}: {status}",
-            if query.is_empty() { "" } else { "?" }
+            "{method} {path}{}{query} by {}: {status}",
+            if query.is_empty() { "" } else { "?" },
+            subject_of(caller.as_ref())
         ));
     if !query.is_empty() {
         event = event.attr("url.query", query.as_str());
-    }
-    if let Some(remote) = caller.and_then(|c| c.remote) {
-        event = event.attr("client.address", remote.ip().to_string());
     }
     // Counted and logged by `record` when it fails; the answer goes out
     // anyway, so that a full spool does not also blind its investigators.
     let _ = spool.record(event.build(now_unix_nano())).await;
     response
+}
+
+/// The `auditrail.admin.request` event of a request by `caller` for
+/// `target` (the HTTP path, or the gRPC method's path), answered with
+/// success or not; each transport adds what it knows of the request.
+pub fn admin_request_event(
+    caller: Option<&Caller>,
+    target: &str,
+    succeeded: bool,
+) -> InternalEvent {
+    let mut event = InternalEvent::new(ADMIN_REQUEST, INTERNAL_TENANT)
+        .actor(subject_of(caller))
+        .outcome(if succeeded {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        })
+        .attr("audit.target", target);
+    if let Some(remote) = caller.and_then(|c| c.remote) {
+        event = event.attr("client.address", remote.ip().to_string());
+    }
+    event
+}
+
+/// Who made an admin request, as the trail names them.
+pub fn subject_of(caller: Option<&Caller>) -> &str {
+    caller.map_or(crate::admin_auth::ANONYMOUS, |c| c.subject.as_str())
 }
 
 /// Now, in Unix nanoseconds: the receive time of the events written here.

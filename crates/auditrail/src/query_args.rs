@@ -63,7 +63,8 @@ pub struct QueryArgs {
     pub after_seq: Option<u64>,
 }
 
-fn default_limit() -> usize {
+/// `limit` when a request names none (`--limit`'s default too).
+pub fn default_limit() -> usize {
     100
 }
 

@@ -90,17 +90,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let state = AdminState {
+        spool: spool.clone(),
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+        trace_url: config.query.trace_url.clone(),
+        queries: Arc::new(Queries::new(config.admin.query_limits())),
+        verifier,
+        record_requests: config.admin.record_requests,
+    };
+    // The admin API's auth, for a listener bound to `addr`.
+    let admin_auth = |addr: std::net::SocketAddr, listener| AdminAuth {
+        authenticator: security.authenticator.clone(),
+        required: security.admin_authenticates,
+        loopback_listener: addr.ip().is_loopback(),
+        allow_unauthenticated: config.admin.allow_unauthenticated,
+        listener,
+    };
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn({
         let (ingest, tls, stop) = (ingest.clone(), security.grpc_tls.clone(), stopped());
+        // auditrail's own gRPC API, beside OTLP on the same listener.
+        let (api_state, api_auth) = (
+            state.clone(),
+            admin_auth(config.receiver.grpc_addr, "grpc_api"),
+        );
+        let beside = move |otlp| crate::grpc_api::add_to(otlp, api_state, api_auth, stopping);
         async move {
-            serve_grpc(grpc, ingest, tls, stop)
+            serve_grpc(grpc, ingest, beside, tls, stop)
                 .await
                 .context("OTLP/gRPC server")
         }
@@ -113,15 +137,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("OTLP/HTTP server")
         }
     });
-    let state = AdminState {
-        spool: spool.clone(),
-        pipeline: pipeline.clone(),
-        metrics: metrics.clone(),
-        trace_url: config.query.trace_url.clone(),
-        queries: Arc::new(Queries::new(config.admin.query_limits())),
-        verifier,
-        record_requests: config.admin.record_requests,
-    };
     let admin_settings = |name, tls| ServerSettings {
         listener: ListenerSettings {
             name,
@@ -134,13 +149,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         keepalive_timeout: config.receiver.keepalive_timeout,
     };
     servers.spawn({
-        let auth = AdminAuth {
-            authenticator: security.authenticator.clone(),
-            required: security.admin_authenticates,
-            loopback_listener: config.admin.addr.ip().is_loopback(),
-        };
         let (router, settings, stop) = (
-            admin::router(state.clone(), auth),
+            admin::router(state.clone(), admin_auth(config.admin.addr, "admin")),
             admin_settings("admin", security.admin_tls.clone()),
             stopped(),
         );

@@ -57,6 +57,8 @@ async fn serve(spool: Arc<Spool>, pipeline: Arc<Pipeline>) -> String {
         authenticator: Arc::new(Authenticator::new(tokens, None)),
         required: true,
         loopback_listener: true,
+        allow_unauthenticated: false,
+        listener: "admin",
     };
     let app = router(state, auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
