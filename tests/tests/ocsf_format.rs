@@ -22,7 +22,7 @@ use auditrail_tests::sinks::{
     assert_no_dead_letters, client, emit_in_span, grpc_log_exporter, numbered_batch, send, tail,
     wait_caught_up,
 };
-use auditrail_tests::{cli, python_venv, Server};
+use auditrail_tests::{binary, python_venv, Server};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Severity};
 use serde_json::Value;
 
@@ -333,7 +333,13 @@ fn check_config_rejects_an_unknown_class_or_activity_naming_the_key() {
             ),
         )
         .unwrap();
-        cli(&["check-config", path.to_str().unwrap()])
+        // check-config builds the sink, which reads its secret.
+        std::process::Command::new(binary())
+            .arg("check-config")
+            .arg(&path)
+            .env("S", "a-webhook-secret-0123456789")
+            .output()
+            .expect("running auditrail check-config")
     };
     let good = config("\"image.generate\" = { class = \"api_activity\", activity = \"create\" }");
     assert!(
