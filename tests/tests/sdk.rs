@@ -252,20 +252,27 @@ async fn emit_durable_fails_closed_when_auditrail_is_down_or_hung() {
 async fn emit_durable_reports_what_auditrail_refuses_and_nothing_is_stored() {
     let server = server_with("max_event_bytes = \"1KiB\"", "");
 
-    // A wrong token, and none.
-    for token in [Some("not-a-writer-token"), None] {
+    // A login event sent with `token` (none when `None`), and its refusal.
+    let refused = |token: Option<&'static str>| {
         let mut builder = Auditor::builder().endpoint(server.grpc_url());
         if let Some(token) = token {
             builder = builder.token(token);
         }
-        let err = builder
-            .build()
-            .expect("an auditor")
-            .event("user.login")
-            .actor_id("mallory")
-            .emit_durable()
-            .await
-            .expect_err("refused");
+        async move {
+            builder
+                .build()
+                .expect("an auditor")
+                .event("user.login")
+                .actor_id("mallory")
+                .emit_durable()
+                .await
+                .expect_err("refused")
+        }
+    };
+
+    // A wrong token, and none.
+    for token in [Some("not-a-writer-token"), None] {
+        let err = refused(token).await;
         assert!(
             matches!(err, DurableError::Unauthenticated { .. }),
             "{token:?}: {err:?}"
@@ -274,16 +281,7 @@ async fn emit_durable_reports_what_auditrail_refuses_and_nothing_is_stored() {
     }
 
     // The operator's token reads; it writes no events.
-    let err = Auditor::builder()
-        .endpoint(server.grpc_url())
-        .token(OPERATOR)
-        .build()
-        .expect("an auditor")
-        .event("user.login")
-        .actor_id("mallory")
-        .emit_durable()
-        .await
-        .expect_err("not a writer");
+    let err = refused(Some(OPERATOR)).await;
     assert!(
         matches!(err, DurableError::PermissionDenied { .. }),
         "{err:?}"

@@ -471,11 +471,8 @@ fn sink_exporter(
         .iter()
         .find(|s| s.name == name)
         .with_context(|| format!("--sink {name}: no sink of that name in the config"))?;
-    sink.kind
-        .build(&auditrail_exporters::SinkContext {
-            name: sink.name.clone(),
-            retention: config.spool.retention,
-        })
+    config
+        .build_sink(sink)
         .with_context(|| format!("sink {name}"))
 }
 

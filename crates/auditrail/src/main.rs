@@ -329,11 +329,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // `serve` makes them at start-up; building connects to nothing.
             runtime()?.block_on(async {
                 for sink in &config.sinks {
-                    sink.kind
-                        .build(&auditrail_exporters::SinkContext {
-                            name: sink.name.clone(),
-                            retention: config.spool.retention,
-                        })
+                    config
+                        .build_sink(sink)
                         .with_context(|| format!("{}: sink {:?}", file.display(), sink.name))?;
                 }
                 anyhow::Ok(())

@@ -557,6 +557,19 @@ impl Config {
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
+
+    /// The exporter of `sink`, built as the delivery loop builds it (its
+    /// own checks run; nothing is connected).
+    pub fn build_sink(
+        &self,
+        sink: &SinkConfig,
+    ) -> Result<std::sync::Arc<dyn auditrail_exporters::Exporter>, auditrail_exporters::ExportError>
+    {
+        sink.kind.build(&auditrail_exporters::SinkContext {
+            name: sink.name.clone(),
+            retention: self.spool.retention,
+        })
+    }
 }
 
 /// Replaces `${NAME}` with the environment variable's value.
