@@ -65,13 +65,179 @@ fn kv(key: &str, value: &str) -> KeyValue {
     }
 }
 
+/// Words the prompts are made of: what an image-generation UI's users type.
+/// Each record gets its own sequence of them, so the bodies compress like
+/// real prompt text (zstd: about 3x), not like a run of one byte.
+const PROMPT_WORDS: &[&str] = &[
+    "a",
+    "the",
+    "of",
+    "in",
+    "at",
+    "on",
+    "with",
+    "and",
+    "under",
+    "over",
+    "lighthouse",
+    "cliff",
+    "dusk",
+    "dawn",
+    "portrait",
+    "woman",
+    "man",
+    "child",
+    "dog",
+    "cat",
+    "dragon",
+    "castle",
+    "forest",
+    "river",
+    "mountain",
+    "city",
+    "street",
+    "neon",
+    "rain",
+    "snow",
+    "fog",
+    "sunset",
+    "golden",
+    "hour",
+    "cinematic",
+    "lighting",
+    "photorealistic",
+    "oil",
+    "painting",
+    "watercolor",
+    "sketch",
+    "anime",
+    "style",
+    "studio",
+    "ghibli",
+    "cyberpunk",
+    "steampunk",
+    "baroque",
+    "minimalist",
+    "4k",
+    "8k",
+    "ultra",
+    "detailed",
+    "sharp",
+    "focus",
+    "bokeh",
+    "wide",
+    "angle",
+    "lens",
+    "35mm",
+    "85mm",
+    "macro",
+    "shot",
+    "close-up",
+    "aerial",
+    "view",
+    "isometric",
+    "octane",
+    "render",
+    "unreal",
+    "engine",
+    "volumetric",
+    "light",
+    "soft",
+    "shadows",
+    "vivid",
+    "colors",
+    "pastel",
+    "muted",
+    "palette",
+    "trending",
+    "artstation",
+    "by",
+    "greg",
+    "rutkowski",
+    "alphonse",
+    "mucha",
+    "moebius",
+    "red",
+    "blue",
+    "green",
+    "purple",
+    "silver",
+    "ancient",
+    "futuristic",
+    "abandoned",
+    "haunted",
+    "cozy",
+    "cabin",
+    "interior",
+    "kitchen",
+    "spaceship",
+    "robot",
+    "knight",
+    "samurai",
+    "wizard",
+    "tower",
+    "ocean",
+    "waves",
+    "storm",
+    "clouds",
+    "stars",
+    "galaxy",
+    "nebula",
+    "moon",
+    "desert",
+    "dunes",
+    "jungle",
+    "temple",
+    "ruins",
+    "market",
+    "crowd",
+    "night",
+    "morning",
+    "reflection",
+    "glass",
+    "marble",
+    "wooden",
+    "bridge",
+    "train",
+    "station",
+    "vintage",
+    "poster",
+    "logo",
+    "icon",
+    "flat",
+    "design",
+    "no",
+    "text",
+    "negative",
+    "blurry",
+    "lowres",
+    "extra",
+    "fingers",
+    "deformed",
+    "watermark",
+    "signature",
+];
+
+/// A prompt of about `bytes` bytes, different for every `seed`.
+fn prompt(seed: u64, bytes: usize) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut text = String::with_capacity(bytes + 16);
+    text.push_str("generate image: ");
+    while text.len() < bytes {
+        // xorshift64: cheap, and the same prompt for the same seed.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.push_str(PROMPT_WORDS[(state % PROMPT_WORDS.len() as u64) as usize]);
+        text.push(if state.is_multiple_of(7) { ',' } else { ' ' });
+    }
+    text
+}
+
 fn request(args: &Args, client: usize, n: u64) -> ExportLogsServiceRequest {
     // ~200 bytes of attributes and ids; the body pads to record_bytes.
-    let pad = args.record_bytes.saturating_sub(220);
-    let body = format!(
-        "generate image: a lighthouse on a cliff at dusk, {}",
-        "x".repeat(pad.saturating_sub(48))
-    );
+    let body_bytes = args.record_bytes.saturating_sub(220);
+    let seed = (client as u64) << 40 ^ n << 16;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -84,7 +250,7 @@ fn request(args: &Args, client: usize, n: u64) -> ExportLogsServiceRequest {
             severity_text: "INFO".into(),
             event_name: "image.generate".into(),
             body: Some(AnyValue {
-                value: Some(Value::StringValue(body.clone())),
+                value: Some(Value::StringValue(prompt(seed ^ i as u64, body_bytes))),
             }),
             attributes: vec![
                 kv(

@@ -12,6 +12,14 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 
 use crate::Server;
 
+/// `len` random letters and digits. The spool compresses its batches, so
+/// test load that must take real space (blob files, full disks, quotas)
+/// cannot be one repeated byte, which shrinks a hundredfold.
+pub fn incompressible_text(len: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
 /// Request `n` of `client`: `size` records whose `log.record.uid`s are
 /// `{prefix}c{client}-{n}-{i}` (so each names its record), and those ids.
 pub fn batch(
@@ -30,7 +38,7 @@ pub fn batch(
             body: Some(AnyValue {
                 value: Some(Value::StringValue(format!(
                     "prompt for {id}: {}",
-                    "z".repeat(300)
+                    incompressible_text(300)
                 ))),
             }),
             attributes: vec![KeyValue {

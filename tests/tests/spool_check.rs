@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use auditrail_tests::load::incompressible_text;
 use auditrail_tests::otlp::{attr, record, request, string};
 use auditrail_tests::{cli, files_under, Server};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
@@ -23,7 +24,7 @@ async fn spool_with_blobs() -> (tempfile::TempDir, PathBuf) {
                     &format!("r{r}-{i}"),
                     [0; 16],
                     [0; 8],
-                    &format!("prompt {i}: {}", "p".repeat(1000)),
+                    &format!("prompt {i}: {}", incompressible_text(1000)),
                     vec![attr("user.id", string("alice"))],
                 )
             })

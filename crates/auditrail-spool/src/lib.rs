@@ -41,6 +41,7 @@ use std::time::Duration;
 use auditrail_model::{AuditEvent, Hash};
 use tokio::sync::watch;
 
+pub use batch::raw as raw_batch;
 pub use check::{scan_files, FileScan, Finding};
 pub use dead_letter::DeadLetter;
 pub use failstop::{FailedOp, Recovery};

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use auditrail_model::{AuditEvent, GENESIS_HASH};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::batch::BatchView;
+use crate::batch::BatchHeader;
 use crate::durable::{self, SyncBarrier};
 use crate::failstop::{self, lock, FailStop, FailedOp, Recovery};
 use crate::quota::DiskQuota;
@@ -107,8 +107,8 @@ impl Opened {
         }
         let (last_seq, last_hash) = match batches.last()? {
             Some((_, value)) => {
-                let view = BatchView::parse(&value)?;
-                (view.last_seq(), view.last_hash()?)
+                let header = BatchHeader::parse(&value)?;
+                (header.last_seq(), header.last_hash(&value)?)
             }
             // Nothing stored (or all of it past retention): continue after
             // the removed tail, or start where the identity says.

@@ -573,11 +573,11 @@ fn seq_at_end(key: &[u8]) -> u64 {
     seq_from_bytes(&key[key.len() - 8..])
 }
 
-/// Reads events by seq, keeping the last batch it opened: index hits are
-/// often neighbours in the same batch.
+/// Reads events by seq, keeping the last batch it opened (decompressed):
+/// index hits are often neighbours in the same batch.
 struct EventReader<'a> {
     shared: &'a Shared,
-    batch: Option<sled::IVec>,
+    batch: Option<BatchView<'static>>,
 }
 
 impl<'a> EventReader<'a> {
@@ -589,8 +589,7 @@ impl<'a> EventReader<'a> {
     }
 
     fn get(&mut self, seq: u64) -> Result<Option<AuditEvent>, SpoolError> {
-        if let Some(bytes) = &self.batch {
-            let view = BatchView::parse(bytes)?;
+        if let Some(view) = &self.batch {
             if (view.first_seq..=view.last_seq()).contains(&seq) {
                 return view.event((seq - view.first_seq) as usize).map(Some);
             }
@@ -598,12 +597,12 @@ impl<'a> EventReader<'a> {
         let Some((_, value)) = self.shared.batch_holding(seq)? else {
             return Ok(None);
         };
-        let view = BatchView::parse(&value)?;
+        let view = BatchView::parse_owned(&value)?;
         if seq > view.last_seq() {
             return Ok(None);
         }
         let event = view.event((seq - view.first_seq) as usize)?;
-        self.batch = Some(value);
+        self.batch = Some(view);
         Ok(Some(event))
     }
 }

@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::batch::BatchView;
+use crate::batch::BatchHeader;
 use crate::{seq_from_bytes, seq_key, SpoolError};
 
 /// `meta` key: live bytes ‖ low key ‖ high key, each u64 big-endian.
 const LIVE_BYTES: &[u8] = b"live_bytes";
 
-/// What a batch counts against the quota: its value and its dedup run (16
-/// bytes per event, see `dedup.rs`).
+/// What a batch counts against the quota: its value, as its length once
+/// decompressed (`batch::uncompressed_len`), and its dedup run (16 bytes
+/// per event, see `dedup.rs`).
 pub(crate) fn batch_bytes(value_len: usize, events: usize) -> u64 {
     (value_len + 16 * events) as u64
 }
@@ -142,8 +143,11 @@ impl DiskQuota {
         };
         for item in outside {
             let (key, value) = item?;
-            let view = BatchView::parse(&value)?;
-            counted.add(seq_from_bytes(&key), batch_bytes(value.len(), view.count()));
+            let header = BatchHeader::parse(&value)?;
+            counted.add(
+                seq_from_bytes(&key),
+                batch_bytes(crate::batch::uncompressed_len(&value), header.count),
+            );
             counted.low = counted.low.min(seq_from_bytes(&key));
         }
         if batches.is_empty() {
@@ -276,7 +280,7 @@ mod tests {
 
     fn put(quota: &DiskQuota, meta: &sled::Tree, batches: &sled::Tree, first: u64, n: u64) -> u64 {
         let value = batch(first, n);
-        let bytes = batch_bytes(value.len(), n as usize);
+        let bytes = batch_bytes(crate::batch::uncompressed_len(&value), n as usize);
         batches.insert(seq_key(first), value).unwrap();
         quota.inserted(meta, first, bytes).unwrap();
         bytes
@@ -303,7 +307,11 @@ mod tests {
         while quota.over() {
             let value = batches.get(seq_key(oldest)).unwrap().unwrap();
             quota
-                .removing(&meta, oldest + 5, batch_bytes(value.len(), 5))
+                .removing(
+                    &meta,
+                    oldest + 5,
+                    batch_bytes(crate::batch::uncompressed_len(&value), 5),
+                )
                 .unwrap();
             batches.remove(seq_key(oldest)).unwrap();
             oldest += 5;
@@ -331,7 +339,7 @@ mod tests {
         let b = put(&quota, &meta, &batches, 4, 3);
         // A crash kept a batch the writer had not counted yet...
         let value = batch(7, 2);
-        let c = batch_bytes(value.len(), 2);
+        let c = batch_bytes(crate::batch::uncompressed_len(&value), 2);
         batches.insert(seq_key(7), value).unwrap();
         assert_eq!(reopened(&meta, &batches), a + b + c);
         // ...or retention uncounted the oldest batch but did not remove it.
@@ -355,7 +363,7 @@ mod tests {
         );
         meta.remove(LIVE_BYTES).unwrap();
         let value = batch(1, 4);
-        let bytes = batch_bytes(value.len(), 4);
+        let bytes = batch_bytes(crate::batch::uncompressed_len(&value), 4);
         batches.insert(seq_key(1), value).unwrap();
         assert_eq!(
             DiskQuota::open(&meta, &batches, 1, 0).unwrap().live_bytes(),

@@ -78,7 +78,7 @@ pub(crate) fn gc(shared: &Shared, now_unix_nano: u64) -> Result<GcStats, SpoolEr
         shared.quota.removing(
             &shared.meta,
             view.last_seq() + 1,
-            crate::quota::batch_bytes(value.len(), view.count()),
+            crate::quota::batch_bytes(crate::batch::uncompressed_len(&value), view.count()),
         )?;
         shared.batches.remove(&key)?;
         shared

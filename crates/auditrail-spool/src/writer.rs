@@ -284,7 +284,8 @@ impl BatchValues {
         let mut bytes = 0;
         for (value, run, digest) in self.finished {
             let first = digest.first_seq;
-            bytes += crate::quota::batch_bytes(value.len(), run.len() / 16);
+            bytes +=
+                crate::quota::batch_bytes(crate::batch::uncompressed_len(&value), run.len() / 16);
             // Both inserts are covered by the flush that follows; if a crash
             // keeps the batch but loses its run, recovery recomputes the run.
             let written = shared

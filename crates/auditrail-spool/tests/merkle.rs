@@ -136,6 +136,7 @@ fn rewrite_with_recomputed_chain(db: &sled::Db, edit: impl Fn(u64, &mut Vec<u8>)
     let mut prev = auditrail_model::GENESIS_HASH;
     for item in batches.iter() {
         let (key, value) = item.unwrap();
+        let value = auditrail_spool::raw_batch::to_plain(&value).unwrap();
         let count = u32::from_be_bytes(value[1..5].try_into().unwrap()) as usize;
         let first_seq = u64::from_be_bytes(value[5..13].try_into().unwrap());
         let header = &value[..21];
@@ -162,6 +163,7 @@ fn rewrite_with_recomputed_chain(db: &sled::Db, edit: impl Fn(u64, &mut Vec<u8>)
         for end in new_ends {
             out.extend_from_slice(&end.to_be_bytes());
         }
+        let out = auditrail_spool::raw_batch::from_plain(&out).unwrap();
         batches.insert(key, out).unwrap();
     }
     db.flush().unwrap();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditrail_model::AuditEvent;
 use auditrail_spool::{Spool, SpoolConfig, SpoolError};
+use rand::distr::{Alphanumeric, SampleString};
 
 const RETENTION: Duration = Duration::from_secs(2);
 /// sled's segment size (see lib.rs).
@@ -65,7 +66,12 @@ fn events(prefix: &str, n: usize, body_bytes: usize) -> Vec<AuditEvent> {
             service_name: "svc".into(),
             event_name: "api.request".into(),
             actor_id: format!("user-{}", i % 50),
-            body: format!("request {prefix}-{i} {}", "x".repeat(body_bytes)),
+            // Random text: the spool compresses batches, and the quota
+            // counts what is stored.
+            body: format!(
+                "request {prefix}-{i} {}",
+                Alphanumeric.sample_string(&mut rand::rng(), body_bytes)
+            ),
             attributes: r#"{"http.route":"/v1/images"}"#.into(),
             resource_attributes: "{}".into(),
             ..Default::default()

@@ -5,6 +5,8 @@ use common::{raw_sled, reopen};
 
 use std::time::Duration;
 
+use rand::distr::{Alphanumeric, SampleString};
+
 use auditrail_model::{chain_hash, AuditEvent, Outcome, GENESIS_HASH};
 use auditrail_spool::{
     ChainStart, Filter, ProblemKind, ReadOnlySpool, Spool, SpoolConfig, SpoolError,
@@ -357,7 +359,9 @@ async fn quota_refuses_appends_and_keeps_data() {
     config.max_disk_bytes = 4096;
     let spool = Spool::open(config).unwrap();
     let big = |id: &str| AuditEvent {
-        body: "x".repeat(8192),
+        // Random text: the spool compresses batches, and a run of one
+        // byte would shrink to nothing.
+        body: Alphanumeric.sample_string(&mut rand::rng(), 8192),
         ..event(id, 1, "u", "x")
     };
     // The first append may fit (an empty spool can be smaller than the
@@ -411,10 +415,11 @@ async fn verify_finds_an_intact_chain_and_a_tampered_one() {
         let db = raw_sled(dir.path());
         let batches = db.open_tree("batches").unwrap();
         let (key, value) = batches.first().unwrap().unwrap();
-        let mut bytes = value.to_vec();
+        let mut bytes = auditrail_spool::raw_batch::to_plain(&value).unwrap();
         let at = bytes.windows(9).position(|w| w == b"body of a").unwrap();
         bytes[at + 8] = b'z';
-        batches.insert(key, bytes).unwrap();
+        let stored = auditrail_spool::raw_batch::from_plain(&bytes).unwrap();
+        batches.insert(key, stored).unwrap();
         db.flush().unwrap();
     }
     let spool = reopen(|| Spool::open(SpoolConfig::new(dir.path(), "node-a")));
@@ -872,7 +877,8 @@ async fn spool_with_a_blob(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let events: Vec<AuditEvent> = (0..3000)
         .map(|i| {
             let mut e = event(&format!("big{i}"), i, "u", "x");
-            e.body = "b".repeat(1024);
+            // Random text, so that compression leaves it over 2 MiB.
+            e.body = Alphanumeric.sample_string(&mut rand::rng(), 1024);
             e
         })
         .collect();
@@ -884,7 +890,10 @@ async fn spool_with_a_blob(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
         .collect();
-    assert!(!blobs.is_empty(), "a 3 MiB value must be a blob file");
+    assert!(
+        !blobs.is_empty(),
+        "a value of 3 MiB (~2.3 MiB compressed) must be a blob file"
+    );
     blobs
 }
 
