@@ -37,7 +37,19 @@ pub fn repo_root() -> PathBuf {
 /// Runs a repo script and returns the last line of its stdout; panics with
 /// its output when it fails.
 fn run_script(script: &str) -> String {
+    run_script_with(script, &[])
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{script} printed nothing"))
+        .trim()
+        .to_owned()
+}
+
+/// Runs a repo script with `args` and returns its whole stdout; panics with
+/// its output when it fails.
+pub(crate) fn run_script_with(script: &str, args: &[&str]) -> String {
     let output = Command::new(repo_root().join(script))
+        .args(args)
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .output()
@@ -51,12 +63,7 @@ fn run_script(script: &str) -> String {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("{script} printed nothing"))
-        .trim()
-        .to_owned()
+    stdout.into_owned()
 }
 
 /// The 18.16 server's URL (`http://127.0.0.1:18123`), started once per
@@ -307,11 +314,16 @@ impl Database {
             static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
             CLEANED.get_or_init(|| drop_stale_databases(url)).await;
         }
-        let name = unique_name();
+        Database::create_named(url, &unique_name()).await
+    }
+
+    /// `CREATE DATABASE name` on the server at `url` (the same name on each
+    /// replica of a cluster, see `cluster.rs`).
+    pub async fn create_named(url: &str, name: &str) -> Database {
         query(url, &format!("CREATE DATABASE {name}")).await;
         Database {
             url: url.to_owned(),
-            name,
+            name: name.to_owned(),
         }
     }
 
@@ -398,7 +410,7 @@ impl Drop for Database {
 
 /// Drops `auditrail_t_<pid>_*` databases whose test process is gone (a test
 /// that panicked in a way that skipped its drop, or was killed).
-async fn drop_stale_databases(url: &str) {
+pub(crate) async fn drop_stale_databases(url: &str) {
     let Ok(names) = try_query(
         url,
         "SELECT name FROM system.databases WHERE name LIKE 'auditrail\\\\_t\\\\_%'",

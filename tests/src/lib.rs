@@ -3,6 +3,7 @@
 //! do (OTel SDKs, OTLP requests, the admin API and the CLI).
 
 pub mod clickhouse;
+pub mod cluster;
 pub mod cutfs;
 pub mod elasticsearch;
 pub mod kafka;

@@ -1,6 +1,6 @@
 //! The configs the docs tell users to copy: every ```toml block of
 //! `docs/sinks.md`, `docs/config.md`, `docs/security.md`, `docs/integrity.md`, `docs/detection.md`,
-//! `docs/redaction.md`, `docs/tracing.md`, `docs/concepts.md`, `docs/ui.md` and the README
+//! `docs/redaction.md`, `docs/tracing.md`, `docs/concepts.md`, `docs/ui.md`, `docs/scaling.md` and the README
 //! passes `auditrail check-config` (with
 //! each variable it names from the environment set, and each `[integrity]
 //! key_file` written by `auditrail keygen`), and every sink type
@@ -148,6 +148,7 @@ fn every_config_in_the_docs_passes_check_config_and_every_sink_type_has_one() {
         "docs/tracing.md",
         "docs/concepts.md",
         "docs/ui.md",
+        "docs/scaling.md",
         "README.md",
     ] {
         let text = std::fs::read_to_string(repo.join(doc)).unwrap();

@@ -608,6 +608,25 @@ mod tests {
     }
 
     #[test]
+    fn replicated_tables_pass() {
+        // docs/scaling.md: each node writes into a replica's local table.
+        let replicated = TableInfo {
+            engine: "ReplicatedReplacingMergeTree".into(),
+            engine_full: "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/audit/audit_events', '{replica}') PARTITION BY toYYYYMM(time) ORDER BY (service_name, event_name, time, node, seq) SETTINGS index_granularity = 8192".into(),
+            sorting_key: "service_name, event_name, time, node, seq".into(),
+        };
+        assert!(auditrail_plan(&canonical(false), &replicated).is_ok());
+        let not_replacing = TableInfo {
+            engine: "ReplicatedMergeTree".into(),
+            ..replicated
+        };
+        let text = auditrail_plan(&canonical(false), &not_replacing)
+            .unwrap_err()
+            .join("; ");
+        assert!(text.contains("engine is ReplicatedMergeTree"), "{text}");
+    }
+
+    #[test]
     fn drift_is_named() {
         let mut columns = canonical(true);
         columns.retain(|c| c.name != "hash");
