@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release -p auditrail-spool --example spool_scale
 //! target/release/examples/spool_scale build DIR 10000000   # fills DIR through Spool::append
+//! target/release/examples/spool_scale index DIR             # waits for the full-text index to catch up
 //! target/release/examples/spool_scale measure DIR           # 3 rounds: open, dedup memory, queries
 //! ```
 //!
@@ -148,7 +149,7 @@ impl Rng {
 
 /// The trace id of trace number `n` (5 consecutive traced events share one).
 fn trace_id(n: u64) -> String {
-    let mut rng = Rng(n ^ 0x7472_6163_65);
+    let mut rng = Rng(n ^ 0x0074_7261_6365);
     format!("{:016x}{:016x}", rng.next(), rng.next())
 }
 
@@ -156,7 +157,7 @@ fn event(i: u64, rng: &mut Rng, now: u64) -> AuditEvent {
     let r = rng.next();
     let actor = if i % 1_000_000 == 500_000 {
         RARE_ACTOR.to_owned()
-    } else if r % 10 == 0 {
+    } else if r.is_multiple_of(10) {
         BUSY_ACTOR.to_owned()
     } else {
         format!("user-{}", (r >> 8) % ACTORS)
@@ -166,7 +167,7 @@ fn event(i: u64, rng: &mut Rng, now: u64) -> AuditEvent {
         let w = rng.next();
         body.push_str(WORDS[(w % WORDS.len() as u64) as usize]);
         body.push(' ');
-        if w % 7 == 0 {
+        if w.is_multiple_of(7) {
             body.push_str(&format!("#{} ", (w >> 16) % 1_000_000));
         }
     }
@@ -262,6 +263,7 @@ async fn build(dir: &str, total: u64) {
     );
     wait_indexed(&spool);
     let spool = std::sync::Arc::into_inner(spool).unwrap();
+    eprintln!("{:?}", spool.stats());
     spool.close().unwrap();
 }
 
@@ -378,6 +380,14 @@ fn measure(dir: &str) {
 }
 
 fn main() {
+    // The spool's own log, e.g. where opening it spent its time.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "auditrail_spool=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("build") => {
@@ -387,6 +397,25 @@ fn main() {
                 .block_on(build(&args[2], total));
         }
         Some("measure") => measure(&args[2]),
+        Some("index") => {
+            // Waits for the full-text index to cover the spool (after an
+            // upgrade, or with the index removed: how long a rebuild takes).
+            let spool = Spool::open(config(&args[2], 256 << 20)).unwrap();
+            let started = Instant::now();
+            loop {
+                let stats = spool.stats();
+                if stats.fulltext_seq >= stats.last_seq {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            eprintln!(
+                "full-text index caught up with {} events in {:.1?}",
+                spool.stats().events,
+                started.elapsed()
+            );
+            spool.close().unwrap();
+        }
         _ => eprintln!("usage: spool_scale build DIR [EVENTS] | measure DIR"),
     }
 }

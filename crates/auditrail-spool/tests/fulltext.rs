@@ -23,14 +23,14 @@ fn event(i: u64) -> AuditEvent {
         time_unix_nano: 1_000 + i,
         received_time_unix_nano: 1_000 + i,
         actor_id: format!("user-{}", i % 40),
-        actor_name: if i % 7 == 0 {
+        actor_name: if i.is_multiple_of(7) {
             "Bob Builder".into()
         } else {
             String::new()
         },
         event_name: ["login", "read", "write"][i as usize % 3].into(),
         service_name: "svc".into(),
-        trace_id: if i % 3 == 0 {
+        trace_id: if i.is_multiple_of(3) {
             trace(i / 4)
         } else {
             String::new()
