@@ -19,6 +19,7 @@ mod dead_letter;
 mod dedup;
 mod durable;
 mod failstop;
+mod fulltext;
 mod identity;
 mod index;
 mod opened;
@@ -205,6 +206,8 @@ pub struct SpoolStats {
     pub first_seq: u64,
     pub last_seq: u64,
     pub indexed_seq: u64,
+    /// Every event up to this seq is in the full-text index (see docs/spool.md, Indexes).
+    pub fulltext_seq: u64,
     pub events: u64,
     /// The size of sled's files (as last measured, plus what was written since).
     pub disk_bytes: u64,
@@ -248,13 +251,16 @@ pub(crate) struct Shared {
     /// The seq the tree takes next: retention keeps every event from it on.
     pub(crate) tree_end: AtomicU64,
     pub(crate) dedup: Mutex<DedupSet>,
+    /// The event-level index (see `fulltext.rs`); `None` when it could not
+    /// be opened, and queries narrow by the sled indexes alone.
+    pub(crate) fulltext: Option<Arc<fulltext::FullText>>,
     initial_last_hash: Hash,
     /// Makes what sled wrote durable (see `durable.rs`).
     barrier: Mutex<SyncBarrier>,
     /// Set once a sync fails or a spool thread panics (see `failstop.rs`).
     pub(crate) failure: FailStop,
     /// Unset while the spool is new and pending (see `identity.rs`).
-    identity: OnceLock<SpoolIdentity>,
+    pub(crate) identity: OnceLock<SpoolIdentity>,
     /// Serializes [`Spool::start_new`] against an append's implicit start.
     identity_init: Mutex<()>,
 }
@@ -280,6 +286,7 @@ impl Shared {
             first_seq,
             last_seq,
             indexed_seq: self.indexed_seq.load(Ordering::Acquire),
+            fulltext_seq: self.fulltext.as_ref().map_or(0, |f| f.watermark()),
             events: (last_seq + 1).saturating_sub(first_seq),
             disk_bytes: self.quota.file_bytes(),
             live_bytes: self.quota.live_bytes(),

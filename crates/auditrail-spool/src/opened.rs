@@ -15,9 +15,10 @@ use crate::failstop::{self, lock, FailStop, FailedOp, Recovery};
 use crate::quota::DiskQuota;
 use crate::writer::{self, AppendJob};
 use crate::{
-    check, cursors, dead_letter, dedup, identity, index, opening, query, retention, seq_from_bytes,
-    tree, verify, Appended, Budget, DeadLetter, Filter, Finding, ForgottenSink, GcStats, QueryEnd,
-    Shared, SpoolConfig, SpoolError, SpoolIdentity, SpoolStats, VerifyReport, SEGMENT_SIZE,
+    check, cursors, dead_letter, dedup, fulltext, identity, index, opening, query, retention,
+    seq_from_bytes, tree, verify, Appended, Budget, DeadLetter, Filter, Finding, ForgottenSink,
+    GcStats, QueryEnd, Shared, SpoolConfig, SpoolError, SpoolIdentity, SpoolStats, VerifyReport,
+    SEGMENT_SIZE,
 };
 
 /// One opening of the spool's sled database, with the threads that write
@@ -31,6 +32,8 @@ pub(crate) struct Opened {
     /// Dropped after the writer and flusher are joined: the tree builder's
     /// cue to sign its last checkpoint and stop.
     tree_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Dropped first on close: the full-text indexer commits and stops.
+    fulltext_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -64,8 +67,10 @@ impl Opened {
             // Durability comes from the barrier after each flush, not
             // from this timer: sled's flush alone is not an fsync.
             .flush_every_ms(None);
+        let started = std::time::Instant::now();
         let seen = opening::Inspection::of(&config.dir);
         let db = opening::open_sled(sled_config, &seen)?;
+        let sled_opened = started.elapsed();
         // Before anything is read or written: the spool's files (and the
         // directories created for it) are synced once, then watched.
         let mut barrier = SyncBarrier::open(&config.dir, &created).map_err(|e| {
@@ -85,8 +90,9 @@ impl Opened {
         // What this opening recovered, the barrier has just synced.
         let checkpoints_durable = checkpoints.last()?.map_or(0, |(k, _)| seq_from_bytes(&k));
         let checkpoint_cursors = db.open_tree("checkpoint_cursors")?;
+        let synced = started.elapsed();
         let dedup = dedup::recover(&batches, &ids)?;
-        tracing::debug!(keys = dedup.len(), "dedup set rebuilt");
+        let dedup_rebuilt = started.elapsed();
 
         let removed_tail = retention::removed_tail(&meta)?;
         let has_contents = !batches.is_empty()
@@ -128,6 +134,19 @@ impl Opened {
             .unwrap_or(0)
             .min(last_seq);
         let quota = DiskQuota::open(&meta, &batches, config.max_disk_bytes, SEGMENT_SIZE as u64)?;
+        // Derived data: without it queries still answer, from the sled indexes.
+        let fulltext = match fulltext::FullText::open(
+            &config.dir,
+            identity.as_ref().map(|i| i.spool_id.as_str()),
+            last_seq,
+        ) {
+            Ok(fulltext) => Some(Arc::new(fulltext)),
+            Err(e) => {
+                metrics::counter!("auditrail_spool_errors_total", "op" => "fulltext").increment(1);
+                tracing::error!(error = %e, "no full-text index: queries narrow by the sled indexes alone");
+                None
+            }
+        };
 
         let shared = Arc::new(Shared {
             db,
@@ -154,6 +173,7 @@ impl Opened {
             checkpoint_cursors,
             tree: Mutex::new(None),
             dedup: Mutex::new(dedup),
+            fulltext: fulltext.clone(),
             initial_last_hash: last_hash,
             barrier: Mutex::new(barrier),
             failure: FailStop::default(),
@@ -162,6 +182,17 @@ impl Opened {
         });
         shared.quota.measure(&shared.db);
         shared.publish_gauges();
+        // Where a restart's time goes (docs/spool.md, Start-up).
+        tracing::info!(
+            events = (last_seq + 1).saturating_sub(first_seq),
+            dedup_keys = shared.dedup.lock().map_or(0, |d| d.len()),
+            dedup_bytes = shared.dedup.lock().map_or(0, |d| d.memory_bytes()),
+            sled_ms = sled_opened.as_millis() as u64,
+            sync_ms = (synced - sled_opened).as_millis() as u64,
+            dedup_ms = (dedup_rebuilt - synced).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "spool opened"
+        );
         // Sinks read up to here: what this opening recovered has just been
         // synced by the barrier. Never backwards (a reopen recovers at least
         // what was acknowledged: `check_recovered`).
@@ -177,7 +208,8 @@ impl Opened {
         let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
         let (index_tx, index_rx) = std::sync::mpsc::sync_channel(INDEX_QUEUE);
         let (tree_stop, tree_stopped) = std::sync::mpsc::channel();
-        let threads = vec![
+        let (fulltext_stop, fulltext_stopped) = std::sync::mpsc::channel();
+        let mut threads = vec![
             spawn("spool-writer", &shared, {
                 let shared = shared.clone();
                 move || writer::run_writer(shared, job_rx, flush_tx, index_tx)
@@ -197,10 +229,21 @@ impl Opened {
                 move || tree::run_builder(shared, config.signing, tree_stopped)
             }),
         ];
+        if let Some(fulltext) = fulltext {
+            // Before the tree builder, which `close` joins last.
+            threads.insert(
+                threads.len() - 1,
+                spawn("spool-fulltext", &shared, {
+                    let shared = shared.clone();
+                    move || fulltext::run_indexer(shared, fulltext, fulltext_stopped)
+                }),
+            );
+        }
         Ok(Opened {
             shared: ManuallyDrop::new(shared),
             jobs: Mutex::new(Some(job_tx)),
             tree_stop: Mutex::new(Some(tree_stop)),
+            fulltext_stop: Mutex::new(Some(fulltext_stop)),
             threads: Mutex::new(threads),
         })
     }
@@ -478,6 +521,7 @@ impl Opened {
     /// See [`crate::Spool::close`].
     pub(crate) fn close(&self) -> Result<(), SpoolError> {
         lock(&self.jobs).take();
+        lock(&self.fulltext_stop).take();
         let mut threads: Vec<_> = lock(&self.threads).drain(..).collect();
         let tree = threads.pop();
         for handle in threads {

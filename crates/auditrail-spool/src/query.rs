@@ -237,17 +237,35 @@ pub(crate) fn run(
     let indexed = shared.indexed_seq.load(Ordering::Acquire);
     let mut found = Newest::new(filter.limit());
     let mut meter = Meter::new(budget);
+    let mut reader = EventReader::new(shared);
 
+    // Events up to `covered` are narrowed event by event by the full-text
+    // index; the batch indexes narrow the batches above it.
+    let (covered, candidates) = fulltext_candidates(shared, filter, indexed)?;
+    if let Some(seqs) = &candidates {
+        let mut groups = group_by_batch(shared, seqs)?;
+        groups.sort_by(|a, b| b.0.max.cmp(&a.0.max).then(b.1[0].cmp(&a.1[0])));
+        for (span, seqs) in groups {
+            if found.is_settled_before(span.max) {
+                break;
+            }
+            for &seq in seqs.iter().rev() {
+                meter.admit().map_err(|stop| meter.error(stop))?;
+                if let Some(event) = reader.get(seq)? {
+                    found.offer(filter, event);
+                }
+            }
+        }
+    }
     if let Some(trace) = &filter.trace_id {
-        let mut reader = EventReader::new(shared);
-        for seq in trace_seqs(shared, trace)? {
+        for seq in trace_seqs(shared, trace, covered)? {
             meter.admit().map_err(|stop| meter.error(stop))?;
             if let Some(event) = reader.get(seq)? {
                 found.offer(filter, event);
             }
         }
     } else {
-        for (first_seq, span) in candidate_batches(shared, filter)? {
+        for (first_seq, span) in candidate_batches(shared, filter, covered)? {
             if found.is_settled_before(span.max) {
                 break;
             }
@@ -314,10 +332,24 @@ pub(crate) fn scan(
     let indexed = shared.indexed_seq.load(Ordering::Acquire);
     let mut scan = SeqScan::new(filter, Meter::new(budget), each);
     scan.position = after;
+    let (covered, candidates) = fulltext_candidates(shared, filter, indexed)?;
     let stopped = (|| {
         let mut raw_from = after;
-        if filter.is_indexed() && after < indexed {
-            if let Err(stop) = scan.scan_indexed(shared, after, indexed)? {
+        if let Some(seqs) = &candidates {
+            if after < covered {
+                let mut reader = EventReader::new(shared);
+                for &seq in &seqs[seqs.partition_point(|&s| s <= after)..] {
+                    if let Err(stop) = scan.visit(seq, || reader.get(seq))? {
+                        return Ok(Some(stop));
+                    }
+                }
+                // Every other event up to it was ruled out by the index.
+                scan.position = scan.position.max(covered);
+                raw_from = covered;
+            }
+        }
+        if filter.is_indexed() && raw_from < indexed {
+            if let Err(stop) = scan.scan_indexed(shared, raw_from, indexed, covered)? {
                 return Ok(Some(stop));
             }
             // Everything up to the watermark was examined or ruled out.
@@ -433,15 +465,17 @@ impl<'f, 'b, 'e> SeqScan<'f, 'b, 'e> {
     }
 
     /// The indexed events in `(after, indexed]` that an index does not rule
-    /// out, in seq order.
+    /// out, in seq order; batches starting at or below `covered` (a batch
+    /// boundary at or below `after`) are not looked at.
     fn scan_indexed(
         &mut self,
         shared: &Shared,
         after: u64,
         indexed: u64,
+        covered: u64,
     ) -> Result<Result<(), Stop>, SpoolError> {
         if let Some(trace) = &self.filter.trace_id {
-            let mut seqs = trace_seqs(shared, trace)?;
+            let mut seqs = trace_seqs(shared, trace, covered)?;
             seqs.retain(|&s| s > after && s <= indexed);
             seqs.sort_unstable();
             let mut reader = EventReader::new(shared);
@@ -452,7 +486,7 @@ impl<'f, 'b, 'e> SeqScan<'f, 'b, 'e> {
             }
             return Ok(Ok(()));
         }
-        let mut batches: Vec<u64> = candidate_batches(shared, self.filter)?
+        let mut batches: Vec<u64> = candidate_batches(shared, self.filter, covered)?
             .into_iter()
             .map(|(first_seq, _)| first_seq)
             // Indexed after the watermark was read: the raw scan finds them.
@@ -473,15 +507,65 @@ impl<'f, 'b, 'e> SeqScan<'f, 'b, 'e> {
     }
 }
 
-/// Seqs of the indexed events of one trace: a binary search in each batch's
-/// sorted trace run.
-fn trace_seqs(shared: &Shared, trace_hex: &str) -> Result<Vec<u64>, SpoolError> {
+/// The full-text index's candidates for `filter` (seqs in order), with how
+/// far they cover: `(0, None)` when it has none (no index, or nothing in
+/// the filter it narrows by). Never past `indexed`, so that the batch
+/// indexes and the scan above take exactly the rest.
+fn fulltext_candidates(
+    shared: &Shared,
+    filter: &Filter,
+    indexed: u64,
+) -> Result<(u64, Option<Vec<u64>>), SpoolError> {
+    let Some(fulltext) = &shared.fulltext else {
+        return Ok((0, None));
+    };
+    let Some((watermark, mut seqs)) = fulltext.candidates(filter)? else {
+        return Ok((0, None));
+    };
+    let covered = watermark.min(indexed);
+    seqs.truncate(seqs.partition_point(|&s| s <= covered));
+    Ok((covered, Some(seqs)))
+}
+
+/// The batches holding `seqs` (in order), each with its time span and the
+/// seqs of it: two index reads per batch, none per seq.
+fn group_by_batch<'s>(
+    shared: &Shared,
+    seqs: &'s [u64],
+) -> Result<Vec<(TimeSpan, &'s [u64])>, SpoolError> {
+    let mut groups = Vec::new();
+    let mut rest = seqs;
+    while let Some(&seq) = rest.first() {
+        let here = shared
+            .idx
+            .range(batch_key(TIME, &[], 0)..=batch_key(TIME, &[], seq))
+            .next_back()
+            .transpose()?;
+        let next_first = shared
+            .idx
+            .range(batch_key(TIME, &[], seq + 1)..=batch_key(TIME, &[], u64::MAX))
+            .next()
+            .transpose()?
+            .map_or(u64::MAX, |(key, _)| seq_at_end(&key));
+        let (mine, later) = rest.split_at(rest.partition_point(|&s| s < next_first));
+        // No span: removed by retention meanwhile.
+        if let Some(span) = here.and_then(|(_, span)| TimeSpan::from_bytes(&span)) {
+            groups.push((span, mine));
+        }
+        rest = later;
+    }
+    Ok(groups)
+}
+
+/// Seqs of the indexed events of one trace in batches starting above
+/// `above`: a binary search in each batch's sorted trace run.
+fn trace_seqs(shared: &Shared, trace_hex: &str, above: u64) -> Result<Vec<u64>, SpoolError> {
     let mut trace = [0u8; 16];
     if hex::decode_to_slice(trace_hex, &mut trace).is_err() {
         return Ok(Vec::new()); // never stored under another length
     }
     let mut seqs = Vec::new();
-    for item in shared.idx.scan_prefix([TRACE]) {
+    for item in shared.idx.range(above_keys(TRACE, &[], above)) {
         let (_, run) = item?;
         let entries: Vec<&[u8]> = run.chunks_exact(TRACE_ENTRY).collect();
         let start = entries.partition_point(|e| e[..16] < trace[..]);
@@ -495,9 +579,18 @@ fn trace_seqs(shared: &Shared, trace_hex: &str) -> Result<Vec<u64>, SpoolError> 
     Ok(seqs)
 }
 
-/// The indexed batches that may hold matches, newest (by latest event time)
-/// first.
-fn candidate_batches(shared: &Shared, filter: &Filter) -> Result<Vec<(u64, TimeSpan)>, SpoolError> {
+/// The keys `tag ‖ prefix ‖ first_seq` of the batches starting above `above`.
+fn above_keys(tag: u8, prefix: &[u8], above: u64) -> std::ops::RangeInclusive<Vec<u8>> {
+    batch_key(tag, prefix, above.saturating_add(1))..=batch_key(tag, prefix, u64::MAX)
+}
+
+/// The indexed batches starting above `above` that may hold matches, newest
+/// (by latest event time) first.
+fn candidate_batches(
+    shared: &Shared,
+    filter: &Filter,
+    above: u64,
+) -> Result<Vec<(u64, TimeSpan)>, SpoolError> {
     let narrowing = [
         (ACTOR, &filter.actor),
         (EVENT, &filter.event_name),
@@ -508,8 +601,7 @@ fn candidate_batches(shared: &Shared, filter: &Filter) -> Result<Vec<(u64, TimeS
     let mut batches = Vec::new();
     match narrowing {
         Some((tag, hash)) => {
-            let prefix = batch_key(tag, &hash, 0)[..9].to_vec();
-            for item in shared.idx.scan_prefix(prefix) {
+            for item in shared.idx.range(above_keys(tag, &hash, above)) {
                 let (key, _) = item?;
                 let first_seq = seq_at_end(&key);
                 if let Some(span) = shared.idx.get(batch_key(TIME, &[], first_seq))? {
@@ -518,7 +610,7 @@ fn candidate_batches(shared: &Shared, filter: &Filter) -> Result<Vec<(u64, TimeS
             }
         }
         None => {
-            for item in shared.idx.scan_prefix([TIME]) {
+            for item in shared.idx.range(above_keys(TIME, &[], above)) {
                 let (key, span) = item?;
                 batches.extend(TimeSpan::from_bytes(&span).map(|s| (seq_at_end(&key), s)));
             }
