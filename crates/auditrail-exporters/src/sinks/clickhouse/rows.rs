@@ -721,13 +721,13 @@ mod tests {
         ]);
         let mut e = event(42);
         e.severity_number = 300;
-        let row = row(&plan, &e);
-        assert_eq!(row["Timestamp"], 1_704_164_645_123_456_789i64);
-        assert_eq!(row["SeverityNumber"], 255);
-        assert_eq!(row["TraceFlags"], 1);
-        assert_eq!(row["ScopeVersion"], "");
-        assert_eq!(row["ScopeAttributes"], serde_json::json!({}));
-        let attrs = &row["LogAttributes"];
+        let otel = row(&plan, &e);
+        assert_eq!(otel["Timestamp"], 1_704_164_645_123_456_789i64);
+        assert_eq!(otel["SeverityNumber"], 255);
+        assert_eq!(otel["TraceFlags"], 1);
+        assert_eq!(otel["ScopeVersion"], "");
+        assert_eq!(otel["ScopeAttributes"], serde_json::json!({}));
+        let attrs = &otel["LogAttributes"];
         assert_eq!(
             attrs["auditrail.seq"], "42",
             "the client's value is replaced"
