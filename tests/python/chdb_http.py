@@ -25,6 +25,11 @@ Implemented, as clickhouse-server does it:
     in the URL with the rows in the body works).  Request bodies may be sent
     with Content-Length or chunked, and with ``Content-Encoding: gzip``,
     ``deflate`` or ``zstd``.
+  * ``INSERT ... FORMAT RowBinary`` (or another binary format) in the URL
+    with the rows in the body: chdb takes a query as text, which binary rows
+    are not, so the body is written to a file and the query runs as
+    ``INSERT ... FROM INFILE 'file' FORMAT RowBinary``, with the same
+    settings (deduplication tokens apply as to any insert).
   * URL parameters ``database`` (the current database for the query; or the
     X-ClickHouse-Database header), ``default_format`` (output format when the
     query has no FORMAT clause, or the X-ClickHouse-Format header;
@@ -68,6 +73,7 @@ import json
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -123,6 +129,10 @@ CODE_RE = re.compile(r"^(?:Code: (\d+)\. DB::Exception: )+")
 # A trailing FORMAT clause of a query that returns data.
 FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
 INSERT_RE = re.compile(r"^\s*INSERT\b", re.IGNORECASE)
+# An INSERT's trailing FORMAT clause naming a binary row format, whose rows
+# cannot travel inside a query string.
+BINARY_INSERT_RE = re.compile(
+    r"\s+FORMAT\s+(RowBinary[A-Za-z]*|Native)\s*;?\s*$", re.IGNORECASE)
 
 
 class ClickHouseError(Exception):
@@ -304,8 +314,17 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = decode_body(raw_body, self.headers.get("Content-Encoding", ""))
             q = args.get("query", "")
-            sql = (q + "\n" + body.decode("utf-8", "surrogateescape")) if q and body else (
-                q or body.decode("utf-8", "surrogateescape"))
+            binary = BINARY_INSERT_RE.search(q) if q and body and INSERT_RE.match(q) else None
+            if binary:
+                infile = tempfile.NamedTemporaryFile(prefix="chdb_http-", suffix=".bin")
+                infile.write(body)
+                infile.flush()
+                sql = (q[:binary.start()] + " FROM INFILE " + sql_string(infile.name)
+                       + " FORMAT " + binary.group(1))
+            else:
+                infile = None
+                sql = (q + "\n" + body.decode("utf-8", "surrogateescape")) if q and body else (
+                    q or body.decode("utf-8", "surrogateescape"))
             if not sql.strip():
                 raise ClickHouseError(62, "Empty query")
             fmt = (args.get("default_format") or self.headers.get("X-ClickHouse-Format")
@@ -318,7 +337,11 @@ class Handler(BaseHTTPRequestHandler):
                         if k not in NON_SETTING_PARAMS and not k.startswith("param_")}
             qparams = {k[len("param_"):]: v for k, v in params if k.startswith("param_")}
             database = args.get("database") or self.headers.get("X-ClickHouse-Database")
-            res = engine.run(sql, fmt, database, settings, qparams)
+            try:
+                res = engine.run(sql, fmt, database, settings, qparams)
+            finally:
+                if infile is not None:
+                    infile.close()
         except Exception as e:  # noqa: BLE001 - every error goes back over HTTP
             err = engine.error_of(e)
             headers.update({

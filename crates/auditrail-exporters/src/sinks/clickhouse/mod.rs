@@ -3,8 +3,8 @@
 //! ClickHouse Cloud, chproxy), with no native-protocol client to keep in
 //! step with the server.
 //!
-//! Each batch is one `INSERT ... FORMAT JSONEachRow` POST, gzip-compressed
-//! by default. Writes are idempotent two ways:
+//! Each batch is one `INSERT ... FORMAT RowBinary` POST, gzip-compressed
+//! by default (`rows.rs`). Writes are idempotent two ways:
 //!
 //! * the insert carries an `insert_deduplication_token` naming the exact
 //!   set of events in the batch (`{node}:{first}-{last}:{count}:{hash}`), so
@@ -196,7 +196,7 @@ fn quote_str(text: &str) -> String {
 /// What `prepare` found out, which every insert uses.
 #[derive(Debug)]
 struct Prepared {
-    /// `INSERT INTO db.table (columns) FORMAT JSONEachRow`.
+    /// `INSERT INTO db.table (columns) FORMAT RowBinary`.
     insert_sql: String,
     plan: Plan,
     /// URL settings sent with every insert.
@@ -435,17 +435,13 @@ impl ClickhouseSink {
     }
 
     async fn prepare_table(&self) -> Result<Prepared, ExportError> {
-        let answer = self
-            .execute("SELECT version(), timezone()")
-            .await
-            .map_err(with_hint)?;
-        let answer = answer.trim();
-        let (version_text, server_tz) = answer.split_once('\t').unwrap_or((answer, "UTC"));
+        let answer = self.execute("SELECT version()").await.map_err(with_hint)?;
+        let version_text = answer.trim();
         let version = Version::parse(version_text).ok_or_else(|| {
             ExportError::misconfigured(
                 "config",
                 format!(
-                    "{} answered `SELECT version()` with {answer:?}; is `url` ClickHouse's HTTP interface?",
+                    "{} answered `SELECT version()` with {version_text:?}; is `url` ClickHouse's HTTP interface?",
                     self.url
                 ),
             )
@@ -512,7 +508,7 @@ impl ClickhouseSink {
         }
         let plan = match self.schema {
             Schema::Auditrail => schema::auditrail_plan(&columns, &info),
-            Schema::Otel => schema::otel_plan(&columns, server_tz),
+            Schema::Otel => schema::otel_plan(&columns),
         }
         .map_err(|problems| {
             ExportError::misconfigured(
@@ -546,9 +542,6 @@ impl ClickhouseSink {
             tracing::info!(table = %self.qualified(), version = version_text,
                 "ClickHouse before 22.3: no insert deduplication tokens; re-sent rows collapse when ReplacingMergeTree merges (count with FINAL)");
         }
-        if plan.needs_best_effort() {
-            settings.push(("date_time_input_format", "best_effort"));
-        }
         Ok(Prepared {
             insert_sql: plan.insert_sql(&self.database, &self.table),
             plan,
@@ -580,19 +573,41 @@ fn cpu<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+/// Rows are handed to the compressor in pieces of this size: small enough
+/// to be compressed while still in cache, large enough that each call does
+/// real work.
+const ENCODE_CHUNK: usize = 256 << 10;
+
+/// The request body of `events`: RowBinary, gzip-compressed (level 1:
+/// rows still shrink several times, at a speed that keeps up with the
+/// target rate) when `compress`.
+fn body(plan: &rows::Plan, events: &[AuditEvent], compress: bool) -> Result<Vec<u8>, ExportError> {
+    // A first guess from the first events, so that the buffer is not
+    // regrown (and its pages faulted in again) several times per batch.
+    let row_estimate: usize = events
+        .iter()
+        .take(16)
+        .map(|e| 400 + e.body.len() + e.attributes.len() + e.resource_attributes.len())
+        .max()
+        .unwrap_or(0);
+    let estimate = row_estimate.saturating_mul(events.len()).min(1 << 30);
+    if !compress {
+        let mut out = Vec::with_capacity(estimate);
+        plan.encode(events, ENCODE_CHUNK, |piece| out.extend_from_slice(piece))?;
+        return Ok(out);
+    }
     let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 6 + 64),
-        // Level 1: JSON rows still shrink several times, at a speed that
-        // keeps up with the target rate.
+        Vec::with_capacity(estimate / 6 + 64),
         flate2::Compression::fast(),
     );
-    encoder
-        .write_all(data)
-        .expect("compressing into a Vec cannot fail");
-    encoder
+    plan.encode(events, ENCODE_CHUNK, |piece| {
+        encoder
+            .write_all(piece)
+            .expect("compressing into a Vec cannot fail")
+    })?;
+    Ok(encoder
         .finish()
-        .expect("compressing into a Vec cannot fail")
+        .expect("compressing into a Vec cannot fail"))
 }
 
 #[async_trait]
@@ -789,10 +804,7 @@ impl ClickhouseSink {
     /// One `INSERT` of `events`, with a token naming exactly them.
     async fn insert(&self, prepared: &Prepared, events: &[AuditEvent]) -> Result<(), ExportError> {
         let compress = self.compression == Compression::Gzip;
-        let body = cpu(|| {
-            let rows = prepared.plan.encode(events)?;
-            Ok::<_, ExportError>(if compress { gzip(&rows) } else { rows })
-        })?;
+        let body = cpu(|| body(&prepared.plan, events, compress))?;
         let token = prepared.tokens.then(|| rows::dedup_token(events));
         let mut params: Vec<(&str, &str)> = vec![("query", &prepared.insert_sql)];
         params.extend(prepared.settings.iter().copied());

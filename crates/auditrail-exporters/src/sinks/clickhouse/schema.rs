@@ -373,7 +373,7 @@ const OTEL_COLUMNS: [(&str, bool); 16] = [
 ];
 
 /// What an OTel column of type `ty` receives, or the types it may have.
-fn otel_write(name: &str, ty: &str, server_tz: &str) -> Result<Write, &'static str> {
+fn otel_write(name: &str, ty: &str) -> Result<Write, &'static str> {
     let t = norm(ty);
     let string = t == "String" || t == "LowCardinality(String)";
     let map = t == "Map(LowCardinality(String),String)" || t == "Map(String,String)";
@@ -387,23 +387,15 @@ fn otel_write(name: &str, ty: &str, server_tz: &str) -> Result<Write, &'static s
     const STRING: &str = "String or LowCardinality(String)";
     const MAP: &str = "Map(LowCardinality(String), String)";
     match name {
-        "Timestamp" => {
-            let Some(rest) = t.strip_prefix("DateTime64(9") else {
-                return Err("DateTime64(9)");
-            };
-            let tz = rest
-                .strip_prefix(",'")
-                .and_then(|r| r.strip_suffix("')"))
-                .unwrap_or(server_tz);
-            if rest != ")" && !rest.starts_with(",'") {
-                return Err("DateTime64(9)");
+        // Any zone: RowBinary carries the instant, and the zone only
+        // changes how the column shows it.
+        "Timestamp" => match t.strip_prefix("DateTime64(9") {
+            Some(")") => Ok(Write::Time(TimeFormat::Nanos)),
+            Some(zoned) if zoned.starts_with(",'") && zoned.ends_with("')") => {
+                Ok(Write::Time(TimeFormat::Nanos))
             }
-            Ok(Write::Time(if is_utc(tz) {
-                TimeFormat::Nanos
-            } else {
-                TimeFormat::IsoNanos
-            }))
-        }
+            _ => Err("DateTime64(9)"),
+        },
         "TraceFlags" => match t.as_str() {
             "UInt8" => Ok(Write::TraceFlagsU8),
             "UInt32" => Ok(Write::Field(Field::TraceFlags)),
@@ -429,19 +421,9 @@ fn otel_write(name: &str, ty: &str, server_tz: &str) -> Result<Write, &'static s
     }
 }
 
-/// Whether `tz` is UTC under another name.
-pub(super) fn is_utc(tz: &str) -> bool {
-    let tz = tz.strip_prefix("Etc/").unwrap_or(tz);
-    matches!(
-        tz,
-        "UTC" | "UCT" | "GMT" | "GMT0" | "GMT+0" | "GMT-0" | "Greenwich" | "Universal" | "Zulu"
-    )
-}
-
 /// How rows go into an existing OTel logs table, or what keeps it from
-/// taking them. `server_tz` is the server's time zone, which applies to a
-/// `Timestamp` declared without one.
-pub(super) fn otel_plan(columns: &[Column], server_tz: &str) -> Result<Plan, Vec<String>> {
+/// taking them.
+pub(super) fn otel_plan(columns: &[Column]) -> Result<Plan, Vec<String>> {
     let mut problems = Vec::new();
     let mut plan = Vec::new();
     for (name, required) in OTEL_COLUMNS {
@@ -456,7 +438,7 @@ pub(super) fn otel_plan(columns: &[Column], server_tz: &str) -> Result<Plan, Vec
             // from ResourceAttributes['service.name']).
             continue;
         }
-        match otel_write(name, &column.ty, server_tz) {
+        match otel_write(name, &column.ty) {
             Ok(write) => plan.push((name.to_owned(), write)),
             Err(expected) => problems.push(format!(
                 "column `{name}` is {} (expected {expected})",
@@ -680,18 +662,12 @@ mod tests {
             ("EventName", "String"),
         ]
         .map(|(n, t)| column(n, t));
-        let plan = otel_plan(&current, "UTC").unwrap();
+        let plan = otel_plan(&current).unwrap();
         assert_eq!(plan.columns().len(), 16, "all but TimestampTime");
         assert_eq!(
             plan.columns()[0],
             ("Timestamp".into(), Write::Time(TimeFormat::Nanos))
         );
-        assert!(!plan.needs_best_effort());
-        // A server in another zone reads a zone-less time as local time.
-        assert!(otel_plan(&current, "Asia/Tokyo")
-            .unwrap()
-            .needs_best_effort());
-        assert!(!otel_plan(&current, "Etc/UTC").unwrap().needs_best_effort());
 
         // An early DDL: wider ints, no scope or EventName columns.
         let mut early = [
@@ -708,7 +684,7 @@ mod tests {
         ]
         .map(|(n, t)| column(n, t));
         early[6].default_kind = "MATERIALIZED".into();
-        let plan = otel_plan(&early, "UTC").unwrap();
+        let plan = otel_plan(&early).unwrap();
         let names: Vec<_> = plan.columns().iter().map(|(n, _)| n.as_str()).collect();
         assert!(!names.contains(&"ServiceName"), "materialized: {names:?}");
         assert!(plan
@@ -716,7 +692,7 @@ mod tests {
             .contains(&("TraceFlags".into(), Write::Field(Field::TraceFlags))));
 
         let broken = [column("Timestamp", "DateTime"), column("Body", "String")];
-        let text = otel_plan(&broken, "UTC").unwrap_err().join("; ");
+        let text = otel_plan(&broken).unwrap_err().join("; ");
         assert!(
             text.contains("column `Timestamp` is DateTime (expected DateTime64(9))"),
             "{text}"
@@ -726,16 +702,20 @@ mod tests {
 
     #[test]
     fn zoned_timestamps() {
-        assert_eq!(
-            otel_write("Timestamp", "DateTime64(9, 'UTC')", "Asia/Tokyo"),
-            Ok(Write::Time(TimeFormat::Nanos))
-        );
-        assert_eq!(
-            otel_write("Timestamp", "DateTime64(9, 'Europe/Berlin')", "UTC"),
-            Ok(Write::Time(TimeFormat::IsoNanos))
-        );
-        assert!(otel_write("Timestamp", "DateTime64(3)", "UTC").is_err());
-        assert!(otel_write("Timestamp", "DateTime64(9)x", "UTC").is_err());
+        for ty in [
+            "DateTime64(9)",
+            "DateTime64(9, 'UTC')",
+            "DateTime64(9, 'Europe/Berlin')",
+        ] {
+            assert_eq!(
+                otel_write("Timestamp", ty),
+                Ok(Write::Time(TimeFormat::Nanos)),
+                "{ty}"
+            );
+        }
+        for ty in ["DateTime64(3)", "DateTime64(9)x", "DateTime64(9, 'UTC"] {
+            assert!(otel_write("Timestamp", ty).is_err(), "{ty}");
+        }
     }
 
     #[test]
