@@ -170,6 +170,8 @@ pub(crate) struct BatchHeader {
     /// Layout 2 keeps it in the header; layout 1 only at the end of its
     /// last record.
     last_hash: Option<Hash>,
+    /// Layout 2: the body's length once decompressed.
+    plain_len: Option<usize>,
 }
 
 impl BatchHeader {
@@ -177,16 +179,18 @@ impl BatchHeader {
         if bytes.len() < COMMON_HEADER_LEN {
             return Err(corrupt("header is truncated"));
         }
-        let last_hash = match bytes[0] {
-            PLAIN_LAYOUT => None,
+        let (last_hash, plain_len) = match bytes[0] {
+            PLAIN_LAYOUT => (None, None),
             COMPRESSED_LAYOUT if bytes.len() < COMPRESSED_HEADER_LEN => {
                 return Err(corrupt("header is truncated"));
             }
-            COMPRESSED_LAYOUT => Some(
-                bytes[COMMON_HEADER_LEN..COMMON_HEADER_LEN + 32]
-                    .try_into()
-                    .expect("32"),
-            ),
+            COMPRESSED_LAYOUT => {
+                let at = COMMON_HEADER_LEN + 32;
+                (
+                    Some(bytes[COMMON_HEADER_LEN..at].try_into().expect("32")),
+                    Some(u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize),
+                )
+            }
             other => return Err(corrupt(&format!("has unknown layout {other}"))),
         };
         Ok(BatchHeader {
@@ -195,6 +199,7 @@ impl BatchHeader {
             max_received: u64::from_be_bytes(bytes[13..21].try_into().expect("8")),
             prev_hash: bytes[21..53].try_into().expect("32"),
             last_hash,
+            plain_len,
         })
     }
 
@@ -219,12 +224,8 @@ impl BatchHeader {
 /// that `quota.rs` derives from it. A value too short to say counts as it
 /// is.
 pub(crate) fn uncompressed_len(value: &[u8]) -> usize {
-    match BatchHeader::parse(value) {
-        Ok(header) if header.last_hash.is_some() => {
-            let at = COMPRESSED_HEADER_LEN - 4;
-            let plain = u32::from_be_bytes(value[at..at + 4].try_into().expect("4")) as usize;
-            COMMON_HEADER_LEN + plain
-        }
+    match BatchHeader::parse(value).map(|header| header.plain_len) {
+        Ok(Some(plain_len)) => COMMON_HEADER_LEN + plain_len,
         _ => value.len(),
     }
 }
@@ -255,13 +256,16 @@ impl<'a> BatchView<'a> {
     }
 
     /// A view that owns its body, to keep after the value is gone.
+    /// A layout 1 body is copied; a layout 2 body is owned already.
     pub(crate) fn parse_owned(bytes: &[u8]) -> Result<BatchView<'static>, SpoolError> {
-        let header = BatchHeader::parse(bytes)?;
-        let body = match header.last_hash {
-            None => bytes[COMMON_HEADER_LEN..].to_vec(),
-            Some(_) => decompress(&header, bytes)?,
-        };
-        BatchView::check(header, Cow::Owned(body))
+        let view = BatchView::parse(bytes)?;
+        Ok(BatchView {
+            body: Cow::Owned(view.body.into_owned()),
+            count: view.count,
+            first_seq: view.first_seq,
+            max_received: view.max_received,
+            prev_hash: view.prev_hash,
+        })
     }
 
     fn check(header: BatchHeader, body: Cow<'_, [u8]>) -> Result<BatchView<'_>, SpoolError> {
@@ -392,8 +396,7 @@ pub mod raw {
 /// The plain body of a layout 2 value, checked against the length its
 /// header gives.
 fn decompress(header: &BatchHeader, bytes: &[u8]) -> Result<Vec<u8>, SpoolError> {
-    let at = COMPRESSED_HEADER_LEN - 4;
-    let plain_len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+    let plain_len = header.plain_len.unwrap_or_default();
     if plain_len > MAX_PLAIN_BODY {
         return Err(corrupt(&format!(
             "at seq {} claims a body of {plain_len} bytes",
